@@ -1,0 +1,149 @@
+// Command outbox-relay publishes the rows of a transactional outbox table to
+// RabbitMQ with publisher confirms, and deletes each row once the broker has
+// confirmed it.
+//
+// Usage:
+//
+//	outbox-relay [run]            relay rows until SIGTERM or SIGINT
+//	outbox-relay migrate [-print] create or upgrade the outbox table
+//	outbox-relay status [-o json] pending and dead rows, lag, leader
+//	outbox-relay version          print the version
+//
+// Configuration comes from OUTBOX_* environment variables; `outbox-relay -h`
+// lists them with their defaults.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/kelseyhightower/envconfig"
+	"github.com/lmittmann/tint"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run runs one command with args (without the program name), writing command
+// output to stdout and logs and errors to stderr, and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help" || args[0] == "help") {
+		usage(stdout)
+		return exitOK
+	}
+	cmd := "run"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	if cmd == "version" {
+		fmt.Fprintln(stdout, versionString())
+		return exitOK
+	}
+	commands := map[string]func(context.Context, *env, []string) error{
+		"run":     cmdRun,
+		"migrate": cmdMigrate,
+		"status":  cmdStatus,
+	}
+	f, ok := commands[cmd]
+	if !ok {
+		fmt.Fprintf(stderr, "outbox-relay: unknown command %q (want run, migrate, status or version; -h for help)\n", cmd)
+		return exitUsage
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		fmt.Fprintf(stderr, "outbox-relay: %v\n", err)
+		return exitUsage
+	}
+	e := &env{cfg: cfg, stdout: stdout, stderr: stderr, log: newLogger(stderr, cfg)}
+	if err := f(ctx, e, args); err != nil {
+		var ue *usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(stderr, "outbox-relay %s: %v\n", cmd, err)
+			return exitUsage
+		}
+		e.log.Error(cmd+" failed", tint.Err(err))
+		return exitFailure
+	}
+	return exitOK
+}
+
+// env is what a command gets: its configuration and where to write.
+type env struct {
+	cfg    *config
+	stdout io.Writer
+	stderr io.Writer
+	log    *slog.Logger
+}
+
+// usageError is a bad flag or argument: exit code 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// parseFlags parses a command's flags, writing usage and errors to stderr.
+func parseFlags(fs *flag.FlagSet, e *env, args []string) error {
+	fs.SetOutput(e.stderr)
+	if err := fs.Parse(args); err != nil {
+		return &usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
+func newLogger(w io.Writer, cfg *config) *slog.Logger {
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.logLevel}))
+	}
+	return slog.New(tint.NewHandler(w, &tint.Options{Level: cfg.logLevel, NoColor: !isTerminal(w)}))
+}
+
+// isTerminal reports whether w is a character device, such as a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// usageFormat is envconfig's usage template, without the type column.
+const usageFormat = "VARIABLE\tDEFAULT\tMEANING\n{{range .}}{{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}"
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `outbox-relay publishes the rows of a transactional outbox table to RabbitMQ.
+
+Usage:
+  outbox-relay [run]              relay rows until SIGTERM or SIGINT
+  outbox-relay migrate [-print]   create or upgrade the outbox table (-print: show the SQL)
+  outbox-relay status [-o json]   pending and dead rows, lag and leader, from the database
+  outbox-relay version            print the version
+
+Environment (a bad value exits 2, naming the variable):
+`)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	_ = envconfig.Usagef(envPrefix, &config{}, tw, usageFormat)
+	_ = tw.Flush()
+}

@@ -1,0 +1,90 @@
+package relay
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the relay's Prometheus collectors. Their names are a contract
+// (DESIGN.md, the README and the dashboards depend on them).
+type metrics struct {
+	published       prometheus.Counter
+	failures        *prometheus.CounterVec
+	orderBreaks     prometheus.Counter
+	deliveryLatency prometheus.Histogram
+	batchSize       prometheus.Histogram
+	leader          prometheus.Gauge
+	connUp          *prometheus.GaugeVec
+	reconnects      *prometheus.CounterVec
+	pending         prometheus.Gauge
+	dead            prometheus.Gauge
+	lag             prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		published: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outbox_published_total",
+			Help: "Rows published and confirmed by the broker, then deleted.",
+		}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outbox_publish_failures_total",
+			Help: "Rows whose publish failed, by reason (nack, returned, exchange_not_found, invalid, too_large count as attempts; timeout, channel_closed do not).",
+		}, []string{"reason"}),
+		orderBreaks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outbox_order_breaks_total",
+			Help: "Rows confirmed while an earlier row of the same partition_key in the same batch failed: consumers saw them before that row's retry.",
+		}),
+		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "outbox_delivery_latency_seconds",
+			Help:    "Time from a row's created_at to the broker's confirm.",
+			Buckets: prometheus.ExponentialBucketsRange(0.001, 600, 20),
+		}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "outbox_batch_size",
+			Help:    "Rows per claimed batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14),
+		}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_leader",
+			Help: "1 while this relay is the active one for its table.",
+		}),
+		connUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "outbox_connection_up",
+			Help: "1 while the named connection (postgres_listener, amqp) is up.",
+		}, []string{"connection"}),
+		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outbox_reconnects_total",
+			Help: "Connections (re)established after the first, by connection.",
+		}, []string{"connection"}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_pending_rows",
+			Help: "Rows not yet published and not dead.",
+		}),
+		dead: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_dead_rows",
+			Help: "Rows parked as dead after too many failed attempts.",
+		}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_lag_seconds",
+			Help: "Age of the oldest pending row that is available for publishing.",
+		}),
+	}
+	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed} {
+		m.failures.WithLabelValues(r)
+	}
+	for _, c := range []string{connListener, connAMQP} {
+		m.connUp.WithLabelValues(c)
+		m.reconnects.WithLabelValues(c)
+	}
+	if reg != nil {
+		reg.MustRegister(m.published, m.failures, m.orderBreaks, m.deliveryLatency, m.batchSize,
+			m.leader, m.connUp, m.reconnects, m.pending, m.dead, m.lag)
+	}
+	return m
+}
+
+// Connection label values of outbox_connection_up and outbox_reconnects_total.
+const (
+	connListener = "postgres_listener"
+	connAMQP     = "amqp"
+)

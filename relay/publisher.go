@@ -1,0 +1,408 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// exchangeCacheTTL is how long an exchange seen to exist is trusted without
+// another passive declare. An exchange deleted within that time closes the
+// channel under its batch; the batch is then not sent, the cache is dropped,
+// and the next attempt finds the missing exchange.
+const exchangeCacheTTL = 30 * time.Second
+
+// amqpPublisher is the AMQP side of the relay: one connection, one channel in
+// confirm mode, and a second channel for passive exchange checks (a failed
+// check closes the channel it ran on). It is used by one goroutine.
+type amqpPublisher struct {
+	urls           []string
+	passwordFile   string
+	name           string
+	mandatory      bool
+	confirmTimeout time.Duration
+	maxMessageSize int
+	returnBuffer   int
+	log            *slog.Logger
+
+	next      int // index into urls of the node to dial next
+	conn      *amqp.Connection
+	ch        *amqp.Channel
+	checkCh   *amqp.Channel
+	connClose chan *amqp.Error
+	chClose   chan *amqp.Error
+	blockedCh chan amqp.Blocking
+	returns   chan amqp.Return
+	blocked   bool
+	exchanges map[string]time.Time // exchange → when it was last seen to exist
+}
+
+func newPublisher(cfg Config) *amqpPublisher {
+	var urls []string
+	for _, u := range strings.Split(cfg.AMQPURL, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return &amqpPublisher{
+		urls:           urls,
+		passwordFile:   cfg.AMQPPasswordFile,
+		name:           cfg.Name,
+		mandatory:      !cfg.AllowUnroutable,
+		confirmTimeout: cfg.ConfirmTimeout,
+		maxMessageSize: cfg.MaxMessageSize,
+		returnBuffer:   cfg.BatchSize + 16,
+		log:            cfg.Logger,
+		exchanges:      make(map[string]time.Time),
+	}
+}
+
+// Connected reports whether the connection and confirm channel are up.
+func (p *amqpPublisher) Connected() bool {
+	return p.conn != nil && !p.conn.IsClosed() && p.ch != nil && !p.ch.IsClosed()
+}
+
+// Connect dials the next node (after closing what is left of an earlier
+// connection) and opens the confirm channel. Each call tries one node, so the
+// caller's back-off paces failover through the list.
+func (p *amqpPublisher) Connect(ctx context.Context) error {
+	p.Close()
+	raw := p.urls[p.next%len(p.urls)]
+	p.next++
+	uri, err := amqp.ParseURI(raw)
+	if err != nil {
+		// The URL was checked at start-up; this keeps the password out anyway.
+		return fmt.Errorf("parse AMQP URL #%d: %w", (p.next-1)%len(p.urls)+1, RedactURIError(err))
+	}
+	if p.passwordFile != "" {
+		b, err := os.ReadFile(p.passwordFile)
+		if err != nil {
+			return fmt.Errorf("read AMQP password file: %w", err)
+		}
+		uri.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	where := RedactAMQPURI(uri)
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(p.name)
+	deadline, _ := ctx.Deadline()
+	timeout := 10 * time.Second
+	if !deadline.IsZero() {
+		timeout = min(timeout, time.Until(deadline))
+	}
+	conn, err := amqp.DialConfig(uri.String(), amqp.Config{
+		Properties: props,
+		Heartbeat:  10 * time.Second,
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
+			return d.DialContext(ctx, network, addr)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", where, describeDialError(err, uri))
+	}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = ch.Confirm(false)
+	}
+	if err != nil {
+		_ = conn.Close()
+		return fmt.Errorf("open confirm channel on %s: %w", where, err)
+	}
+	p.conn, p.ch = conn, ch
+	p.connClose = conn.NotifyClose(make(chan *amqp.Error, 1))
+	p.blockedCh = conn.NotifyBlocked(make(chan amqp.Blocking, 4))
+	p.chClose = ch.NotifyClose(make(chan *amqp.Error, 1))
+	p.returns = ch.NotifyReturn(make(chan amqp.Return, p.returnBuffer))
+	p.blocked = false
+	p.log.Info("connected to broker", slog.String("url", where))
+	return nil
+}
+
+// Close closes the connection, if any. It never fails: a connection that is
+// already broken is simply dropped.
+func (p *amqpPublisher) Close() {
+	if p.conn != nil {
+		_ = p.conn.Close()
+	}
+	p.conn, p.ch, p.checkCh = nil, nil, nil
+	clear(p.exchanges)
+}
+
+// Blocked reports whether the broker has blocked publishing (a memory or
+// disk alarm), after taking in the latest notifications.
+func (p *amqpPublisher) Blocked() bool {
+	for {
+		select {
+		case b := <-p.blockedCh:
+			if b.Active != p.blocked {
+				if b.Active {
+					p.log.Warn("broker blocked publishing, pausing", slog.String("reason", b.Reason))
+				} else {
+					p.log.Info("broker unblocked publishing, resuming")
+				}
+			}
+			p.blocked = b.Active
+		default:
+			return p.blocked
+		}
+	}
+}
+
+// closeReason returns why the connection or channel closed, if it did.
+func (p *amqpPublisher) closeReason() error {
+	select {
+	case e := <-p.chClose:
+		if e != nil {
+			return e
+		}
+	default:
+	}
+	select {
+	case e := <-p.connClose:
+		if e != nil {
+			return e
+		}
+	default:
+	}
+	if !p.Connected() {
+		return amqp.ErrClosed
+	}
+	return nil
+}
+
+// Publish publishes every row before waiting, then waits (up to the confirm
+// timeout) for the broker's confirms and returns one result per row, in
+// order. A non-nil error means the connection or channel failed and must be
+// reconnected; rows whose fate is unknown are then NotSent.
+func (p *amqpPublisher) Publish(ctx context.Context, rows []Row) ([]Result, error) {
+	results := make([]Result, len(rows))
+	for i := range rows {
+		results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonChannelClosed}
+	}
+	if !p.Connected() {
+		return results, errors.New("not connected to broker")
+	}
+	missing, err := p.missingExchanges(rows)
+	if err != nil {
+		return results, err
+	}
+
+	// Drop returns left over from an earlier batch that timed out.
+	for len(p.returns) > 0 {
+		<-p.returns
+	}
+	confirms := make([]*amqp.DeferredConfirmation, len(rows))
+	var pubErr error
+	// A row that fails before it is sent holds back the later rows of its
+	// partition_key in this batch: they stay unsent, and the next claim
+	// skips them while that row backs off, so per-key order holds.
+	held := map[string]bool{}
+	for i := range rows {
+		r := &rows[i]
+		if r.PartitionKey != nil && held[*r.PartitionKey] {
+			results[i] = Result{Row: r, Outcome: NotSent, Reason: reasonHeld}
+			continue
+		}
+		res, ok := p.check(r, missing)
+		if !ok {
+			results[i] = res
+			if r.PartitionKey != nil {
+				held[*r.PartitionKey] = true
+			}
+			continue
+		}
+		msg, err := r.publishing()
+		if err != nil {
+			results[i] = failed(r, ReasonInvalid, err)
+			if r.PartitionKey != nil {
+				held[*r.PartitionKey] = true
+			}
+			continue
+		}
+		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, r.Exchange, r.RoutingKey, p.mandatory, false, msg)
+		if err != nil {
+			pubErr = fmt.Errorf("publish: %w", err)
+			break
+		}
+		confirms[i] = dc
+	}
+
+	timer := time.NewTimer(p.confirmTimeout)
+	defer timer.Stop()
+	timedOut := false
+wait:
+	for _, dc := range confirms {
+		if dc == nil {
+			continue
+		}
+		select {
+		case <-dc.Done():
+		case <-timer.C:
+			timedOut = true
+			break wait
+		}
+	}
+	ackedAt := time.Now()
+	closed := p.closeReason()
+	for i, dc := range confirms {
+		if dc == nil {
+			continue
+		}
+		select {
+		case <-dc.Done():
+		default:
+			results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonTimeout,
+				Err: fmt.Errorf("no confirm within %s", p.confirmTimeout)}
+			continue
+		}
+		switch {
+		case dc.Acked():
+			results[i] = Result{Row: &rows[i], Outcome: Acked, AckedAt: ackedAt}
+		case closed != nil:
+			// Deferred confirms of a closed channel read as nacks; the
+			// broker never said anything about these rows.
+			results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonChannelClosed, Err: closed}
+		default:
+			results[i] = failed(&rows[i], ReasonNack, errors.New("broker nacked the message"))
+		}
+	}
+	p.matchReturns(results)
+
+	switch {
+	case closed != nil:
+		var ae *amqp.Error
+		if errors.As(closed, &ae) && ae.Code == amqp.NotFound {
+			// An exchange vanished after it was cached: check again next time.
+			clear(p.exchanges)
+		}
+		return results, fmt.Errorf("channel closed: %w", closed)
+	case timedOut:
+		// Late confirms must not be taken for the next batch's: start over
+		// on a new channel.
+		return results, fmt.Errorf("no confirms within %s", p.confirmTimeout)
+	}
+	return results, pubErr
+}
+
+// matchReturns marks acked rows the broker returned as unroutable. RabbitMQ
+// sends basic.return before the basic.ack of the same message, and the
+// client queues returns before it processes the next frame, so every return
+// of this batch is buffered by the time its confirms are in.
+func (p *amqpPublisher) matchReturns(results []Result) {
+	for {
+		var ret amqp.Return
+		select {
+		case ret = <-p.returns:
+		default:
+			return
+		}
+		for i := range results {
+			r := &results[i]
+			if r.Outcome == Acked && r.Row.MessageID == ret.MessageId && r.Reason == "" {
+				*r = failed(r.Row, ReasonReturned, fmt.Errorf("returned by broker: %d %s (exchange %q, routing key %q)",
+					ret.ReplyCode, ret.ReplyText, ret.Exchange, ret.RoutingKey))
+				break
+			}
+		}
+	}
+}
+
+// check fails a row the broker would refuse, before it is sent.
+func (p *amqpPublisher) check(r *Row, missing map[string]error) (Result, bool) {
+	if e, ok := missing[r.Exchange]; ok {
+		return failed(r, ReasonExchangeNotFound, e), false
+	}
+	if len(r.Payload) > p.maxMessageSize {
+		return failed(r, ReasonTooLarge, fmt.Errorf("payload of %d bytes is larger than the %d bytes allowed (OUTBOX_MAX_MESSAGE_SIZE)",
+			len(r.Payload), p.maxMessageSize)), false
+	}
+	return Result{}, true
+}
+
+func failed(r *Row, reason string, err error) Result {
+	return Result{Row: r, Outcome: Failed, Reason: reason, Err: err}
+}
+
+// missingExchanges passively declares every exchange of the batch that was
+// not seen recently and returns those the broker does not know. Publishing
+// to one of them would close the channel under the rest of the batch.
+func (p *amqpPublisher) missingExchanges(rows []Row) (map[string]error, error) {
+	var missing map[string]error
+	now := time.Now()
+	for i := range rows {
+		ex := rows[i].Exchange
+		if ex == "" || missing[ex] != nil {
+			continue
+		}
+		if seen, ok := p.exchanges[ex]; ok && now.Sub(seen) < exchangeCacheTTL {
+			continue
+		}
+		if p.checkCh == nil || p.checkCh.IsClosed() {
+			ch, err := p.conn.Channel()
+			if err != nil {
+				return nil, fmt.Errorf("open exchange-check channel: %w", err)
+			}
+			p.checkCh = ch
+		}
+		err := p.checkCh.ExchangeDeclarePassive(ex, "direct", false, false, false, false, nil)
+		var ae *amqp.Error
+		switch {
+		case err == nil:
+			p.exchanges[ex] = now
+		case errors.As(err, &ae) && ae.Code == amqp.NotFound:
+			if missing == nil {
+				missing = make(map[string]error)
+			}
+			missing[ex] = fmt.Errorf("exchange %q does not exist", ex)
+			p.checkCh = nil // the broker closed it
+		default:
+			return nil, fmt.Errorf("check exchange %q: %w", ex, err)
+		}
+	}
+	return missing, nil
+}
+
+// RedactAMQPURI formats uri without its password, for logs and errors.
+func RedactAMQPURI(uri amqp.URI) string {
+	uri.Password = ""
+	// URI.String writes "user@" without a colon when the password is empty.
+	return uri.String()
+}
+
+// RedactURIError keeps only the kind of parse error: url.Parse errors echo
+// the URL, password included. amqp091-go's URI errors are unexported, so the
+// kind is read from the text, as a last resort.
+func RedactURIError(err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "scheme"):
+		return errors.New("scheme must be amqp:// or amqps://")
+	case strings.Contains(msg, "whitespace"):
+		return errors.New("URL must not contain whitespace")
+	}
+	return errors.New("malformed URL (want amqp://user:password@host:port/vhost)")
+}
+
+// describeDialError makes the broker's terse refusals say what to check. The
+// broker reports both a bad vhost and bad credentials as ACCESS_REFUSED and
+// tells them apart only in its reply text.
+func describeDialError(err error, uri amqp.URI) error {
+	var ae *amqp.Error
+	if !errors.As(err, &ae) {
+		return err
+	}
+	switch {
+	case strings.Contains(ae.Reason, "vhost") || ae.Code == amqp.NotAllowed:
+		return fmt.Errorf("%w (check that vhost %q exists and user %q may use it)", err, uri.Vhost, uri.Username)
+	case ae.Code == amqp.AccessRefused:
+		return fmt.Errorf("%w (check user %q and its password)", err, uri.Username)
+	}
+	return err
+}

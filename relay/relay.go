@@ -1,0 +1,443 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/lmittmann/tint"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outbox-relay/outbox-relay/schema"
+)
+
+// standbyInterval is how often a standby relay tries to become the leader.
+const standbyInterval = time.Second
+
+// Relay moves committed outbox rows to RabbitMQ. Create it with New and run
+// it with Run.
+type Relay struct {
+	cfg      Config
+	log      *slog.Logger
+	metrics  *metrics
+	poolCfg  *pgxpool.Config
+	lisCfg   *pgx.ConnConfig
+	amqpURIs []amqp.URI
+	ready    atomic.Bool
+}
+
+// New checks cfg and returns a relay. It connects to nothing: Run does.
+func New(cfg Config) (*Relay, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		// pgx redacts the password in its parse errors.
+		return nil, fmt.Errorf("database URL: %w", err)
+	}
+	appName := cfg.Name
+	if h, err := os.Hostname(); err == nil {
+		appName = cfg.Name + "@" + h
+	}
+	if len(appName) > 63 {
+		appName = appName[:63]
+	}
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = appName
+	poolCfg.MaxConns = max(poolCfg.MaxConns, 4)
+	lisCfg := poolCfg.ConnConfig.Copy()
+
+	var uris []amqp.URI
+	for i, u := range newPublisher(cfg).urls {
+		uri, err := amqp.ParseURI(u)
+		if err != nil {
+			return nil, fmt.Errorf("AMQP URL #%d: %w", i+1, RedactURIError(err))
+		}
+		uris = append(uris, uri)
+	}
+	if len(uris) == 0 {
+		return nil, errors.New("AMQP URL: empty")
+	}
+	return &Relay{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), poolCfg: poolCfg, lisCfg: lisCfg, amqpURIs: uris}, nil
+}
+
+// loop is the state of one Run.
+type loop struct {
+	*Relay
+	store   *pgStore
+	pub     *amqpPublisher
+	lis     *pgListener
+	leader  bool
+	waiting bool // the relay_state row says we sleep on LISTEN
+	streak  int  // consecutive non-empty claims
+
+	lisFailures, lisConnects   int
+	lisNextTry                 time.Time
+	amqpFailures, amqpConnects int
+	dbFailures                 int
+}
+
+// Run relays rows until ctx is done. Then it stops claiming, waits up to
+// ShutdownTimeout for the batch in flight to be confirmed and settled, closes
+// its connections and returns nil. It returns an error only for a problem it
+// cannot outlast by retrying; lost connections are retried with back-off.
+func (r *Relay) Run(ctx context.Context) error {
+	pool, err := pgxpool.NewWithConfig(ctx, r.poolCfg)
+	if err != nil {
+		return fmt.Errorf("create pool: %w", err)
+	}
+	defer pool.Close()
+
+	table, err := r.resolveTable(ctx, pool)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	l := &loop{
+		Relay: r,
+		store: newStore(pool, table, r.cfg.MaxAttempts, func(n int) time.Duration {
+			return backoff(n, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
+		}),
+		pub: newPublisher(r.cfg),
+		lis: newListener(r.lisCfg, table.Channel()),
+	}
+	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
+		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval))
+
+	// Batches in flight finish under work, which outlives ctx by at most
+	// ShutdownTimeout so that confirms can arrive and rows be settled.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	stopped := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-stopped:
+			return
+		case <-ctx.Done():
+		}
+		t := time.NewTimer(r.cfg.ShutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-stopped:
+		case <-t.C:
+			r.log.Warn("shutdown timeout passed with a batch in flight; its rows will be published again")
+			cancelWork()
+		}
+	}()
+	defer func() {
+		close(stopped)
+		wg.Wait()
+		cancelWork()
+	}()
+
+	l.run(ctx, work)
+	r.ready.Store(false)
+
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if l.waiting {
+		_ = l.store.SetWaiting(cctx, false)
+	}
+	l.pub.Close()
+	l.lis.Close(cctx)
+	r.metrics.leader.Set(0)
+	r.metrics.connUp.WithLabelValues(connAMQP).Set(0)
+	r.metrics.connUp.WithLabelValues(connListener).Set(0)
+	r.log.Info("relay stopped")
+	return nil
+}
+
+// resolveTable waits for the database and the outbox table, so that a relay
+// started before PostgreSQL or before `migrate` comes up on its own.
+func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.Table, err error) {
+	for attempt := 1; ; attempt++ {
+		t, err = r.cfg.Table.Resolve(ctx, pool)
+		if err == nil {
+			var exists bool
+			err = pool.QueryRow(ctx, "select to_regclass($1) is not null and to_regproc($2) is not null",
+				t.Ident(), t.Derived("relay_waiting")).Scan(&exists)
+			if err == nil && !exists {
+				err = fmt.Errorf("table %s or its functions do not exist: run `outbox-relay migrate`", t.Ident())
+			}
+		}
+		if err == nil {
+			return t, nil
+		}
+		r.log.Error("database not ready, retrying", tint.Err(err), slog.Int("attempt", attempt))
+		if !sleep(ctx, retryDelay(attempt)) {
+			return t, ctx.Err()
+		}
+	}
+}
+
+func (l *loop) run(ctx, work context.Context) {
+	for ctx.Err() == nil {
+		l.ready.Store(l.lis.Connected() && (!l.leader || l.pub.Connected()))
+		if !l.ensureListener(ctx) {
+			continue
+		}
+		if !l.ensureLeader(ctx) {
+			continue
+		}
+		if !l.ensurePublisher(ctx) {
+			continue
+		}
+		if l.pub.Blocked() {
+			sleep(ctx, 200*time.Millisecond)
+			continue
+		}
+
+		n, err := l.runOnce(work)
+		if err != nil {
+			l.dbFailures++
+			l.log.Error("batch failed", tint.Err(err), slog.Int("rows", n))
+			if !l.pub.Connected() {
+				l.log.Warn("broker connection lost")
+				l.metrics.connUp.WithLabelValues(connAMQP).Set(0)
+			}
+			sleep(ctx, retryDelay(l.dbFailures))
+			continue
+		}
+		l.dbFailures = 0
+		if n > 0 {
+			l.streak++
+			// Busy: writers need not notify. An isolated event (one
+			// claim, then nothing) leaves the flag alone, so idle
+			// latency costs no extra query.
+			if l.waiting && (n == l.cfg.BatchSize || l.streak >= 2) {
+				l.setWaiting(ctx, false)
+			}
+			continue
+		}
+		l.streak = 0
+		if !l.waiting {
+			// Announce the wait, then claim once more: a row committed
+			// before the announcement did not notify.
+			l.setWaiting(ctx, true)
+			continue
+		}
+		l.wait(ctx, l.cfg.PollInterval)
+	}
+}
+
+// runOnce claims one batch, publishes it and settles it. It returns how many
+// rows it claimed.
+func (l *loop) runOnce(ctx context.Context) (int, error) {
+	c, err := l.store.Claim(ctx, l.cfg.BatchSize)
+	if err != nil {
+		return 0, err
+	}
+	if len(c.rows) == 0 {
+		return 0, nil
+	}
+	l.metrics.batchSize.Observe(float64(len(c.rows)))
+	results, pubErr := l.pub.Publish(ctx, c.rows)
+	st, err := l.store.Settle(ctx, c, results)
+	if err != nil {
+		return len(c.rows), errors.Join(pubErr, err)
+	}
+	l.observe(results, st)
+	return len(c.rows), pubErr
+}
+
+// observe records a settled batch in metrics and logs.
+func (l *loop) observe(results []Result, st settled) {
+	brokenKeys := map[string]bool{}
+	var failures int
+	var firstErr Result
+	for _, res := range results {
+		key := ""
+		if res.Row.PartitionKey != nil {
+			key = *res.Row.PartitionKey
+		}
+		switch res.Outcome {
+		case Acked:
+			l.metrics.published.Inc()
+			l.metrics.deliveryLatency.Observe(res.AckedAt.Sub(res.Row.CreatedAt).Seconds())
+			if key != "" && brokenKeys[key] {
+				l.metrics.orderBreaks.Inc()
+			}
+		case Failed, NotSent:
+			if key != "" && res.Reason != reasonHeld {
+				brokenKeys[key] = true
+			}
+			if res.Reason == reasonHeld {
+				continue
+			}
+			l.metrics.failures.WithLabelValues(res.Reason).Inc()
+			if res.Outcome == Failed {
+				if failures == 0 {
+					firstErr = res
+				}
+				failures++
+			}
+		}
+	}
+	if failures > 0 {
+		l.log.Warn("publish failed", slog.Int("rows", failures), slog.Int64("id", firstErr.Row.ID),
+			slog.String("message_id", firstErr.Row.MessageID), slog.String("exchange", firstErr.Row.Exchange),
+			slog.String("routing_key", firstErr.Row.RoutingKey), slog.Int("attempt", firstErr.Row.Attempts+1),
+			slog.String("reason", firstErr.Reason), tint.Err(firstErr.Err))
+	}
+	for _, id := range st.dead {
+		for _, res := range results {
+			if res.Row.ID == id {
+				l.log.Warn("row parked dead", slog.Int64("id", id), slog.String("message_id", res.Row.MessageID),
+					slog.String("exchange", res.Row.Exchange), slog.String("routing_key", res.Row.RoutingKey),
+					slog.Int("attempt", res.Row.Attempts+1), tint.Err(res.Err))
+			}
+		}
+	}
+	l.log.Debug("batch settled", slog.Int("rows", len(results)), slog.Int("deleted", st.deleted),
+		slog.Int("retried", st.retried), slog.Int("dead", len(st.dead)))
+}
+
+func (l *loop) setWaiting(ctx context.Context, w bool) {
+	if err := l.store.SetWaiting(ctx, w); err != nil {
+		if ctx.Err() == nil {
+			l.log.Error("record wait state", tint.Err(err))
+			sleep(ctx, retryDelay(1))
+		}
+		return
+	}
+	l.waiting = w
+}
+
+// wait sleeps on LISTEN until a notification, the timeout or ctx.
+func (l *loop) wait(ctx context.Context, timeout time.Duration) {
+	if _, err := l.lis.Wait(ctx, timeout); err != nil && ctx.Err() == nil {
+		l.listenerLost(err)
+	}
+}
+
+func (l *loop) listenerLost(err error) {
+	l.log.Warn("listener connection lost", tint.Err(err))
+	l.metrics.connUp.WithLabelValues(connListener).Set(0)
+	l.loseLeadership()
+	l.lisNextTry = time.Time{}
+}
+
+func (l *loop) loseLeadership() {
+	if l.leader {
+		l.log.Warn("leadership lost")
+	}
+	l.leader = false
+	l.waiting = false // re-announce once leader again
+	l.metrics.leader.Set(0)
+}
+
+// ensureListener (re)connects the LISTEN connection, with back-off. It
+// returns true when the connection is up.
+func (l *loop) ensureListener(ctx context.Context) bool {
+	if l.lis.Connected() {
+		return true
+	}
+	l.loseLeadership()
+	if d := time.Until(l.lisNextTry); d > 0 {
+		sleep(ctx, d)
+		return false
+	}
+	if err := l.lis.Connect(ctx); err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		l.lisFailures++
+		l.lisNextTry = time.Now().Add(retryDelay(l.lisFailures))
+		l.log.Error("listener connect failed", tint.Err(err), slog.Int("attempt", l.lisFailures))
+		return false
+	}
+	l.lisConnects++
+	if l.lisConnects > 1 {
+		l.metrics.reconnects.WithLabelValues(connListener).Inc()
+	}
+	l.log.Info("listener connected", slog.String("channel", l.lis.channel))
+	l.lisFailures = 0
+	l.metrics.connUp.WithLabelValues(connListener).Set(1)
+	return true
+}
+
+// ensureLeader takes the table's leader lock on the listener connection,
+// where it lives exactly as long as the LISTEN. A standby retries every
+// standbyInterval and otherwise just waits.
+func (l *loop) ensureLeader(ctx context.Context) bool {
+	if l.leader {
+		return true
+	}
+	var got bool
+	err := l.lis.conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", l.store.table.LockKey("leader")).Scan(&got)
+	if err != nil {
+		if ctx.Err() == nil {
+			l.listenerLost(fmt.Errorf("take leader lock: %w", err))
+			l.lis.Close(ctx)
+		}
+		return false
+	}
+	if !got {
+		l.wait(ctx, standbyInterval)
+		return false
+	}
+	l.leader = true
+	l.metrics.leader.Set(1)
+	l.log.Info("leadership gained")
+	return true
+}
+
+// ensurePublisher (re)connects to the broker, with back-off.
+func (l *loop) ensurePublisher(ctx context.Context) bool {
+	if l.pub.Connected() {
+		return true
+	}
+	l.metrics.connUp.WithLabelValues(connAMQP).Set(0)
+	if err := l.pub.Connect(ctx); err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		l.amqpFailures++
+		l.log.Error("broker connect failed", tint.Err(err), slog.Int("attempt", l.amqpFailures))
+		sleep(ctx, retryDelay(l.amqpFailures))
+		return false
+	}
+	l.amqpFailures = 0
+	l.amqpConnects++
+	if l.amqpConnects > 1 {
+		l.metrics.reconnects.WithLabelValues(connAMQP).Inc()
+	}
+	l.metrics.connUp.WithLabelValues(connAMQP).Set(1)
+	return true
+}
+
+// retryDelay is the capped exponential back-off, with jitter, between
+// attempts to reach a server: 100ms doubling up to 10s.
+func retryDelay(attempt int) time.Duration {
+	return backoff(attempt, 100*time.Millisecond, 10*time.Second)
+}
+
+// sleep waits for d or until ctx is done, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Ready reports whether the relay's connections are up: the LISTEN
+// connection (leader or standby) and, on the leader, the broker connection.
+func (r *Relay) Ready() bool {
+	return r.ready.Load()
+}

@@ -1,0 +1,192 @@
+package relay
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Row is one claimed outbox row.
+type Row struct {
+	ID           int64
+	Exchange     string
+	RoutingKey   string
+	PartitionKey *string
+	MessageID    string
+	ContentType  *string
+	Headers      []byte // raw JSON object, nil for SQL null
+	Payload      []byte
+	CreatedAt    time.Time
+	Attempts     int
+}
+
+// Outcome is what became of one published row.
+type Outcome int
+
+const (
+	// NotSent: the row's fate is unknown (connection lost, shutdown, timeout
+	// of the whole batch). It stays as it is and is claimed again; this is
+	// not the row's fault, so it does not count as an attempt.
+	NotSent Outcome = iota
+	// Acked: the broker confirmed the row; it is deleted.
+	Acked
+	// Failed: the row itself was refused (nack, returned, missing exchange,
+	// headers or size the broker cannot take). It counts as an attempt.
+	Failed
+)
+
+// Failure reasons, the values of the reason label of
+// outbox_publish_failures_total.
+const (
+	ReasonNack             = "nack"
+	ReasonReturned         = "returned"
+	ReasonExchangeNotFound = "exchange_not_found"
+	ReasonInvalid          = "invalid"
+	ReasonTooLarge         = "too_large"
+	ReasonTimeout          = "timeout"
+	ReasonChannelClosed    = "channel_closed"
+
+	// reasonHeld marks a NotSent row held back behind an earlier row of
+	// its partition_key that failed in the same batch; not a failure.
+	reasonHeld = "held"
+)
+
+// Result is the outcome of publishing one row.
+type Result struct {
+	Row     *Row
+	Outcome Outcome
+	Reason  string // one of the Reason constants when Outcome is Failed or NotSent
+	Err     error  // why, when not Acked; becomes last_error for Failed rows
+	AckedAt time.Time
+}
+
+// errInvalidHeaders marks rows whose headers column cannot be turned into an
+// AMQP table.
+var errInvalidHeaders = errors.New("invalid headers")
+
+// publishing builds the AMQP message for r. Timestamp is created_at,
+// MessageId the message_id column, and delivery is persistent.
+func (r *Row) publishing() (amqp.Publishing, error) {
+	h, err := decodeHeaders(r.Headers)
+	if err != nil {
+		return amqp.Publishing{}, err
+	}
+	p := amqp.Publishing{
+		Headers:      h,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    r.MessageID,
+		Timestamp:    r.CreatedAt,
+		Body:         r.Payload,
+	}
+	if r.ContentType != nil {
+		p.ContentType = *r.ContentType
+	}
+	return p, nil
+}
+
+// decodeHeaders maps a JSON object to an AMQP table: string → string,
+// integral number → int64, other number → float64, bool → bool, object →
+// table, array → array, null → left out (in arrays, kept as void so that
+// positions do not shift).
+func decodeHeaders(raw []byte) (amqp.Table, error) {
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("%w: %w", errInvalidHeaders, err)
+	}
+	if v == nil {
+		return nil, nil
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("%w: want a JSON object, got %s", errInvalidHeaders, jsonKind(v))
+	}
+	t, err := toTable(obj, "")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errInvalidHeaders, err)
+	}
+	return t, nil
+}
+
+func toTable(obj map[string]any, path string) (amqp.Table, error) {
+	t := make(amqp.Table, len(obj))
+	for k, v := range obj {
+		p := path + "." + k
+		if path == "" {
+			p = k
+		}
+		if len(k) > 255 {
+			return nil, fmt.Errorf("header %q: key longer than 255 bytes", truncate(p, 40))
+		}
+		if v == nil {
+			continue
+		}
+		fv, err := toField(v, p)
+		if err != nil {
+			return nil, err
+		}
+		t[k] = fv
+	}
+	return t, nil
+}
+
+func toField(v any, path string) (any, error) {
+	switch v := v.(type) {
+	case nil:
+		return nil, nil
+	case string, bool:
+		return v, nil
+	case json.Number:
+		if i, err := v.Int64(); err == nil {
+			return i, nil
+		}
+		f, err := v.Float64()
+		if err != nil || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("header %q: number %s out of range", truncate(path, 40), truncate(v.String(), 40))
+		}
+		return f, nil
+	case map[string]any:
+		return toTable(v, path)
+	case []any:
+		a := make([]any, len(v))
+		for i, e := range v {
+			f, err := toField(e, fmt.Sprintf("%s[%d]", path, i))
+			if err != nil {
+				return nil, err
+			}
+			a[i] = f
+		}
+		return a, nil
+	}
+	return nil, fmt.Errorf("header %q: unsupported JSON value %T", truncate(path, 40), v)
+}
+
+func jsonKind(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case json.Number:
+		return "a number"
+	case bool:
+		return "a boolean"
+	case []any:
+		return "an array"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

@@ -1,0 +1,206 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/schema"
+)
+
+// pgStore is the PostgreSQL side of the relay: claims, settles and the
+// waiting flag the insert trigger reads.
+type pgStore struct {
+	pool        *pgxpool.Pool
+	table       schema.Table
+	maxAttempts int
+	backoff     func(attempts int) time.Duration
+
+	claimSQL, deleteSQL, failSQL, waitingSQL string
+}
+
+func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(int) time.Duration) *pgStore {
+	tbl := t.Ident()
+	return &pgStore{
+		pool:        pool,
+		table:       t,
+		maxAttempts: maxAttempts,
+		backoff:     backoff,
+		// Rows are taken in id order, never after a "last id seen" cursor
+		// (ids are not assigned in commit order). A row waits while an
+		// earlier row of its partition_key is backing off; dead rows do not
+		// hold their key back. Locks are held until the batch is settled, so
+		// a second claimer never takes the same rows.
+		claimSQL: `select id, exchange, routing_key, partition_key, message_id::text,
+       content_type, headers, payload, created_at, attempts
+  from ` + tbl + ` o
+ where dead_at is null
+   and available_at <= now()
+   and (partition_key is null or not exists (
+        select 1 from ` + tbl + ` e
+         where e.partition_key = o.partition_key
+           and e.id < o.id
+           and e.dead_at is null
+           and e.available_at > now()))
+ order by id
+ limit $1
+   for update skip locked`,
+		deleteSQL: `delete from ` + tbl + ` where id = any($1::bigint[])`,
+		failSQL: `update ` + tbl + ` o
+   set attempts = o.attempts + 1,
+       last_error = f.err,
+       available_at = case when o.attempts + 1 >= $4 then o.available_at
+                           else clock_timestamp() + f.delay_ms * interval '1 millisecond' end,
+       dead_at = case when o.attempts + 1 >= $4 then clock_timestamp() end
+  from unnest($1::bigint[], $2::text[], $3::bigint[]) as f(id, err, delay_ms)
+ where o.id = f.id
+returning o.id, o.dead_at is not null`,
+		waitingSQL: `insert into ` + t.Derived("relay_state") + ` as s (singleton, waiting, updated_at)
+values (true, $1, now())
+on conflict (singleton) do update set waiting = excluded.waiting, updated_at = excluded.updated_at`,
+	}
+}
+
+// claim is one claimed batch: the rows, and the transaction that holds their
+// locks until Settle or Release.
+type claim struct {
+	tx   pgx.Tx
+	rows []Row
+}
+
+// Claim begins a transaction and locks up to limit available rows. With no
+// rows it returns an empty claim that holds no transaction.
+func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("claim: begin: %w", err)
+	}
+	rows, err := tx.Query(ctx, s.claimSQL, limit)
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	batch := make([]Row, 0, min(limit, 1024))
+	for rows.Next() {
+		var r Row
+		if err := rows.Scan(&r.ID, &r.Exchange, &r.RoutingKey, &r.PartitionKey, &r.MessageID,
+			&r.ContentType, &r.Headers, &r.Payload, &r.CreatedAt, &r.Attempts); err != nil {
+			rows.Close()
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("claim: scan row: %w", err)
+		}
+		batch = append(batch, r)
+	}
+	if err := rows.Err(); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	if len(batch) == 0 {
+		// Nothing claimed: end the transaction now rather than hold it.
+		if err := tx.Rollback(ctx); err != nil {
+			return nil, fmt.Errorf("claim: end empty transaction: %w", err)
+		}
+		return &claim{}, nil
+	}
+	return &claim{tx: tx, rows: batch}, nil
+}
+
+// settled reports what Settle did, for logs and metrics.
+type settled struct {
+	deleted int
+	retried int
+	dead    []int64
+}
+
+// Settle deletes acked rows, records failed ones (attempts+1, last_error,
+// a back-off, or dead_at once MaxAttempts is reached), leaves not-sent rows
+// untouched, and commits, releasing the claim's locks.
+func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result) (settled, error) {
+	var st settled
+	if c.tx == nil {
+		return st, nil
+	}
+	var acked, failedIDs, delays []int64
+	var errs []string
+	for _, r := range results {
+		switch r.Outcome {
+		case Acked:
+			acked = append(acked, r.Row.ID)
+		case Failed:
+			failedIDs = append(failedIDs, r.Row.ID)
+			errs = append(errs, lastError(r))
+			delays = append(delays, s.backoff(r.Row.Attempts+1).Milliseconds())
+		}
+	}
+	batch := &pgx.Batch{}
+	if len(acked) > 0 {
+		batch.Queue(s.deleteSQL, acked).Exec(func(ct pgconn.CommandTag) error {
+			st.deleted = int(ct.RowsAffected())
+			return nil
+		})
+	}
+	if len(failedIDs) > 0 {
+		batch.Queue(s.failSQL, failedIDs, errs, delays, s.maxAttempts).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id int64
+				var dead bool
+				if err := rows.Scan(&id, &dead); err != nil {
+					return err
+				}
+				if dead {
+					st.dead = append(st.dead, id)
+				} else {
+					st.retried++
+				}
+			}
+			return rows.Err()
+		})
+	}
+	if batch.Len() > 0 {
+		if err := c.tx.SendBatch(ctx, batch).Close(); err != nil {
+			_ = c.tx.Rollback(context.WithoutCancel(ctx))
+			return settled{}, fmt.Errorf("settle: %w", err)
+		}
+	}
+	if err := c.tx.Commit(ctx); err != nil {
+		return settled{}, fmt.Errorf("settle: commit: %w", err)
+	}
+	return st, nil
+}
+
+// Release ends the claim without settling: its rows stay as they were.
+func (s *pgStore) Release(ctx context.Context, c *claim) {
+	if c.tx != nil {
+		_ = c.tx.Rollback(context.WithoutCancel(ctx))
+	}
+}
+
+// SetWaiting records whether the relay is asleep on LISTEN; the insert
+// trigger sends a NOTIFY only while it is.
+func (s *pgStore) SetWaiting(ctx context.Context, waiting bool) error {
+	if _, err := s.pool.Exec(ctx, s.waitingSQL, waiting); err != nil {
+		return fmt.Errorf("set waiting=%t: %w", waiting, err)
+	}
+	return nil
+}
+
+// maxLastError bounds last_error so a huge broker reply cannot bloat rows.
+const maxLastError = 1000
+
+func lastError(r Result) string {
+	msg := "unknown error"
+	if r.Err != nil {
+		msg = r.Err.Error()
+	}
+	msg = strings.ToValidUTF8(msg, "?")
+	if len(msg) > maxLastError {
+		msg = msg[:maxLastError]
+		msg = strings.ToValidUTF8(msg, "")
+	}
+	return msg
+}
