@@ -1,0 +1,102 @@
+package outbox
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
+
+// Message is one event to enqueue. Only RoutingKey is required; every other
+// zero value means "use the table's default".
+type Message struct {
+	// Exchange is the AMQP exchange to publish to. Defaults to "", the
+	// broker's default exchange, which routes by queue name. At most 255
+	// bytes.
+	Exchange string
+	// RoutingKey is the AMQP routing key. Required; at most 255 bytes.
+	RoutingKey string
+	// PartitionKey orders messages: rows with the same key are published in
+	// the order they were inserted. Use an aggregate id such as "order-42".
+	// Empty means unordered (SQL null).
+	PartitionKey string
+	// MessageID becomes the AMQP message-id, stable across re-publishes so
+	// that consumers can de-duplicate. The zero value lets the database
+	// generate a random one (gen_random_uuid()); Enqueue returns it.
+	MessageID MessageID
+	// ContentType is the AMQP content-type, e.g. "application/json". Empty
+	// means none (SQL null). At most 255 bytes.
+	ContentType string
+	// Headers become the AMQP headers table. They are stored as a jsonb
+	// object and mapped back by the relay; see "Headers" in the package
+	// documentation for the values that survive the trip. Nil means none.
+	Headers map[string]any
+	// Payload is the message body. Nil is stored as an empty body.
+	Payload []byte
+	// AvailableAt delays publishing until that time. The zero value means
+	// now (the time the transaction started, like created_at).
+	AvailableAt time.Time
+}
+
+// MessageID is a UUID identifying a message. Its layout is that of other Go
+// UUID types (e.g. github.com/google/uuid.UUID), so they convert directly:
+// outbox.MessageID(u).
+type MessageID [16]byte
+
+// NewMessageID returns a random (version 4) MessageID, for callers who want
+// to know a message's id before enqueuing it.
+func NewMessageID() MessageID {
+	var id MessageID
+	_, _ = rand.Read(id[:])   // never returns an error (see crypto/rand.Read)
+	id[6] = id[6]&0x0f | 0x40 // version 4
+	id[8] = id[8]&0x3f | 0x80 // RFC 9562 variant
+	return id
+}
+
+// ParseMessageID parses the canonical form
+// xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits in either case).
+func ParseMessageID(s string) (MessageID, error) {
+	var id MessageID
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return id, fmt.Errorf("outbox: parse message id %.40q: want xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", s)
+	}
+	src := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:]
+	if _, err := hex.Decode(id[:], []byte(src)); err != nil {
+		return MessageID{}, fmt.Errorf("outbox: parse message id %q: %w", s, err)
+	}
+	return id, nil
+}
+
+// String returns the canonical lower-case form, e.g.
+// "2f1d3c4b-5a69-4788-9a0b-1c2d3e4f5a6b".
+func (id MessageID) String() string {
+	var b [36]byte
+	hex.Encode(b[0:8], id[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], id[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], id[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], id[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:], id[10:])
+	return string(b[:])
+}
+
+// IsZero reports whether id is the zero value, which Enqueue replaces with
+// a random id.
+func (id MessageID) IsZero() bool { return id == MessageID{} }
+
+// MarshalText implements encoding.TextMarshaler with the canonical form, so
+// ids read well in JSON and logs.
+func (id MessageID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler; see ParseMessageID.
+func (id *MessageID) UnmarshalText(b []byte) error {
+	v, err := ParseMessageID(string(b))
+	if err != nil {
+		return err
+	}
+	*id = v
+	return nil
+}
