@@ -181,7 +181,7 @@ func TestRelayDeliversCommittedRowsOnly(t *testing.T) {
 		t.Errorf("null header was sent")
 	}
 	d2 := byID[ids[1]]
-	if d2.RoutingKey != "job.started" || string(d2.Body) != "\x00\x01\x02\xff" || d2.ContentType != "" || d2.Headers != nil && len(d2.Headers) > 0 {
+	if d2.RoutingKey != "job.started" || string(d2.Body) != "\x00\x01\x02\xff" || d2.ContentType != "" || len(d2.Headers) > 0 {
 		t.Errorf("second message = key %q body %q type %q headers %v", d2.RoutingKey, d2.Body, d2.ContentType, d2.Headers)
 	}
 

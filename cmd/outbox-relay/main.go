@@ -116,7 +116,7 @@ func newLogger(w io.Writer, cfg *config) *slog.Logger {
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.logLevel}))
 	}
-	return slog.New(tint.NewHandler(w, &tint.Options{Level: cfg.logLevel, NoColor: !isTerminal(w)}))
+	return slog.New(tint.NewTextHandler(w, &tint.Options{Level: cfg.logLevel, NoColor: !isTerminal(w)}))
 }
 
 // isTerminal reports whether w is a character device, such as a terminal.

@@ -1,0 +1,36 @@
+# outbox-relay. `make help` lists the targets.
+
+GO          ?= go
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -s -w -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: help build demo run test lint bench services clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/outbox-relay and bin/outbox-demo
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/outbox-relay ./cmd/outbox-relay
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/outbox-demo ./cmd/outbox-demo
+
+demo: build services ## run the relay with a demo producer and consumers (Ctrl-C stops)
+	bin/outbox-demo -relay bin/outbox-relay
+
+run: build services ## migrate and run the relay against OUTBOX_* (local servers by default)
+	bin/outbox-relay migrate
+	bin/outbox-relay run
+
+test: services ## run every test, race detector on, against local PostgreSQL and RabbitMQ
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+lint: ## gofmt, go vet, staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+services: ## install and start PostgreSQL and RabbitMQ if needed
+	@.ci/services
+
+clean: ## remove build output
+	rm -rf bin
