@@ -29,6 +29,9 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+bench: services ## measure drain rate and latency against the local servers (sizes: BENCH_FLAGS)
+	$(GO) run ./cmd/outbox-bench $(BENCH_FLAGS)
+
 services: ## install and start PostgreSQL and RabbitMQ if needed
 	@.ci/services
 
