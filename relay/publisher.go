@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -32,29 +34,40 @@ type amqpPublisher struct {
 	returnBuffer   int
 	log            *slog.Logger
 
-	next      int // index into urls of the node to dial next
+	next      int      // index into urls of the node to dial next
+	netConn   net.Conn // the TCP connection under conn, to break a stalled write
 	conn      *amqp.Connection
 	ch        *amqp.Channel
 	checkCh   *amqp.Channel
 	connClose chan *amqp.Error
 	chClose   chan *amqp.Error
+	chErr     *amqp.Error // what chClose delivered, kept
 	blockedCh chan amqp.Blocking
 	returns   chan amqp.Return
 	blocked   bool
 	exchanges map[string]time.Time // exchange → when it was last seen to exist
+	// isolate makes the next batch go out one message at a time: the broker
+	// closed the channel over one message of the last batch (e.g. one larger
+	// than its max_message_size) without saying which.
+	isolate bool
 }
 
-func newPublisher(cfg Config) *amqpPublisher {
+// splitURLs splits a comma-separated list of broker URLs.
+func splitURLs(s string) []string {
 	var urls []string
-	for _, u := range strings.Split(cfg.AMQPURL, ",") {
+	for _, u := range strings.Split(s, ",") {
 		if u = strings.TrimSpace(u); u != "" {
 			urls = append(urls, u)
 		}
 	}
+	return urls
+}
+
+func newPublisher(cfg Config, name string) *amqpPublisher {
 	return &amqpPublisher{
-		urls:           urls,
+		urls:           splitURLs(cfg.AMQPURL),
 		passwordFile:   cfg.AMQPPasswordFile,
-		name:           cfg.Name,
+		name:           name,
 		mandatory:      !cfg.AllowUnroutable,
 		confirmTimeout: cfg.ConfirmTimeout,
 		maxMessageSize: cfg.MaxMessageSize,
@@ -101,7 +114,9 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 		Heartbeat:  10 * time.Second,
 		Dial: func(network, addr string) (net.Conn, error) {
 			d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
-			return d.DialContext(ctx, network, addr)
+			c, err := d.DialContext(ctx, network, addr)
+			p.netConn = c
+			return c, err
 		},
 	})
 	if err != nil {
@@ -120,7 +135,7 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 	p.blockedCh = conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 	p.chClose = ch.NotifyClose(make(chan *amqp.Error, 1))
 	p.returns = ch.NotifyReturn(make(chan amqp.Return, p.returnBuffer))
-	p.blocked = false
+	p.blocked, p.chErr = false, nil
 	p.log.Info("connected to broker", slog.String("url", where))
 	return nil
 }
@@ -129,9 +144,14 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 // already broken is simply dropped.
 func (p *amqpPublisher) Close() {
 	if p.conn != nil {
+		// A polite close waits for the broker's close-ok; a stalled
+		// broker would make it wait forever, so break the socket after a
+		// moment.
+		t := time.AfterFunc(2*time.Second, func() { _ = p.netConn.Close() })
 		_ = p.conn.Close()
+		t.Stop()
 	}
-	p.conn, p.ch, p.checkCh = nil, nil, nil
+	p.conn, p.ch, p.checkCh, p.netConn = nil, nil, nil, nil
 	clear(p.exchanges)
 }
 
@@ -141,28 +161,35 @@ func (p *amqpPublisher) Blocked() bool {
 	for {
 		select {
 		case b := <-p.blockedCh:
-			if b.Active != p.blocked {
-				if b.Active {
-					p.log.Warn("broker blocked publishing, pausing", slog.String("reason", b.Reason))
-				} else {
-					p.log.Info("broker unblocked publishing, resuming")
-				}
-			}
-			p.blocked = b.Active
+			p.setBlocked(b)
 		default:
 			return p.blocked
 		}
 	}
 }
 
+func (p *amqpPublisher) setBlocked(b amqp.Blocking) {
+	if b.Active != p.blocked {
+		if b.Active {
+			p.log.Warn("broker blocked publishing, pausing", slog.String("reason", b.Reason))
+		} else {
+			p.log.Info("broker unblocked publishing, resuming")
+		}
+	}
+	p.blocked = b.Active
+}
+
 // closeReason returns why the connection or channel closed, if it did.
 func (p *amqpPublisher) closeReason() error {
-	select {
-	case e := <-p.chClose:
-		if e != nil {
-			return e
+	if p.chErr == nil {
+		select {
+		case e := <-p.chClose:
+			p.chErr = e
+		default:
 		}
-	default:
+	}
+	if p.chErr != nil {
+		return p.chErr
 	}
 	select {
 	case e := <-p.connClose:
@@ -177,10 +204,15 @@ func (p *amqpPublisher) closeReason() error {
 	return nil
 }
 
-// Publish publishes every row before waiting, then waits (up to the confirm
-// timeout) for the broker's confirms and returns one result per row, in
-// order. A non-nil error means the connection or channel failed and must be
-// reconnected; rows whose fate is unknown are then NotSent.
+// Publish publishes every row before waiting, then waits for the broker's
+// confirms and returns one result per row, in order. A non-nil error means
+// the connection or channel failed and must be reconnected; rows whose fate
+// is unknown are then NotSent.
+//
+// The whole batch must be confirmed within the confirm timeout, not counting
+// time the broker spends blocked (a resource alarm); ctx bounds it too. Past
+// that, the socket is broken under the client, which ends even a write
+// stalled on a hung broker, and unconfirmed rows count as not sent.
 func (p *amqpPublisher) Publish(ctx context.Context, rows []Row) ([]Result, error) {
 	results := make([]Result, len(rows))
 	for i := range rows {
@@ -193,11 +225,13 @@ func (p *amqpPublisher) Publish(ctx context.Context, rows []Row) ([]Result, erro
 	if err != nil {
 		return results, err
 	}
-
 	// Drop returns left over from an earlier batch that timed out.
 	for len(p.returns) > 0 {
 		<-p.returns
 	}
+
+	wd := p.watch(ctx)
+	isolate := p.isolate
 	confirms := make([]*amqp.DeferredConfirmation, len(rows))
 	var pubErr error
 	// A row that fails before it is sent holds back the later rows of its
@@ -210,7 +244,10 @@ func (p *amqpPublisher) Publish(ctx context.Context, rows []Row) ([]Result, erro
 			results[i] = Result{Row: r, Outcome: NotSent, Reason: reasonHeld}
 			continue
 		}
-		res, ok := p.check(r, missing)
+		res, ok := p.check(r)
+		if ok {
+			res, ok = missingResult(r, missing)
+		}
 		if !ok {
 			results[i] = res
 			if r.PartitionKey != nil {
@@ -232,23 +269,25 @@ func (p *amqpPublisher) Publish(ctx context.Context, rows []Row) ([]Result, erro
 			break
 		}
 		confirms[i] = dc
+		if isolate && !wd.wait(dc) {
+			break
+		}
+		if isolate && !dc.Acked() {
+			if e := p.channelException(); e != nil {
+				// The broker closed the channel over this very message.
+				results[i] = failed(r, exceptionReason(e), fmt.Errorf("broker closed the channel: %w", e))
+				confirms[i] = nil
+				break
+			}
+		}
 	}
-
-	timer := time.NewTimer(p.confirmTimeout)
-	defer timer.Stop()
-	timedOut := false
-wait:
 	for _, dc := range confirms {
-		if dc == nil {
-			continue
-		}
-		select {
-		case <-dc.Done():
-		case <-timer.C:
-			timedOut = true
-			break wait
+		if dc != nil && !wd.wait(dc) {
+			break
 		}
 	}
+	killed := wd.stop()
+
 	ackedAt := time.Now()
 	closed := p.closeReason()
 	for i, dc := range confirms {
@@ -258,17 +297,16 @@ wait:
 		select {
 		case <-dc.Done():
 		default:
-			results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonTimeout,
-				Err: fmt.Errorf("no confirm within %s", p.confirmTimeout)}
+			results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonTimeout, Err: killed}
 			continue
 		}
 		switch {
 		case dc.Acked():
 			results[i] = Result{Row: &rows[i], Outcome: Acked, AckedAt: ackedAt}
-		case closed != nil:
+		case closed != nil || killed != nil:
 			// Deferred confirms of a closed channel read as nacks; the
 			// broker never said anything about these rows.
-			results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonChannelClosed, Err: closed}
+			results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonChannelClosed, Err: cmp.Or(closed, killed)}
 		default:
 			results[i] = failed(&rows[i], ReasonNack, errors.New("broker nacked the message"))
 		}
@@ -276,19 +314,112 @@ wait:
 	p.matchReturns(results)
 
 	switch {
+	case killed != nil:
+		p.Close()
+		return results, killed
 	case closed != nil:
 		var ae *amqp.Error
 		if errors.As(closed, &ae) && ae.Code == amqp.NotFound {
 			// An exchange vanished after it was cached: check again next time.
 			clear(p.exchanges)
 		}
+		// A channel the broker closed over one message it refused, not
+		// telling which: find it by sending the next batch one by one.
+		p.isolate = !isolate && p.channelException() != nil
 		return results, fmt.Errorf("channel closed: %w", closed)
-	case timedOut:
-		// Late confirms must not be taken for the next batch's: start over
-		// on a new channel.
-		return results, fmt.Errorf("no confirms within %s", p.confirmTimeout)
 	}
+	p.isolate = false
 	return results, pubErr
+}
+
+// watchdog bounds one batch's publish: see Publish.
+type watchdog struct {
+	done   chan struct{}
+	killed chan struct{}
+	wg     sync.WaitGroup
+	reason error
+}
+
+// watch starts the batch's watchdog; stop it with stop.
+func (p *amqpPublisher) watch(ctx context.Context) *watchdog {
+	w := &watchdog{done: make(chan struct{}), killed: make(chan struct{})}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		t := time.NewTimer(p.confirmTimeout)
+		defer t.Stop()
+		if p.blocked {
+			t.Stop()
+		}
+		for {
+			select {
+			case <-w.done:
+				return
+			case b := <-p.blockedCh:
+				p.setBlocked(b)
+				if b.Active {
+					t.Stop()
+				} else {
+					t.Reset(p.confirmTimeout)
+				}
+				continue
+			case <-t.C:
+				w.reason = fmt.Errorf("no confirms within %s", p.confirmTimeout)
+			case <-ctx.Done():
+				w.reason = fmt.Errorf("batch abandoned: %w", context.Cause(ctx))
+			}
+			close(w.killed)
+			_ = p.netConn.Close()
+			return
+		}
+	}()
+	return w
+}
+
+// wait waits for dc and reports whether it resolved (false: the watchdog
+// broke the connection first).
+func (w *watchdog) wait(dc *amqp.DeferredConfirmation) bool {
+	select {
+	case <-dc.Done():
+		return true
+	case <-w.killed:
+		return false
+	}
+}
+
+// stop stops the watchdog and returns why it broke the connection, if it did.
+func (w *watchdog) stop() error {
+	close(w.done)
+	w.wg.Wait()
+	return w.reason
+}
+
+// channelException returns the error with which the broker closed the
+// confirm channel while leaving the connection open, if it did.
+func (p *amqpPublisher) channelException() *amqp.Error {
+	if p.chErr == nil {
+		select {
+		case e := <-p.chClose:
+			p.chErr = e
+		default:
+		}
+	}
+	if p.chErr == nil || !p.chErr.Server || p.conn.IsClosed() {
+		return nil
+	}
+	return p.chErr
+}
+
+// exceptionReason maps a channel exception to a failure reason.
+func exceptionReason(e *amqp.Error) string {
+	switch {
+	case e.Code == amqp.NotFound:
+		return ReasonExchangeNotFound
+	case e.Code == amqp.PreconditionFailed && strings.Contains(e.Reason, "size"):
+		// RabbitMQ: "message size N is larger than configured max size M".
+		return ReasonTooLarge
+	}
+	return ReasonInvalid
 }
 
 // matchReturns marks acked rows the broker returned as unroutable. RabbitMQ
@@ -314,11 +445,16 @@ func (p *amqpPublisher) matchReturns(results []Result) {
 	}
 }
 
-// check fails a row the broker would refuse, before it is sent.
-func (p *amqpPublisher) check(r *Row, missing map[string]error) (Result, bool) {
+// missingResult fails a row whose exchange does not exist.
+func missingResult(r *Row, missing map[string]error) (Result, bool) {
 	if e, ok := missing[r.Exchange]; ok {
 		return failed(r, ReasonExchangeNotFound, e), false
 	}
+	return Result{}, true
+}
+
+// check fails a row the broker would refuse, before it is sent.
+func (p *amqpPublisher) check(r *Row) (Result, bool) {
 	if len(r.Payload) > p.maxMessageSize {
 		return failed(r, ReasonTooLarge, fmt.Errorf("payload of %d bytes is larger than the %d bytes allowed (OUTBOX_MAX_MESSAGE_SIZE)",
 			len(r.Payload), p.maxMessageSize)), false

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,10 @@ import (
 // standbyInterval is how often a standby relay tries to become the leader.
 const standbyInterval = time.Second
 
+// dbTimeout bounds a claim, a settle or a state update, so that a
+// PostgreSQL that stops answering cannot hang the relay.
+const dbTimeout = 30 * time.Second
+
 // Relay moves committed outbox rows to RabbitMQ. Create it with New and run
 // it with Run.
 type Relay struct {
@@ -30,6 +35,7 @@ type Relay struct {
 	poolCfg  *pgxpool.Config
 	lisCfg   *pgx.ConnConfig
 	amqpURIs []amqp.URI
+	appName  string // application_name and AMQP connection name: Name@hostname
 	ready    atomic.Bool
 }
 
@@ -52,11 +58,24 @@ func New(cfg Config) (*Relay, error) {
 		appName = appName[:63]
 	}
 	poolCfg.ConnConfig.RuntimeParams["application_name"] = appName
+	// A relay that vanishes from the network must lose its leader lock
+	// and row locks in bounded time: have the server probe its sessions
+	// (idle 5s, then every 2s, 3 misses; unacknowledged data 10s) instead
+	// of the kernel's two hours. Set in the URL to override.
+	for k, v := range map[string]string{
+		"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
+		"tcp_keepalives_count": "3", "tcp_user_timeout": "10000",
+	} {
+		if _, ok := poolCfg.ConnConfig.RuntimeParams[k]; !ok {
+			poolCfg.ConnConfig.RuntimeParams[k] = v
+		}
+	}
+	poolCfg.ConnConfig.DialFunc = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}).DialContext
 	poolCfg.MaxConns = max(poolCfg.MaxConns, 4)
 	lisCfg := poolCfg.ConnConfig.Copy()
 
 	var uris []amqp.URI
-	for i, u := range newPublisher(cfg).urls {
+	for i, u := range splitURLs(cfg.AMQPURL) {
 		uri, err := amqp.ParseURI(u)
 		if err != nil {
 			return nil, fmt.Errorf("AMQP URL #%d: %w", i+1, RedactURIError(err))
@@ -66,7 +85,8 @@ func New(cfg Config) (*Relay, error) {
 	if len(uris) == 0 {
 		return nil, errors.New("AMQP URL: empty")
 	}
-	return &Relay{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), poolCfg: poolCfg, lisCfg: lisCfg, amqpURIs: uris}, nil
+	return &Relay{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), poolCfg: poolCfg, lisCfg: lisCfg,
+		amqpURIs: uris, appName: appName}, nil
 }
 
 // loop is the state of one Run.
@@ -108,7 +128,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		store: newStore(pool, table, r.cfg.MaxAttempts, func(n int) time.Duration {
 			return backoff(n, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
 		}),
-		pub: newPublisher(r.cfg),
+		pub: newPublisher(r.cfg, r.appName),
 		lis: newListener(r.lisCfg, table.Channel()),
 	}
 	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
@@ -235,7 +255,9 @@ func (l *loop) run(ctx, work context.Context) {
 // runOnce claims one batch, publishes it and settles it. It returns how many
 // rows it claimed.
 func (l *loop) runOnce(ctx context.Context) (int, error) {
-	c, err := l.store.Claim(ctx, l.cfg.BatchSize)
+	cctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	c, err := l.store.Claim(cctx, l.cfg.BatchSize)
 	if err != nil {
 		return 0, err
 	}
@@ -244,7 +266,9 @@ func (l *loop) runOnce(ctx context.Context) (int, error) {
 	}
 	l.metrics.batchSize.Observe(float64(len(c.rows)))
 	results, pubErr := l.pub.Publish(ctx, c.rows)
-	st, err := l.store.Settle(ctx, c, results)
+	sctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	st, err := l.store.Settle(sctx, c, results)
 	if err != nil {
 		return len(c.rows), errors.Join(pubErr, err)
 	}
@@ -305,7 +329,9 @@ func (l *loop) observe(results []Result, st settled) {
 }
 
 func (l *loop) setWaiting(ctx context.Context, w bool) {
-	if err := l.store.SetWaiting(ctx, w); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	if err := l.store.SetWaiting(sctx, w); err != nil {
 		if ctx.Err() == nil {
 			l.log.Error("record wait state", tint.Err(err))
 			sleep(ctx, retryDelay(1))
@@ -376,7 +402,9 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 		return true
 	}
 	var got bool
-	err := l.lis.conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", l.store.table.LockKey("leader")).Scan(&got)
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := l.lis.conn.QueryRow(lctx, "select pg_try_advisory_lock($1)", l.store.table.LockKey("leader")).Scan(&got)
 	if err != nil {
 		if ctx.Err() == nil {
 			l.listenerLost(fmt.Errorf("take leader lock: %w", err))
