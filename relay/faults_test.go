@@ -4,13 +4,18 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
+	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 func TestRelayParksBadRowsWithoutStallingOthers(t *testing.T) {
@@ -240,4 +245,131 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// rabbitmqctl runs rabbitmqctl, failing the test on error.
+func rabbitmqctl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("rabbitmqctl", append([]string{"-q"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rabbitmqctl %s: %v\n%s", args[0], err, out)
+	}
+	return string(out)
+}
+
+// closeConnections closes the broker connections whose client-provided name
+// starts with prefix and returns how many it closed.
+func closeConnections(t *testing.T, prefix string) int {
+	t.Helper()
+	n := 0
+	out := rabbitmqctl(t, "list_connections", "--no-table-headers", "pid", "client_properties")
+	for _, line := range strings.Split(out, "\n") {
+		pid, props, ok := strings.Cut(strings.TrimSpace(line), "\t")
+		if ok && strings.Contains(props, `{"connection_name","`+prefix) {
+			// A connection already gone is fine.
+			_ = exec.Command("rabbitmqctl", "-q", "close_connection", pid, "test closes it").Run()
+			n++
+		}
+	}
+	return n
+}
+
+func TestRelayRereadsPasswordFileOnReconnect(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	user := b.env.Name
+	rabbitmqctl(t, "add_user", user, "first-Pa55")
+	t.Cleanup(func() { _ = exec.Command("rabbitmqctl", "-q", "delete_user", user).Run() })
+	rabbitmqctl(t, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+	pwFile := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pwFile, []byte("first-Pa55\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cfg := b.config(t)
+	cfg.AMQPURL = "amqp://" + user + "@127.0.0.1:5672/"
+	cfg.AMQPPasswordFile = pwFile
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, testWriter{t}), nil))
+	start(t, cfg)
+
+	insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "before", payload: []byte("1")})
+	testenv.Receive(t, b.recv, 1, 10*time.Second)
+
+	// Rotate the secret, then cut the relay's connection: it must
+	// reconnect with the new password from the file.
+	rabbitmqctl(t, "change_password", user, "second-Pa55")
+	if err := os.WriteFile(pwFile, []byte("second-Pa55"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n := closeConnections(t, cfg.Name+"@"); n != 1 {
+		t.Fatalf("closed %d relay connections, want 1", n)
+	}
+	insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "after", payload: []byte("2")})
+	if d := testenv.Receive(t, b.recv, 1, 15*time.Second)[0]; d.RoutingKey != "after" {
+		t.Errorf("received %s, want after", d.RoutingKey)
+	}
+	for _, secret := range []string{"first-Pa55", "second-Pa55"} {
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("logs contain password %s", secret)
+		}
+	}
+}
+
+func TestRelayFailsOverToNextBrokerNode(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cfg := b.config(t)
+	// The first node refuses connections; the second is the real broker.
+	cfg.AMQPURL = "amqp://guest:guest@127.0.0.1:1/, " + testenv.AMQPURL()
+	start(t, cfg)
+	insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "k", payload: []byte("1")})
+	testenv.Receive(t, b.recv, 1, 15*time.Second)
+}
+
+func TestRelayStandbyTakesOver(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cfgA, cfgB := b.config(t), b.config(t)
+	cfgA.Name, cfgB.Name = b.env.Name+"-a", b.env.Name+"-b"
+	stopA := start(t, cfgA)
+	waitIdle(t, b)
+	start(t, cfgB)
+
+	st := readStatus(t, b)
+	if st.Leader == nil || !strings.HasPrefix(st.Leader.ApplicationName, cfgA.Name+"@") {
+		t.Fatalf("leader = %+v, want relay a", st.Leader)
+	}
+	insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "one", payload: []byte("1")})
+	testenv.Receive(t, b.recv, 1, 10*time.Second)
+
+	if err := stopA(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	testenv.WaitFor(t, 5*time.Second, "relay b to lead", func() bool {
+		st := readStatus(t, b)
+		return st.Leader != nil && strings.HasPrefix(st.Leader.ApplicationName, cfgB.Name+"@")
+	})
+	t.Logf("takeover after a clean stop: %s", time.Since(stopped))
+	insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "two", payload: []byte("2")})
+	if d := testenv.Receive(t, b.recv, 1, 10*time.Second)[0]; d.RoutingKey != "two" {
+		t.Errorf("received %s, want two", d.RoutingKey)
+	}
+}
+
+func readStatus(t *testing.T, b *testBundle) relay.Status {
+	t.Helper()
+	st, err := relay.ReadStatus(context.Background(), b.env.Pool, b.env.Table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// testWriter sends a logger's lines to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
