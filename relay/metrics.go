@@ -18,6 +18,7 @@ type metrics struct {
 	pending         prometheus.Gauge
 	dead            prometheus.Gauge
 	lag             prometheus.Gauge
+	notifyQueue     prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -58,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"connection"}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outbox_pending_rows",
-			Help: "Rows not yet published and not dead.",
+			Help: "Rows not yet published and not dead (exact up to 100000, then estimated from the span of ids).",
 		}),
 		dead: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outbox_dead_rows",
@@ -67,6 +68,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outbox_lag_seconds",
 			Help: "Age of the oldest pending row that is available for publishing.",
+		}),
+		notifyQueue: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_notify_queue_usage_ratio",
+			Help: "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use; when full, notifying commits fail.",
 		}),
 	}
 	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed} {
@@ -78,7 +83,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.failures, m.orderBreaks, m.deliveryLatency, m.batchSize,
-			m.leader, m.connUp, m.reconnects, m.pending, m.dead, m.lag)
+			m.leader, m.connUp, m.reconnects, m.pending, m.dead, m.lag, m.notifyQueue)
 	}
 	return m
 }

@@ -162,6 +162,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		cancelWork()
 	}()
 
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.refreshGauges(ctx, pool, newGaugeQueries(table.Ident()))
+	}()
 	l.run(ctx, work)
 	r.ready.Store(false)
 

@@ -7,6 +7,7 @@
 //	outbox-relay [run]            relay rows until SIGTERM or SIGINT
 //	outbox-relay migrate [-print] create or upgrade the outbox table
 //	outbox-relay status [-o json] pending and dead rows, lag, leader
+//	outbox-relay dead list|retry|purge   inspect and repair dead rows
 //	outbox-relay version          print the version
 //
 // Configuration comes from OUTBOX_* environment variables; `outbox-relay -h`
@@ -62,10 +63,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"run":     cmdRun,
 		"migrate": cmdMigrate,
 		"status":  cmdStatus,
+		"dead":    cmdDead,
 	}
 	f, ok := commands[cmd]
 	if !ok {
-		fmt.Fprintf(stderr, "outbox-relay: unknown command %q (want run, migrate, status or version; -h for help)\n", cmd)
+		fmt.Fprintf(stderr, "outbox-relay: unknown command %q (want run, migrate, status, dead or version; -h for help)\n", cmd)
 		return exitUsage
 	}
 	cfg, err := loadConfig()
@@ -139,6 +141,11 @@ Usage:
   outbox-relay [run]              relay rows until SIGTERM or SIGINT
   outbox-relay migrate [-print]   create or upgrade the outbox table (-print: show the SQL)
   outbox-relay status [-o json]   pending and dead rows, lag and leader, from the database
+  outbox-relay dead list [-exchange X] [-older-than D] [-limit N] [-o json]
+  outbox-relay dead retry [-all] [-exchange X] [-older-than D] [ID...]
+                                  make dead rows available again (attempts reset) and wake the relay
+  outbox-relay dead purge -yes [-all] [-exchange X] [-older-than D] [ID...]
+                                  delete dead rows for good
   outbox-relay version            print the version
 
 Environment (a bad value exits 2, naming the variable):

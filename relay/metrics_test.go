@@ -1,0 +1,155 @@
+package relay_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
+)
+
+// MetricNames are the metric names DESIGN.md and the README promise; the
+// dashboard and alert rules are checked against the same list.
+var MetricNames = []string{
+	"outbox_pending_rows", "outbox_dead_rows", "outbox_lag_seconds",
+	"outbox_published_total", "outbox_publish_failures_total", "outbox_order_breaks_total",
+	"outbox_delivery_latency_seconds", "outbox_batch_size", "outbox_leader",
+	"outbox_connection_up", "outbox_reconnects_total", "outbox_notify_queue_usage_ratio",
+}
+
+func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+func value(mf *dto.MetricFamily, labels ...string) float64 {
+	if mf == nil {
+		return -1
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		for i := 0; i+1 < len(labels); i += 2 {
+			found := false
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+					found = true
+				}
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			return float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return -1
+}
+
+func TestMetricsOfLeader(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	reg := prometheus.NewRegistry()
+	cfg := b.config(t)
+	cfg.Registerer = reg
+	cfg.MaxAttempts = 1
+	start(t, cfg)
+	insert(t, b.env.Pool, b,
+		row{exchange: b.exchange, key: "ok", payload: []byte("1")},
+		row{exchange: b.exchange, key: "ok", payload: []byte("2")},
+		row{exchange: b.env.Name + ".missing", key: "bad", payload: []byte("3")},
+	)
+	testenv.Receive(t, b.recv, 2, 10*time.Second)
+	testenv.WaitFor(t, 10*time.Second, "the failure to be counted", func() bool {
+		return value(gather(t, reg)["outbox_publish_failures_total"], "reason", "exchange_not_found") == 1
+	})
+	mfs := gather(t, reg)
+	for _, name := range MetricNames {
+		if mfs[name] == nil {
+			t.Errorf("metric %s is not exported", name)
+		}
+	}
+	for name, want := range map[string]float64{
+		"outbox_published_total":          2,
+		"outbox_leader":                   1,
+		"outbox_delivery_latency_seconds": 2,
+	} {
+		if got := value(mfs[name]); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	for _, c := range []string{"amqp", "postgres_listener"} {
+		if got := value(mfs["outbox_connection_up"], "connection", c); got != 1 {
+			t.Errorf("outbox_connection_up{connection=%q} = %v, want 1", c, got)
+		}
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "outbox_") {
+			t.Errorf("lint %s: %s", p.Metric, p.Text)
+		}
+	}
+}
+
+// A standby reports the table's backlog and lag but publishes nothing.
+func TestMetricsOfStandby(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	// Hold the leader lock, as another relay would.
+	holder := testenv.Conn(t)
+	if _, err := holder.Exec(ctx, "select pg_advisory_lock($1)", b.env.Table.LockKey("leader")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.env.Pool.Exec(ctx, `insert into `+b.env.Table.Ident()+` (exchange, routing_key, payload, created_at)
+		values ($1, 'old', 'x', now() - interval '30 seconds'), ($1, 'new', 'y', now())`, b.exchange); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.env.Pool.Exec(ctx, `insert into `+b.env.Table.Ident()+` (exchange, routing_key, payload, dead_at)
+		values ($1, 'dead', 'z', now())`, b.exchange); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	cfg := b.config(t)
+	cfg.Registerer = reg
+	start(t, cfg)
+	testenv.WaitFor(t, 10*time.Second, "gauges to be refreshed", func() bool {
+		return value(gather(t, reg)["outbox_pending_rows"]) == 2
+	})
+	mfs := gather(t, reg)
+	if lag := value(mfs["outbox_lag_seconds"]); lag < 30 || lag > 60 {
+		t.Errorf("outbox_lag_seconds = %v, want about 30", lag)
+	}
+	if dead := value(mfs["outbox_dead_rows"]); dead != 1 {
+		t.Errorf("outbox_dead_rows = %v, want 1", dead)
+	}
+	if leader := value(mfs["outbox_leader"]); leader != 0 {
+		t.Errorf("outbox_leader = %v on a standby", leader)
+	}
+	select {
+	case d := <-b.recv:
+		t.Errorf("standby published %s", d.RoutingKey)
+	case <-time.After(notificationLeeway):
+	}
+}
