@@ -2,6 +2,9 @@ package relay_test
 
 import (
 	"context"
+	"encoding/json"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -151,5 +154,69 @@ func TestMetricsOfStandby(t *testing.T) {
 	case d := <-b.recv:
 		t.Errorf("standby published %s", d.RoutingKey)
 	case <-time.After(notificationLeeway):
+	}
+}
+
+// TestDashboardAndAlertsUseExportedMetrics checks that every metric the
+// Grafana dashboard and the Prometheus alert rules query is one the relay
+// exports (TestMetricsOfLeader checks that MetricNames are).
+func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
+	t.Parallel()
+	known := map[string]bool{}
+	for _, n := range MetricNames {
+		known[n] = true
+	}
+	dash, err := os.ReadFile("../deploy/grafana/outbox-relay.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(dash, &d); err != nil {
+		t.Fatalf("dashboard JSON: %v", err)
+	}
+	var exprs []string
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			exprs = append(exprs, tg.Expr)
+		}
+	}
+	alerts, err := os.ReadFile("../deploy/prometheus/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var alertNames []string
+	for _, line := range strings.Split(string(alerts), "\n") {
+		line = strings.TrimSpace(line)
+		if e, ok := strings.CutPrefix(line, "expr:"); ok {
+			exprs = append(exprs, e)
+		}
+		if a, ok := strings.CutPrefix(line, "- alert:"); ok {
+			alertNames = append(alertNames, strings.TrimSpace(a))
+		}
+	}
+	used := map[string]bool{}
+	metric := regexp.MustCompile(`outbox_[a-z_]+`)
+	for _, e := range exprs {
+		for _, m := range metric.FindAllString(e, -1) {
+			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(m, "_bucket"), "_sum"), "_count")
+			if !known[base] {
+				t.Errorf("%q uses %s, which the relay does not export", e, m)
+			}
+			used[base] = true
+		}
+	}
+	for _, n := range []string{"outbox_lag_seconds", "outbox_dead_rows", "outbox_leader", "outbox_published_total",
+		"outbox_publish_failures_total", "outbox_delivery_latency_seconds"} {
+		if !used[n] {
+			t.Errorf("neither the dashboard nor the alerts use %s", n)
+		}
+	}
+	if len(alertNames) < 3 {
+		t.Errorf("alert rules = %v, want lag, dead rows and no-leader alerts at least", alertNames)
 	}
 }
