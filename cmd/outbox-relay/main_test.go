@@ -508,3 +508,50 @@ func TestPythonProducer(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 }
+
+// TestSecretsStayOutOfLogs runs the relay with passwords in both URLs and
+// in the password file, against servers that refuse them, and checks that
+// no password shows up in its logs (text and JSON), its metrics or its
+// status output.
+func TestSecretsStayOutOfLogs(t *testing.T) {
+	t.Parallel()
+	e := testenv.New(t)
+	const dbSecret, urlSecret, fileSecret = "db-Secr3t-pw", "url-Secr3t-pw", "file-Secr3t-pw"
+	pwFile := filepath.Join(t.TempDir(), "amqp-password")
+	if err := os.WriteFile(pwFile, []byte(fileSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			t.Parallel()
+			env := baseEnv(e)
+			env["OUTBOX_LOG_FORMAT"] = format
+			env["OUTBOX_LOG_LEVEL"] = "debug"
+			env["OUTBOX_METRICS_ADDR"] = freeAddr(t)
+			// The database URL works (trust auth ignores the password);
+			// the broker refuses the user, whatever the password.
+			env["OUTBOX_DATABASE_URL"] = strings.Replace(testenv.DatabaseURL(), "postgres@", "postgres:"+dbSecret+"@", 1)
+			env["OUTBOX_AMQP_URL"] = "amqp://nobody:" + urlSecret + "@127.0.0.1:5672/,amqp://nobody:" + urlSecret + "@127.0.0.1:1/"
+			env["OUTBOX_AMQP_PASSWORD_FILE"] = pwFile
+			p := startRelay(t, env)
+			testenv.WaitFor(t, 30*time.Second, "two failed broker connects", func() bool {
+				return strings.Count(p.stderr.String(), "broker connect failed") >= 2
+			})
+			_, metrics := get("http://" + env["OUTBOX_METRICS_ADDR"] + "/metrics")
+			status, _, _ := runBin(t, env, "status", "-o", "json")
+			if code := p.stop(t); code != 0 {
+				t.Errorf("exit code %d after SIGTERM", code)
+			}
+			for what, out := range map[string]string{"logs": p.stderr.String(), "metrics": metrics, "status": status} {
+				for _, secret := range []string{dbSecret, urlSecret, fileSecret} {
+					if strings.Contains(out, secret) {
+						t.Errorf("%s contain %s:\n%s", what, secret, out)
+					}
+				}
+			}
+			if !strings.Contains(p.stderr.String(), "nobody") {
+				t.Errorf("logs do not name the refused user:\n%s", p.stderr.String())
+			}
+		})
+	}
+}
