@@ -97,7 +97,9 @@ type loop struct {
 	lis     *pgListener
 	leader  bool
 	waiting bool // the relay_state row says we sleep on LISTEN
-	streak  int  // consecutive non-empty claims
+	// lingered counts the empty claims since the last rows, while the relay
+	// polls before announcing that it waits (see lingerSteps).
+	lingered int
 
 	lisFailures, lisConnects   int
 	lisNextTry                 time.Time
@@ -237,25 +239,39 @@ func (l *loop) run(ctx, work context.Context) {
 		}
 		l.dbFailures = 0
 		if n > 0 {
-			l.streak++
-			// Busy: writers need not notify. An isolated event (one
-			// claim, then nothing) leaves the flag alone, so idle
-			// latency costs no extra query.
-			if l.waiting && (n == l.cfg.BatchSize || l.streak >= 2) {
+			// Busy: writers need not notify. The first batch after a
+			// wake-up goes out before the flag is cleared, so the
+			// clearing costs that event no latency.
+			if l.waiting {
 				l.setWaiting(ctx, false)
 			}
+			l.lingered = 0
 			continue
 		}
-		l.streak = 0
-		if !l.waiting {
-			// Announce the wait, then claim once more: a row committed
-			// before the announcement did not notify.
+		switch {
+		case l.waiting:
+			l.wait(ctx, l.cfg.PollInterval)
+		case l.lingered < len(lingerSteps):
+			// Not idle yet: under a steady load the next row is a
+			// moment away, and announcing the wait now would make its
+			// writer pay for a NOTIFY. Poll a few times, closer first.
+			l.wait(ctx, min(lingerSteps[l.lingered], l.cfg.PollInterval))
+			l.lingered++
+		default:
+			// Idle: announce the wait, then claim once more (a row
+			// committed before the announcement did not notify), then
+			// sleep on LISTEN.
 			l.setWaiting(ctx, true)
-			continue
 		}
-		l.wait(ctx, l.cfg.PollInterval)
 	}
 }
+
+// lingerSteps are the pauses between the claims a relay makes after its
+// last rows before it announces that it waits for a NOTIFY: about 130ms in
+// all, a few cheap queries at the end of each busy spell, against a NOTIFY
+// in every writer's commit while the load goes on.
+var lingerSteps = []time.Duration{2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond,
+	16 * time.Millisecond, 32 * time.Millisecond, 64 * time.Millisecond}
 
 // runOnce claims one batch, publishes it and settles it. It returns how many
 // rows it claimed.
