@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+// Timing of the demo's phases.
+const (
+	setupTimeout = 30 * time.Second // connect, migrate, declare
+	leaderWait   = 30 * time.Second // relay started until it holds the leader lock
+	graceWait    = 10 * time.Second // production stopped until every committed event arrived
+)
+
+// demo is one run of the demo.
+type demo struct {
+	opts   *options
+	names  names
+	out    *printer
+	ledger *ledger
+	relay  *relayProc
+}
+
+// run sets everything up, produces until ctx is done, waits for in-flight
+// events (until hurry is done, at most graceWait), then stops the relay and
+// the consumers in that order. Every goroutine it starts has returned when
+// it returns.
+func (d *demo) run(ctx, hurry context.Context) error {
+	err := d.runAll(ctx, hurry)
+	if err != nil && d.relay != nil && d.relay.state == nil && ctx.Err() != nil {
+		// A Ctrl-C during set-up fails whatever step was under way.
+		return errors.New("interrupted during set-up")
+	}
+	return err
+}
+
+// runAll is run, with set-up errors as they are.
+func (d *demo) runAll(ctx, hurry context.Context) error {
+	o := d.opts
+	path, err := findRelay(o.relayPath)
+	if err != nil {
+		return err
+	}
+	d.relay = newRelayProc(path, o, d.out)
+	if o.metricsAddr != "" {
+		// The relay would fail on a busy port with a less helpful message.
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("-metrics-addr %s is not free (another relay?): pass another address, or -metrics-addr '' for none", o.metricsAddr)
+		}
+		_ = ln.Close()
+	}
+	d.intro(path)
+
+	sctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	pool, err := pgxpool.New(sctx, o.env.DatabaseURL)
+	if err == nil {
+		err = pool.Ping(sctx)
+	}
+	if err != nil {
+		// pgx redacts passwords in its errors.
+		return fmt.Errorf("connect to PostgreSQL (OUTBOX_DATABASE_URL): %w", err)
+	}
+	defer pool.Close()
+	if err := d.relay.migrate(sctx); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(sctx, `create table if not exists `+d.names.jobsTable+` (
+		id         bigint generated always as identity primary key,
+		state      text not null,
+		result     int,
+		updated_at timestamptz not null default now())`); err != nil {
+		return fmt.Errorf("create jobs table: %w", err)
+	}
+	subs, err := d.setupBroker()
+	defer func() {
+		for _, s := range subs {
+			s.close()
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	cancel()
+
+	// Nothing below is cut short by ctx, which only ends production: the
+	// relay and the consumers keep going until the last event is in.
+	g, gctx := errgroup.WithContext(context.WithoutCancel(ctx))
+	consumersCtx, stopConsumers := context.WithCancel(gctx)
+	defer stopConsumers()
+	for _, s := range subs {
+		g.Go(func() error { return s.run(consumersCtx) })
+	}
+	relayCtx, stopRelay := context.WithCancel(gctx)
+	defer stopRelay()
+	relayDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(relayDone)
+		return d.relay.run(relayCtx)
+	})
+
+	err = d.produce(ctx, hurry, gctx, relayCtx, g, pool)
+	stopRelay()
+	<-relayDone
+	stopConsumers()
+	return errors.Join(err, g.Wait())
+}
+
+// produce waits for the relay to lead, runs the jobs service and the lag
+// reporter until ctx is done, then waits for in-flight events. It returns
+// nil when gctx ends early: the error that ended it comes from the group.
+func (d *demo) produce(ctx, hurry, gctx, relayCtx context.Context, g *errgroup.Group, pool *pgxpool.Pool) error {
+	if err := d.waitForLeader(ctx, gctx, pool); err != nil || ctx.Err() != nil || gctx.Err() != nil {
+		return err
+	}
+	writer, err := outbox.NewWriter(d.names.table.String())
+	if err != nil {
+		return err
+	}
+	bursts := make(chan time.Time, 1)
+	lag := &lagReporter{pool: pool, table: d.names.table, metricsAddr: d.opts.metricsAddr, out: d.out, bursts: bursts}
+	g.Go(func() error { return lag.run(relayCtx) })
+
+	prodCtx, stopProd := context.WithCancel(gctx)
+	defer stopProd()
+	defer context.AfterFunc(ctx, stopProd)()
+	if d.opts.duration > 0 {
+		var cancel context.CancelFunc
+		prodCtx, cancel = context.WithTimeout(prodCtx, d.opts.duration)
+		defer cancel()
+	}
+	j := &jobs{
+		pool: pool, writer: writer, names: d.names, ledger: d.ledger, out: d.out,
+		burstEvery: d.opts.burstEvery, burstSize: d.opts.burstSize, bursts: bursts,
+	}
+	prodDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(prodDone)
+		return j.run(prodCtx)
+	})
+	<-prodDone
+	if gctx.Err() != nil {
+		return nil
+	}
+	d.waitForStragglers(hurry, gctx)
+	return nil
+}
+
+// waitForLeader waits until a relay holds the table's leader lock, so that
+// the first events do not count the relay's start-up as latency.
+func (d *demo) waitForLeader(ctx, gctx context.Context, pool *pgxpool.Pool) error {
+	deadline := time.NewTimer(leaderWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(gctx, 5*time.Second)
+		st, err := relay.ReadStatus(qctx, pool, d.names.table)
+		cancel()
+		if err == nil && st.Leader != nil {
+			d.out.printf("demo", "the relay leads %s (PostgreSQL backend pid %d); starting the services", d.names.table, st.Leader.PID)
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			if err != nil {
+				return fmt.Errorf("relay status: %w", err)
+			}
+			return fmt.Errorf("the relay did not take the leader lock of %s within %s", d.names.table, leaderWait)
+		case <-ctx.Done():
+			return nil
+		case <-gctx.Done():
+			return nil
+		}
+	}
+}
+
+// waitForStragglers waits until every committed event has reached all of its
+// consumers, at most graceWait.
+func (d *demo) waitForStragglers(hurry, gctx context.Context) {
+	n := d.ledger.outstanding()
+	if n == 0 {
+		d.out.printf("demo", "production stopped; every committed event has arrived")
+		return
+	}
+	d.out.printf("demo", "production stopped; waiting up to %s for %d deliveries in flight (Ctrl-C again to skip)", graceWait, n)
+	deadline := time.NewTimer(graceWait)
+	defer deadline.Stop()
+	start := time.Now()
+	for {
+		select {
+		case <-d.ledger.changed:
+			if d.ledger.outstanding() == 0 {
+				d.out.printf("demo", "every committed event arrived %s later", time.Since(start).Round(time.Millisecond))
+				return
+			}
+		case <-deadline.C:
+			d.out.printf("demo", "gave up waiting: %d deliveries still missing", d.ledger.outstanding())
+			return
+		case <-hurry.Done():
+			d.out.printf("demo", "stopped waiting: %d deliveries still missing", d.ledger.outstanding())
+			return
+		case <-gctx.Done():
+			return
+		}
+	}
+}
+
+// intro says what is about to happen, once.
+func (d *demo) intro(relayPath string) {
+	n, p := d.names, d.out
+	p.printf("demo", "outbox table %s, relay %s", n.table, relayPath)
+	p.printf("demo", "jobs:   a service that changes its table and enqueues the event in the SAME transaction")
+	p.printf("demo", "api:    consumes job events from durable queue %s; events are pushed, nobody polls", n.apiQueue)
+	p.printf("demo", "web-N:  instances of a scaled-out server, one queue each on fanout exchange %s: all see every event", n.broadcast)
+	if d.opts.metricsAddr != "" {
+		p.printf("demo", "lag:    every %s, the backlog as the table shows it (pending, oldest) and as the relay's /metrics do", lagInterval)
+	} else {
+		p.printf("demo", "lag:    every %s, the backlog as the table shows it (pending, oldest)", lagInterval)
+	}
+	if d.opts.burstEvery > 0 {
+		p.printf("demo", "        every %s, a burst of %d events in one transaction; [lag] follows it closely", d.opts.burstEvery, d.opts.burstSize)
+	}
+	if d.opts.duration > 0 {
+		p.printf("demo", "running for %s", d.opts.duration)
+	} else {
+		p.printf("demo", "press Ctrl-C to stop")
+	}
+}
+
+// summary prints what was committed and received and reports whether the
+// check passed: every committed event reached each of its consumers, no
+// rolled-back event reached any, and the relay exited cleanly.
+func (d *demo) summary() bool {
+	s := d.ledger.snapshot()
+	p := d.out
+	if s.committedTotal() == 0 && s.rolledBack == 0 {
+		return d.relay == nil || d.relay.cleanExit()
+	}
+	p.printf("demo", "summary")
+	p.printf("demo", "  events committed: %d (%d job.started, %d job.completed, %d broadcast, %d job.bulk in %s)",
+		s.committedTotal(), s.committed[kindStarted], s.committed[kindCompleted], s.committed[kindBroadcast], s.committed[kindBulk], plural(s.bursts, "burst"))
+	p.printf("demo", "  events rolled back: %d", s.rolledBack)
+	for c := range consumerCount {
+		line := fmt.Sprintf("  received by %s: %d of %d", consumerName(c), s.received[c], s.expected(c))
+		if s.duplicates[c] > 0 {
+			line += fmt.Sprintf(" (+%d duplicates, told apart by message_id)", s.duplicates[c])
+		}
+		if s.foreign[c] > 0 {
+			line += fmt.Sprintf(" (+%d left over from an earlier run)", s.foreign[c])
+		}
+		p.printf("demo", "%s", line)
+	}
+	p.printf("demo", "  rolled back events received: %d", s.rolledBackReceived)
+	var failures []string
+	if s.missing > 0 {
+		failures = append(failures, fmt.Sprintf("%d deliveries of committed events are missing", s.missing))
+	}
+	if s.rolledBackReceived > 0 {
+		failures = append(failures, "rolled-back events were delivered")
+	}
+	if d.relay != nil {
+		p.printf("demo", "  relay: %s", d.relay.exitStatus())
+		if !d.relay.cleanExit() {
+			failures = append(failures, "the relay did not exit cleanly")
+		}
+	}
+	ok := len(failures) == 0
+	if ok {
+		p.printf("demo", "OK: every committed event reached its consumers; no rolled-back event did")
+	} else {
+		p.printf("demo", "FAIL: %s", strings.Join(failures, "; "))
+	}
+	return ok
+}

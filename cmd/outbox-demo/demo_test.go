@@ -1,0 +1,240 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
+	"github.com/outbox-relay/outbox-relay/outbox"
+)
+
+// TestDemo builds both binaries and runs the demo as `make demo` does, for
+// 6s, on names of the test's own, then checks its summary.
+func TestDemo(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+
+	bin := t.TempDir()
+	relayBin := goBuild(ctx, t, bin, "outbox-relay", "github.com/outbox-relay/outbox-relay/cmd/outbox-relay")
+	demoBin := goBuild(ctx, t, bin, "outbox-demo", ".")
+
+	name := testenv.UniqueName(t)
+	pool := testenv.Pool(t)
+	conn := testenv.AMQPConn(t, name)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := pool.Exec(ctx, "drop schema if exists "+pgx.Identifier{name}.Sanitize()+" cascade"); err != nil {
+			t.Errorf("drop test schema: %v", err)
+		}
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Errorf("open channel for clean-up: %v", err)
+			return
+		}
+		defer func() { _ = ch.Close() }()
+		if _, err := ch.QueueDelete(name+".api", false, false, false); err != nil {
+			t.Errorf("delete queue: %v", err)
+		}
+		for _, x := range []string{name + ".jobs", name + ".broadcast"} {
+			if err := ch.ExchangeDelete(x, false, false); err != nil {
+				t.Errorf("delete exchange %s: %v", x, err)
+			}
+		}
+	})
+
+	cmd := exec.CommandContext(ctx, demoBin, "-relay", relayBin, "-duration", "6s",
+		"-table", name+".outbox", "-prefix", name, "-metrics-addr", freeAddr(t),
+		"-burst-every", "3s", "-burst", "500")
+	cmd.Env = append(os.Environ(),
+		"OUTBOX_DATABASE_URL="+testenv.DatabaseURL(),
+		"OUTBOX_AMQP_URL="+testenv.AMQPURL(),
+		"OUTBOX_AMQP_PASSWORD_FILE=",
+	)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	out := stdout.String()
+	t.Logf("demo output:\n%s", out)
+	if err != nil {
+		t.Fatalf("demo: %v\nstderr:\n%s", err, stderr.String())
+	}
+
+	if m := regexp.MustCompile(`received by api: (\d+) of (\d+)\n`).FindStringSubmatch(out); m == nil {
+		t.Error("no api count in the summary")
+	} else if got, want := atoi(t, m[1]), atoi(t, m[2]); got == 0 || got != want {
+		t.Errorf("api received %d of %d events; want all, and some", got, want)
+	}
+	for i := 1; i <= webInstances; i++ {
+		re := regexp.MustCompile(`received by web-` + strconv.Itoa(i) + `: (\d+) of (\d+)\n`)
+		if m := re.FindStringSubmatch(out); m == nil {
+			t.Errorf("no web-%d count in the summary", i)
+		} else if got, want := atoi(t, m[1]), atoi(t, m[2]); got == 0 || got != want {
+			t.Errorf("web-%d received %d of %d events; want all, and some", i, got, want)
+		}
+	}
+	for _, want := range []string{
+		"rolled back events received: 0\n",
+		"rolled back: its event is never sent\n",
+		"[api]    burst 1: received all 500 events",
+		"relay: exit status 0\n",
+		"OK: every committed event reached its consumers",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if !regexp.MustCompile(`\[lag\] +pending=\d+ oldest=\d+ms published_total=\d+`).MatchString(out) {
+		t.Error("no [lag] line with the relay's published_total")
+	}
+	if uri, err := amqp.ParseURI(testenv.AMQPURL()); err == nil && uri.Password != "" &&
+		strings.Contains(out+stderr.String(), ":"+uri.Password+"@") {
+		t.Error("the output shows the AMQP password")
+	}
+}
+
+// goBuild builds package pkg into dir/name and returns its path.
+func goBuild(ctx context.Context, t *testing.T, dir, name, pkg string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", path, pkg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return path
+}
+
+// freeAddr returns a local TCP address that was free a moment ago, for the
+// relay subprocess's metrics server.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestParseMetrics(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		text string
+		want map[string]float64
+	}{
+		{"absent", "# HELP go_goroutines x\ngo_goroutines 7\n", map[string]float64{}},
+		{"plain", "# TYPE outbox_published_total counter\noutbox_published_total 2030\noutbox_lag_seconds 0.25\n",
+			map[string]float64{"outbox_published_total": 2030, "outbox_lag_seconds": 0.25}},
+		{"labels summed", "outbox_published_total{a=\"x y\"} 1\noutbox_published_total{a=\"}\"} 2 1700000000000\n",
+			map[string]float64{"outbox_published_total": 3}},
+		{"prefix is another metric", "outbox_published_total_extra 9\noutbox_lag_seconds_bucket{le=\"1\"} 4\n", map[string]float64{}},
+		{"garbage skipped", "outbox_lag_seconds\noutbox_lag_seconds NaNx\noutbox_lag_seconds 1e-3\n",
+			map[string]float64{"outbox_lag_seconds": 0.001}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := parseMetrics(strings.NewReader(tt.text), metricsPublished, metricsLag)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+			for k, v := range tt.want {
+				if got[k] != v {
+					t.Errorf("%s = %v, want %v", k, got[k], v)
+				}
+			}
+		})
+	}
+}
+
+func TestLineWriter(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	w := newPrinter(&buf).lineWriter("relay")
+	for _, s := range []string{"one\ntw", "o\r\n\nthr", "ee"} {
+		if _, err := w.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.flush()
+	want := "[relay]  one\n[relay]  two\n[relay]  three\n"
+	if buf.String() != want {
+		t.Errorf("got %q, want %q", buf.String(), want)
+	}
+}
+
+func TestLedger(t *testing.T) {
+	t.Parallel()
+	l := newLedger()
+	msg := func() outbox.Message { return outbox.Message{MessageID: outbox.NewMessageID()} }
+	started, completed, broadcast, rolled := msg(), msg(), msg(), msg()
+
+	l.enqueued([]outbox.Message{started}, []kind{kindStarted})
+	// A delivery may beat the producer's bookkeeping of its commit.
+	if r := l.received(consumerAPI, started.MessageID); !r.ours || !r.first {
+		t.Errorf("first delivery: %+v", r)
+	}
+	l.ended([]outbox.Message{started}, true)
+	l.enqueued([]outbox.Message{completed, broadcast}, []kind{kindCompleted, kindBroadcast})
+	l.ended([]outbox.Message{completed, broadcast}, true)
+	l.enqueued([]outbox.Message{rolled}, []kind{kindStarted})
+	l.ended([]outbox.Message{rolled}, false)
+	if got := l.outstanding(); got != 1+webInstances {
+		t.Errorf("outstanding = %d, want %d", got, 1+webInstances)
+	}
+
+	l.received(consumerAPI, completed.MessageID)
+	if r := l.received(consumerAPI, completed.MessageID); !r.ours || r.first {
+		t.Errorf("duplicate: %+v", r)
+	}
+	for i := 1; i <= webInstances; i++ {
+		l.received(webConsumer(i), broadcast.MessageID)
+	}
+	if r := l.received(consumerAPI, outbox.NewMessageID()); r.ours {
+		t.Errorf("unknown id: %+v", r)
+	}
+	l.received(consumerAPI, rolled.MessageID)
+
+	s := l.snapshot()
+	if l.outstanding() != 0 || s.missing != 0 {
+		t.Errorf("missing = %d, want 0", s.missing)
+	}
+	if s.rolledBackReceived != 1 || s.rolledBack != 1 {
+		t.Errorf("rolled back %d, received %d; want 1, 1", s.rolledBack, s.rolledBackReceived)
+	}
+	if s.expected(consumerAPI) != 2 || s.expected(webConsumer(2)) != 1 {
+		t.Errorf("expected api %d, web-2 %d; want 2, 1", s.expected(consumerAPI), s.expected(webConsumer(2)))
+	}
+	if s.duplicates[consumerAPI] != 1 || s.foreign[consumerAPI] != 1 {
+		t.Errorf("duplicates %d, foreign %d; want 1, 1", s.duplicates[consumerAPI], s.foreign[consumerAPI])
+	}
+}

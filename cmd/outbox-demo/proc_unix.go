@@ -1,0 +1,10 @@
+//go:build unix && !linux
+
+package main
+
+import "syscall"
+
+// relayProcAttr puts the relay in a process group of its own, so that a
+// Ctrl-C in the terminal reaches only the demo, which then stops the relay
+// last.
+func relayProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
