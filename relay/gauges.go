@@ -11,7 +11,7 @@ import (
 )
 
 // Gauge refresh. Every relay, leader or standby, refreshes the table's
-// gauges on a timer, with queries whose cost is bounded whatever the
+// gauges on a timer, in one statement whose cost is bounded whatever the
 // backlog:
 //
 //   - lag: the first live row in id order that is available, one probe of
@@ -21,7 +21,7 @@ import (
 //     (two index probes), dead reported as countCap;
 //   - the NOTIFY queue's usage, a function call.
 const (
-	gaugeInterval = 5 * time.Second
+	gaugeInterval = 10 * time.Second
 	countCap      = 100_000
 	// notifyQueueWarn is the NOTIFY queue usage (0-1) above which the relay
 	// warns: when the queue is full, commits of notifying writers fail.
@@ -29,17 +29,19 @@ const (
 )
 
 type gaugeQueries struct {
-	lag, pending, pendingSpan, dead string
+	gauges, pendingSpan string
 }
 
 func newGaugeQueries(table string) gaugeQueries {
 	return gaugeQueries{
-		lag: `select coalesce(extract(epoch from now() - (
-  select created_at from ` + table + ` where dead_at is null and available_at <= now() order by id limit 1)), 0)::float8`,
-		pending: `select count(*) from (select 1 from ` + table + ` where dead_at is null limit ` + fmt.Sprint(countCap+1) + `) s`,
+		gauges: `select
+  coalesce(extract(epoch from now() - (
+    select created_at from ` + table + ` where dead_at is null and available_at <= now() order by id limit 1)), 0)::float8,
+  (select count(*) from (select 1 from ` + table + ` where dead_at is null limit ` + fmt.Sprint(countCap+1) + `) p),
+  (select count(*) from (select 1 from ` + table + ` where dead_at is not null limit ` + fmt.Sprint(countCap) + `) d),
+  pg_notification_queue_usage()`,
 		pendingSpan: `select coalesce((select id from ` + table + ` where dead_at is null order by id desc limit 1)
   - (select id from ` + table + ` where dead_at is null order by id limit 1) + 1, 0)`,
-		dead: `select count(*) from (select 1 from ` + table + ` where dead_at is not null limit ` + fmt.Sprint(countCap) + `) s`,
 	}
 }
 
@@ -72,22 +74,13 @@ func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQuer
 	defer cancel()
 	var lag, usage float64
 	var pending, dead int64
-	if err := pool.QueryRow(ctx, q.lag).Scan(&lag); err != nil {
-		return fmt.Errorf("lag: %w", err)
-	}
-	if err := pool.QueryRow(ctx, q.pending).Scan(&pending); err != nil {
-		return fmt.Errorf("pending rows: %w", err)
+	if err := pool.QueryRow(ctx, q.gauges).Scan(&lag, &pending, &dead, &usage); err != nil {
+		return err
 	}
 	if pending > countCap {
 		if err := pool.QueryRow(ctx, q.pendingSpan).Scan(&pending); err != nil {
 			return fmt.Errorf("pending rows: %w", err)
 		}
-	}
-	if err := pool.QueryRow(ctx, q.dead).Scan(&dead); err != nil {
-		return fmt.Errorf("dead rows: %w", err)
-	}
-	if err := pool.QueryRow(ctx, "select pg_notification_queue_usage()").Scan(&usage); err != nil {
-		return fmt.Errorf("notification queue usage: %w", err)
 	}
 	r.metrics.lag.Set(lag)
 	r.metrics.pending.Set(float64(pending))

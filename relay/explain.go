@@ -1,0 +1,25 @@
+package relay
+
+import "github.com/outbox-relay/outbox-relay/schema"
+
+// Query is one of the relay's recurring queries with example arguments, so
+// that tests and the benchmark can EXPLAIN exactly what the relay runs.
+type Query struct {
+	Name string
+	SQL  string
+	Args []any
+}
+
+// Queries returns the claim, the settle statements and the gauge queries
+// the relay runs on table t.
+func Queries(t schema.Table, batchSize, maxAttempts int) []Query {
+	s := newStore(nil, t, maxAttempts, nil)
+	g := newGaugeQueries(t.Ident())
+	return []Query{
+		{"claim", s.claimSQL, []any{batchSize}},
+		{"delete acked", s.deleteSQL, []any{[]int64{1, 2, 3}}},
+		{"record failure", s.failSQL, []any{[]int64{1}, []string{"example"}, []int64{1000}, maxAttempts}},
+		{"gauges", g.gauges, nil},
+		{"gauge: pending span", g.pendingSpan, nil},
+	}
+}
