@@ -204,119 +204,144 @@ func (p *amqpPublisher) closeReason() error {
 	return nil
 }
 
-// Publish publishes every row before waiting, then waits for the broker's
-// confirms and returns one result per row, in order. A non-nil error means
-// the connection or channel failed and must be reconnected; rows whose fate
-// is unknown are then NotSent.
+// inflight is a batch sent and not yet awaited.
+type inflight struct {
+	rows     []Row
+	results  []Result
+	confirms []*amqp.DeferredConfirmation
+	wd       *watchdog
+	isolate  bool
+	err      error // why sending stopped early
+}
+
+// Publish sends rows and waits for their confirms: Await(Send(...)).
+func (p *amqpPublisher) Publish(ctx context.Context, rows []Row, held map[string]bool) ([]Result, error) {
+	return p.Await(p.Send(ctx, rows, held))
+}
+
+// Send publishes every row of the batch without waiting for confirms, except
+// rows the broker would refuse (they fail now) and rows whose partition_key
+// is in held or failed earlier in this batch (they stay unsent, so that
+// per-key order holds). Call Await next, before another Send.
 //
 // The whole batch must be confirmed within the confirm timeout, not counting
 // time the broker spends blocked (a resource alarm); ctx bounds it too. Past
 // that, the socket is broken under the client, which ends even a write
 // stalled on a hung broker, and unconfirmed rows count as not sent.
-func (p *amqpPublisher) Publish(ctx context.Context, rows []Row) ([]Result, error) {
-	results := make([]Result, len(rows))
+func (p *amqpPublisher) Send(ctx context.Context, rows []Row, held map[string]bool) *inflight {
+	f := &inflight{rows: rows, results: make([]Result, len(rows)), confirms: make([]*amqp.DeferredConfirmation, len(rows))}
 	for i := range rows {
-		results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonChannelClosed}
+		f.results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonChannelClosed}
 	}
 	if !p.Connected() {
-		return results, errors.New("not connected to broker")
+		f.err = errors.New("not connected to broker")
+		return f
 	}
 	missing, err := p.missingExchanges(rows)
 	if err != nil {
-		return results, err
+		f.err = err
+		return f
 	}
 	// Drop returns left over from an earlier batch that timed out.
 	for len(p.returns) > 0 {
 		<-p.returns
 	}
 
-	wd := p.watch(ctx)
-	isolate := p.isolate
-	confirms := make([]*amqp.DeferredConfirmation, len(rows))
-	var pubErr error
-	// A row that fails before it is sent holds back the later rows of its
-	// partition_key in this batch: they stay unsent, and the next claim
-	// skips them while that row backs off, so per-key order holds.
-	held := map[string]bool{}
+	f.wd = p.watch(ctx)
+	f.isolate = p.isolate
+	hold := make(map[string]bool, len(held))
+	for k := range held {
+		hold[k] = true
+	}
 	for i := range rows {
 		r := &rows[i]
-		if r.PartitionKey != nil && held[*r.PartitionKey] {
-			results[i] = Result{Row: r, Outcome: NotSent, Reason: reasonHeld}
+		if r.PartitionKey != nil && hold[*r.PartitionKey] {
+			f.results[i] = Result{Row: r, Outcome: NotSent, Reason: reasonHeld}
 			continue
 		}
 		res, ok := p.check(r)
 		if ok {
 			res, ok = missingResult(r, missing)
 		}
-		if !ok {
-			results[i] = res
-			if r.PartitionKey != nil {
-				held[*r.PartitionKey] = true
+		var msg amqp.Publishing
+		if ok {
+			var err error
+			if msg, err = r.publishing(); err != nil {
+				res, ok = failed(r, ReasonInvalid, err), false
 			}
-			continue
 		}
-		msg, err := r.publishing()
-		if err != nil {
-			results[i] = failed(r, ReasonInvalid, err)
+		if !ok {
+			f.results[i] = res
 			if r.PartitionKey != nil {
-				held[*r.PartitionKey] = true
+				hold[*r.PartitionKey] = true
 			}
 			continue
 		}
 		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, r.Exchange, r.RoutingKey, p.mandatory, false, msg)
 		if err != nil {
-			pubErr = fmt.Errorf("publish: %w", err)
+			f.err = fmt.Errorf("publish: %w", err)
 			break
 		}
-		confirms[i] = dc
-		if isolate && !wd.wait(dc) {
+		f.confirms[i] = dc
+		if f.isolate && !f.wd.wait(dc) {
 			break
 		}
-		if isolate && !dc.Acked() {
+		if f.isolate && !dc.Acked() {
 			if e := p.channelException(); e != nil {
 				// The broker closed the channel over this very message.
-				results[i] = failed(r, exceptionReason(e), fmt.Errorf("broker closed the channel: %w", e))
-				confirms[i] = nil
+				f.results[i] = failed(r, exceptionReason(e), fmt.Errorf("broker closed the channel: %w", e))
+				f.confirms[i] = nil
 				break
 			}
 		}
 	}
-	for _, dc := range confirms {
-		if dc != nil && !wd.wait(dc) {
+	return f
+}
+
+// Await waits for the confirms of a batch sent with Send and returns one
+// result per row, in order. A non-nil error means the connection or channel
+// failed and must be reconnected; rows whose fate is unknown are NotSent.
+func (p *amqpPublisher) Await(f *inflight) ([]Result, error) {
+	if f.wd == nil {
+		return f.results, f.err
+	}
+	for _, dc := range f.confirms {
+		if dc != nil && !f.wd.wait(dc) {
 			break
 		}
 	}
-	killed := wd.stop()
+	killed := f.wd.stop()
 
 	ackedAt := time.Now()
 	closed := p.closeReason()
-	for i, dc := range confirms {
+	for i, dc := range f.confirms {
 		if dc == nil {
 			continue
 		}
+		row := &f.rows[i]
 		select {
 		case <-dc.Done():
 		default:
-			results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonTimeout, Err: killed}
+			f.results[i] = Result{Row: row, Outcome: NotSent, Reason: ReasonTimeout, Err: killed}
 			continue
 		}
 		switch {
 		case dc.Acked():
-			results[i] = Result{Row: &rows[i], Outcome: Acked, AckedAt: ackedAt}
+			f.results[i] = Result{Row: row, Outcome: Acked, AckedAt: ackedAt}
 		case closed != nil || killed != nil:
 			// Deferred confirms of a closed channel read as nacks; the
 			// broker never said anything about these rows.
-			results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonChannelClosed, Err: cmp.Or(closed, killed)}
+			f.results[i] = Result{Row: row, Outcome: NotSent, Reason: ReasonChannelClosed, Err: cmp.Or(closed, killed)}
 		default:
-			results[i] = failed(&rows[i], ReasonNack, errors.New("broker nacked the message"))
+			f.results[i] = failed(row, ReasonNack, errors.New("broker nacked the message"))
 		}
 	}
-	p.matchReturns(results)
+	p.matchReturns(f.results)
 
 	switch {
 	case killed != nil:
 		p.Close()
-		return results, killed
+		return f.results, killed
 	case closed != nil:
 		var ae *amqp.Error
 		if errors.As(closed, &ae) && ae.Code == amqp.NotFound {
@@ -325,11 +350,11 @@ func (p *amqpPublisher) Publish(ctx context.Context, rows []Row) ([]Result, erro
 		}
 		// A channel the broker closed over one message it refused, not
 		// telling which: find it by sending the next batch one by one.
-		p.isolate = !isolate && p.channelException() != nil
-		return results, fmt.Errorf("channel closed: %w", closed)
+		p.isolate = !f.isolate && p.channelException() != nil
+		return f.results, fmt.Errorf("channel closed: %w", closed)
 	}
 	p.isolate = false
-	return results, pubErr
+	return f.results, f.err
 }
 
 // watchdog bounds one batch's publish: see Publish.

@@ -62,9 +62,15 @@ func New(cfg Config) (*Relay, error) {
 	// and row locks in bounded time: have the server probe its sessions
 	// (idle 5s, then every 2s, 3 misses; unacknowledged data 10s) instead
 	// of the kernel's two hours. Set in the URL to override.
+	//
+	// The relay's own commits (deletes of published rows, failure records)
+	// need not wait for the WAL flush: if the server crashes before it, the
+	// rows come back and are published again, which at-least-once allows.
+	// Not waiting spares the writers' commits the relay's fsyncs.
 	for k, v := range map[string]string{
 		"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
 		"tcp_keepalives_count": "3", "tcp_user_timeout": "10000",
+		"synchronous_commit": "off",
 	} {
 		if _, ok := poolCfg.ConnConfig.RuntimeParams[k]; !ok {
 			poolCfg.ConnConfig.RuntimeParams[k] = v
@@ -72,6 +78,10 @@ func New(cfg Config) (*Relay, error) {
 	}
 	poolCfg.ConnConfig.DialFunc = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}).DialContext
 	poolCfg.MaxConns = max(poolCfg.MaxConns, 4)
+	// pgxpool pings a connection idle for a second before handing it out:
+	// at every poll of an idle relay, a round trip for nothing. A broken
+	// connection fails the claim instead, which is retried.
+	poolCfg.ShouldPing = func(_ context.Context, p pgxpool.ShouldPingParams) bool { return p.IdleDuration > time.Minute }
 	lisCfg := poolCfg.ConnConfig.Copy()
 
 	var uris []amqp.URI
@@ -100,6 +110,8 @@ type loop struct {
 	// lingered counts the empty claims since the last rows, while the relay
 	// polls before announcing that it waits (see lingerSteps).
 	lingered int
+	// lastClaim is when the last claim started.
+	lastClaim time.Time
 
 	lisFailures, lisConnects   int
 	lisNextTry                 time.Time
@@ -226,7 +238,7 @@ func (l *loop) run(ctx, work context.Context) {
 			continue
 		}
 
-		n, err := l.runOnce(work)
+		n, err := l.drain(ctx, work)
 		if err != nil {
 			l.dbFailures++
 			l.log.Error("batch failed", tint.Err(err), slog.Int("rows", n))
@@ -246,6 +258,9 @@ func (l *loop) run(ctx, work context.Context) {
 				l.setWaiting(ctx, false)
 			}
 			l.lingered = 0
+			// The last batch was short: rows trickle in. Let a few more
+			// gather rather than pay a claim and a commit for each handful.
+			sleep(ctx, time.Until(l.lastClaim.Add(busyClaimInterval)))
 			continue
 		}
 		switch {
@@ -266,36 +281,17 @@ func (l *loop) run(ctx, work context.Context) {
 	}
 }
 
+// busyClaimInterval is the least time between the starts of two claims
+// while rows trickle in (batches are not full). A backlog is drained
+// back to back.
+const busyClaimInterval = 5 * time.Millisecond
+
 // lingerSteps are the pauses between the claims a relay makes after its
 // last rows before it announces that it waits for a NOTIFY: about 130ms in
 // all, a few cheap queries at the end of each busy spell, against a NOTIFY
 // in every writer's commit while the load goes on.
 var lingerSteps = []time.Duration{2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond,
 	16 * time.Millisecond, 32 * time.Millisecond, 64 * time.Millisecond}
-
-// runOnce claims one batch, publishes it and settles it. It returns how many
-// rows it claimed.
-func (l *loop) runOnce(ctx context.Context) (int, error) {
-	cctx, cancel := context.WithTimeout(ctx, dbTimeout)
-	defer cancel()
-	c, err := l.store.Claim(cctx, l.cfg.BatchSize)
-	if err != nil {
-		return 0, err
-	}
-	if len(c.rows) == 0 {
-		return 0, nil
-	}
-	l.metrics.batchSize.Observe(float64(len(c.rows)))
-	results, pubErr := l.pub.Publish(ctx, c.rows)
-	sctx, cancel := context.WithTimeout(ctx, dbTimeout)
-	defer cancel()
-	st, err := l.store.Settle(sctx, c, results)
-	if err != nil {
-		return len(c.rows), errors.Join(pubErr, err)
-	}
-	l.observe(results, st)
-	return len(c.rows), pubErr
-}
 
 // observe records a settled batch in metrics and logs.
 func (l *loop) observe(results []Result, st settled) {

@@ -66,48 +66,53 @@ on conflict (singleton) do update set waiting = excluded.waiting, updated_at = e
 	}
 }
 
-// claim is one claimed batch: the rows, and the transaction that holds their
-// locks until Settle or Release.
+// claim is one claimed batch: the rows, and the connection whose open
+// transaction holds their locks until Settle or Release.
 type claim struct {
-	tx   pgx.Tx
+	conn *pgxpool.Conn
 	rows []Row
 }
 
-// Claim begins a transaction and locks up to limit available rows. With no
-// rows it returns an empty claim that holds no transaction.
+// Claim begins a transaction and locks up to limit available rows, in one
+// round trip. With no rows it returns an empty claim that holds nothing.
+//
+// The transaction is driven by hand rather than with pgx.Tx so that BEGIN,
+// the claim and later the settle and COMMIT share round trips. A connection
+// given back to the pool inside a transaction is closed by the pool, so an
+// error path only has to release it.
 func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
-	tx, err := s.pool.Begin(ctx)
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("claim: begin: %w", err)
-	}
-	rows, err := tx.Query(ctx, s.claimSQL, limit)
-	if err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("claim: %w", err)
 	}
+	b := &pgx.Batch{}
+	b.Queue("begin")
 	batch := make([]Row, 0, min(limit, 1024))
-	for rows.Next() {
-		var r Row
-		if err := rows.Scan(&r.ID, &r.Exchange, &r.RoutingKey, &r.PartitionKey, &r.MessageID,
-			&r.ContentType, &r.Headers, &r.Payload, &r.CreatedAt, &r.Attempts); err != nil {
-			rows.Close()
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-			return nil, fmt.Errorf("claim: scan row: %w", err)
+	b.Queue(s.claimSQL, limit).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var r Row
+			if err := rows.Scan(&r.ID, &r.Exchange, &r.RoutingKey, &r.PartitionKey, &r.MessageID,
+				&r.ContentType, &r.Headers, &r.Payload, &r.CreatedAt, &r.Attempts); err != nil {
+				return fmt.Errorf("scan row: %w", err)
+			}
+			batch = append(batch, r)
 		}
-		batch = append(batch, r)
-	}
-	if err := rows.Err(); err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return rows.Err()
+	})
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		conn.Release()
 		return nil, fmt.Errorf("claim: %w", err)
 	}
 	if len(batch) == 0 {
 		// Nothing claimed: end the transaction now rather than hold it.
-		if err := tx.Rollback(ctx); err != nil {
+		_, err := conn.Exec(ctx, "rollback")
+		conn.Release()
+		if err != nil {
 			return nil, fmt.Errorf("claim: end empty transaction: %w", err)
 		}
 		return &claim{}, nil
 	}
-	return &claim{tx: tx, rows: batch}, nil
+	return &claim{conn: conn, rows: batch}, nil
 }
 
 // settled reports what Settle did, for logs and metrics.
@@ -122,9 +127,10 @@ type settled struct {
 // untouched, and commits, releasing the claim's locks.
 func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result) (settled, error) {
 	var st settled
-	if c.tx == nil {
+	if c.conn == nil {
 		return st, nil
 	}
+	defer func() { c.conn.Release(); c.conn = nil }()
 	var acked, failedIDs, delays []int64
 	var errs []string
 	for _, r := range results {
@@ -161,23 +167,11 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result) (settl
 			return rows.Err()
 		})
 	}
-	if batch.Len() > 0 {
-		if err := c.tx.SendBatch(ctx, batch).Close(); err != nil {
-			_ = c.tx.Rollback(context.WithoutCancel(ctx))
-			return settled{}, fmt.Errorf("settle: %w", err)
-		}
-	}
-	if err := c.tx.Commit(ctx); err != nil {
-		return settled{}, fmt.Errorf("settle: commit: %w", err)
+	batch.Queue("commit")
+	if err := c.conn.SendBatch(ctx, batch).Close(); err != nil {
+		return settled{}, fmt.Errorf("settle: %w", err)
 	}
 	return st, nil
-}
-
-// Release ends the claim without settling: its rows stay as they were.
-func (s *pgStore) Release(ctx context.Context, c *claim) {
-	if c.tx != nil {
-		_ = c.tx.Rollback(context.WithoutCancel(ctx))
-	}
 }
 
 // SetWaiting records whether the relay is asleep on LISTEN; the insert
@@ -203,4 +197,13 @@ func lastError(r Result) string {
 		msg = strings.ToValidUTF8(msg, "")
 	}
 	return msg
+}
+
+// Release ends a claim without settling it: its rows stay as they were.
+func (s *pgStore) Release(ctx context.Context, c *claim) {
+	if c.conn != nil {
+		_, _ = c.conn.Exec(context.WithoutCancel(ctx), "rollback")
+		c.conn.Release()
+		c.conn = nil
+	}
 }

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outbox-relay/outbox-relay/relay"
+	"github.com/outbox-relay/outbox-relay/schema"
+)
+
+// bench is one run's private database, table, queue and connections.
+type bench struct {
+	o       options
+	log     *slog.Logger
+	admin   *pgx.Conn
+	dbName  string
+	dbURL   string
+	db      *pgx.Conn
+	table   schema.Table
+	amqp    *amqp.Connection
+	queue   string
+	payload []byte
+}
+
+func newBench(ctx context.Context, o options, stderr io.Writer) (*bench, error) {
+	b := &bench{o: o, log: slog.New(slog.DiscardHandler), table: schema.Table{Schema: "public", Name: "outbox"}}
+	if o.verbose {
+		b.log = slog.New(slog.NewTextHandler(stderr, nil))
+	}
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	b.dbName = "outbox_bench_" + hex.EncodeToString(suffix)
+	b.queue = "outbox-bench-" + hex.EncodeToString(suffix)
+	b.payload = make([]byte, o.payload)
+	_, _ = rand.Read(b.payload)
+
+	var err error
+	if b.admin, err = pgx.Connect(ctx, o.adminURL); err != nil {
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	if _, err := b.admin.Exec(ctx, "create database "+pgx.Identifier{b.dbName}.Sanitize()); err != nil {
+		b.close()
+		return nil, fmt.Errorf("create bench database: %w", err)
+	}
+	cfg := b.admin.Config().Copy()
+	cfg.Database = b.dbName
+	b.dbURL = fmt.Sprintf("host=%s port=%d user=%s dbname=%s", cfg.Host, cfg.Port, cfg.User, b.dbName)
+	if cfg.Password != "" {
+		b.dbURL += " password=" + cfg.Password
+	}
+	if b.db, err = pgx.ConnectConfig(ctx, cfg); err != nil {
+		b.close()
+		return nil, fmt.Errorf("connect to bench database: %w", err)
+	}
+	if _, err := schema.Migrate(ctx, b.db, b.table); err != nil {
+		b.close()
+		return nil, err
+	}
+	if b.amqp, err = amqp.Dial(o.amqpURL); err != nil {
+		b.close()
+		return nil, fmt.Errorf("connect to broker: %w", err)
+	}
+	ch, err := b.amqp.Channel()
+	if err != nil {
+		b.close()
+		return nil, err
+	}
+	defer ch.Close()
+	if _, err := ch.QueueDeclare(b.queue, true, false, false, false, nil); err != nil {
+		b.close()
+		return nil, fmt.Errorf("declare queue: %w", err)
+	}
+	return b, nil
+}
+
+func (b *bench) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if b.amqp != nil {
+		if ch, err := b.amqp.Channel(); err == nil {
+			_, _ = ch.QueueDelete(b.queue, false, false, false)
+		}
+		_ = b.amqp.Close()
+	}
+	if b.db != nil {
+		_ = b.db.Close(ctx)
+	}
+	if b.admin != nil {
+		_, _ = b.admin.Exec(ctx, "drop database if exists "+pgx.Identifier{b.dbName}.Sanitize()+" with (force)")
+		_ = b.admin.Close(ctx)
+	}
+}
+
+// pool opens a pool of up to n connections on the bench database.
+func (b *bench) pool(ctx context.Context, n int) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(b.dbURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = int32(n)
+	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
+// waitIdle waits until the relay says it sleeps on LISTEN.
+func (b *bench) waitIdle(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var waiting bool
+		err := b.db.QueryRow(ctx, "select coalesce(bool_or(waiting), false) from "+b.table.Derived("relay_state")).Scan(&waiting)
+		if err != nil || waiting {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return errors.New("relay did not go idle")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// startRelay runs a relay on the bench table until the returned stop.
+func (b *bench) startRelay(ctx context.Context) (stop func() error, err error) {
+	cfg := relay.Config{BatchSize: b.o.batch}
+	cfg.DatabaseURL, cfg.AMQPURL, cfg.Table, cfg.Logger = b.dbURL, b.o.amqpURL, b.table, b.log
+	r, err := relay.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	return func() error { cancel(); return <-done }, nil
+}
+
+// consumer consumes the bench queue with auto-ack and counts deliveries.
+type consumer struct {
+	n      atomic.Int64
+	signal chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// consume starts a consumer that calls each (if set) with every delivery.
+// Stop it with close.
+func (b *bench) consume(ctx context.Context, each func(amqp.Delivery)) (*consumer, error) {
+	ch, err := b.amqp.Channel()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	d, err := ch.ConsumeWithContext(ctx, b.queue, "", true, false, false, false, nil)
+	if err != nil {
+		cancel()
+		_ = ch.Close()
+		return nil, fmt.Errorf("consume: %w", err)
+	}
+	c := &consumer{signal: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		defer ch.Close()
+		for m := range d {
+			if each != nil {
+				each(m)
+			}
+			c.n.Add(1)
+			select {
+			case c.signal <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return c, nil
+}
+
+// close stops the consumer and waits for it.
+func (c *consumer) close() {
+	c.cancel()
+	<-c.done
+}
+
+// waitFor waits until the consumer has seen n messages in all.
+func (c *consumer) waitFor(ctx context.Context, n int64, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for c.n.Load() < n {
+		select {
+		case <-c.signal:
+		case <-t.C:
+			return fmt.Errorf("received %d of %d messages within %s", c.n.Load(), n, timeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// rawPublish publishes n messages to the queue with confirms, keeping up to
+// window unconfirmed: the broker's limit the relay is compared with.
+func (b *bench) rawPublish(ctx context.Context, n, window int) error {
+	ch, err := b.amqp.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.Confirm(false); err != nil {
+		return err
+	}
+	pending := make([]*amqp.DeferredConfirmation, 0, window)
+	for i := 0; i < n; i++ {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", b.queue, true, false, amqp.Publishing{
+			DeliveryMode: amqp.Persistent, MessageId: fmt.Sprint(i), Timestamp: time.Now(), Body: b.payload})
+		if err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		pending = append(pending, dc)
+		if len(pending) == window {
+			for _, p := range pending[:window/2] {
+				if ok, err := p.WaitContext(ctx); err != nil || !ok {
+					return errors.Join(errors.New("raw publish nacked"), err)
+				}
+			}
+			pending = append(pending[:0], pending[window/2:]...)
+		}
+	}
+	for _, p := range pending {
+		if ok, err := p.WaitContext(ctx); err != nil || !ok {
+			return errors.Join(errors.New("raw publish nacked"), err)
+		}
+	}
+	return nil
+}
+
+// fill inserts n rows with COPY.
+func (b *bench) fill(ctx context.Context, n int) error {
+	rows := make([][]any, 0, 10_000)
+	for done := 0; done < n; {
+		rows = rows[:0]
+		for ; len(rows) < cap(rows) && done < n; done++ {
+			rows = append(rows, []any{"", b.queue, b.payload})
+		}
+		if _, err := b.db.CopyFrom(ctx, pgx.Identifier{b.table.Schema, b.table.Name}, []string{"exchange", "routing_key", "payload"}, pgx.CopyFromRows(rows)); err != nil {
+			return fmt.Errorf("fill backlog: %w", err)
+		}
+	}
+	return nil
+}
