@@ -9,56 +9,125 @@ import (
 
 // drain claims, publishes and settles batches back to back until a claim
 // comes back short of a full batch or stop is done, and returns how many
-// rows it claimed. ctx bounds the work itself (see Run: it outlives stop
-// by the shutdown timeout).
+// rows it claimed. ctx bounds the work itself (see Run: it outlives stop by
+// the shutdown timeout).
 //
-// The database work of one batch overlaps the broker work of the next:
-// while the broker confirms batch k, a second goroutine settles batch k-1
-// and then claims batch k+1. Claiming after that settle has committed means
-// the claim sees the back-off of any row of k-1 that failed; rows of k are
-// still locked and skipped. Batch k+1 is sent only once k is confirmed, so
-// one batch at a time is on the wire, and rows of a key that failed in k
-// are held back in k+1 (see amqpPublisher.Send).
+// It keeps two batches on the wire, so the broker always has the next one
+// while it confirms the last, and overlaps the database work with it: while
+// batch k is awaited, batch k+1 is in flight and a second goroutine settles
+// batch k-1 and then claims k+2. Rows of batches in flight are locked, so a
+// claim skips them. Order per partition_key:
+//
+//   - batch k+2 is claimed after batch k-1 is settled, so the claim sees the
+//     back-off of a row of k-1 that failed and skips the later rows of its
+//     key (the claim query does);
+//   - batch k+2 is sent after batch k is awaited and after k+1 was sent, so
+//     rows of a key that failed in k, or failed before being sent in k+1,
+//     are held back (see amqpPublisher.Send);
+//   - a row of k+1 that the broker refuses after it was sent (nack, return)
+//     can be followed by a later row of its key in k+2 that succeeds: that
+//     is an order break, counted in outbox_order_breaks_total.
 func (l *loop) drain(stop, ctx context.Context) (int, error) {
-	cur, err := l.claim(ctx)
-	if err != nil || len(cur.rows) == 0 {
+	c, err := l.claim(ctx)
+	if err != nil || len(c.rows) == 0 {
 		return 0, err
 	}
-	total := 0
-	var held map[string]bool
-	var prev *claim
-	var prevResults []Result
-	for {
-		total += len(cur.rows)
-		f := l.pub.Send(ctx, cur.rows, held)
-		more := len(cur.rows) == l.cfg.BatchSize && f.err == nil && stop.Err() == nil
+	wd := l.pub.watch(ctx)
+	defer wd.stop()
 
-		var next *claim
+	type sentBatch struct {
+		c       *claim
+		f       *inflight
+		results []Result
+	}
+	var (
+		total     int
+		queue     []*sentBatch // sent, not yet awaited, oldest first
+		done      *sentBatch   // awaited, not yet settled
+		errs      []error
+		lastFull  bool
+		broken    bool
+		claimNext = func() bool { return lastFull && !broken && stop.Err() == nil }
+	)
+	send := func(c *claim) {
+		var held map[string]bool
+		if done != nil {
+			held = failedKeys(done.results)
+		} else {
+			held = map[string]bool{}
+		}
+		for _, s := range queue {
+			s.f.heldKeys(held)
+		}
+		f := l.pub.Send(ctx, c.rows, held, wd)
+		queue = append(queue, &sentBatch{c: c, f: f})
+		total += len(c.rows)
+		lastFull = len(c.rows) == l.cfg.BatchSize
+		broken = broken || f.err != nil
+	}
+
+	send(c)
+	var next *claim
+	if claimNext() {
+		if next, err = l.claim(ctx); err != nil {
+			errs = append(errs, err)
+			broken = true
+		}
+	}
+	for len(queue) > 0 {
+		if next != nil && len(next.rows) > 0 && !broken {
+			send(next)
+			next = nil
+		}
+		oldest := queue[0]
+		queue = queue[1:]
+		toSettle, doClaim := done, claimNext()
+		var bgNext *claim
 		var bgErr error
-		done := make(chan struct{})
+		bg := make(chan struct{})
 		go func() {
-			defer close(done)
-			if prev != nil {
-				bgErr = l.settle(ctx, prev, prevResults)
+			defer close(bg)
+			if toSettle != nil {
+				bgErr = l.settle(ctx, toSettle.c, toSettle.results)
 			}
-			if more && bgErr == nil {
-				next, bgErr = l.claim(ctx)
+			if doClaim && bgErr == nil {
+				bgNext, bgErr = l.claim(ctx)
 			}
 		}()
-		results, pubErr := l.pub.Await(f)
-		<-done
-
-		if pubErr != nil || bgErr != nil || next == nil || len(next.rows) == 0 || stop.Err() != nil {
-			// Settle what was sent; give back what was claimed ahead.
-			err := l.settle(ctx, cur, results)
-			if next != nil {
-				l.store.Release(ctx, next)
-			}
-			return total, errors.Join(pubErr, bgErr, err)
+		var pubErr error
+		oldest.results, pubErr = l.pub.Await(oldest.f)
+		<-bg
+		if done != nil {
+			l.countOrderBreaks(done.results, oldest.results)
 		}
-		prev, prevResults = cur, results
-		held = failedKeys(results)
-		cur = next
+		done = oldest
+		if next != nil { // claimed but not sent: the connection broke
+			l.store.Release(ctx, next)
+		}
+		next = bgNext
+		if pubErr != nil || bgErr != nil {
+			errs = append(errs, pubErr, bgErr)
+			broken = true
+		}
+	}
+	if next != nil {
+		l.store.Release(ctx, next)
+	}
+	if err := l.settle(ctx, done.c, done.results); err != nil {
+		errs = append(errs, err)
+	}
+	return total, errors.Join(errs...)
+}
+
+// countOrderBreaks counts the rows of a batch that the broker confirmed
+// while a row of their key in the batch before failed after it was sent:
+// consumers see them before that row's retry.
+func (l *loop) countOrderBreaks(prev, cur []Result) {
+	failed := failedKeys(prev)
+	for _, r := range cur {
+		if r.Outcome == Acked && r.Row.PartitionKey != nil && failed[*r.Row.PartitionKey] {
+			l.metrics.orderBreaks.Inc()
+		}
 	}
 }
 
@@ -87,15 +156,12 @@ func (l *loop) settle(ctx context.Context, c *claim, results []Result) error {
 	return nil
 }
 
-// failedKeys returns the partition keys of rows that failed or were held
-// back in a batch: later rows of those keys wait for the retry.
+// failedKeys returns the partition keys of rows of an awaited batch that
+// failed or were held back: later rows of those keys wait for the retry.
 func failedKeys(results []Result) map[string]bool {
-	var keys map[string]bool
+	keys := map[string]bool{}
 	for _, r := range results {
 		if r.Outcome != Acked && r.Row.PartitionKey != nil {
-			if keys == nil {
-				keys = map[string]bool{}
-			}
 			keys[*r.Row.PartitionKey] = true
 		}
 	}

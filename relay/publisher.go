@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -44,8 +45,9 @@ type amqpPublisher struct {
 	chErr     *amqp.Error // what chClose delivered, kept
 	blockedCh chan amqp.Blocking
 	returns   chan amqp.Return
-	blocked   bool
-	exchanges map[string]time.Time // exchange → when it was last seen to exist
+	blocked   atomic.Bool              // the broker blocked publishing (resource alarm)
+	exchanges map[string]time.Time     // exchange → when it was last seen to exist
+	returned  map[string][]amqp.Return // message id → returns not yet matched to a row
 	// isolate makes the next batch go out one message at a time: the broker
 	// closed the channel over one message of the last batch (e.g. one larger
 	// than its max_message_size) without saying which.
@@ -74,6 +76,7 @@ func newPublisher(cfg Config, name string) *amqpPublisher {
 		returnBuffer:   cfg.BatchSize + 16,
 		log:            cfg.Logger,
 		exchanges:      make(map[string]time.Time),
+		returned:       make(map[string][]amqp.Return),
 	}
 }
 
@@ -135,7 +138,10 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 	p.blockedCh = conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 	p.chClose = ch.NotifyClose(make(chan *amqp.Error, 1))
 	p.returns = ch.NotifyReturn(make(chan amqp.Return, p.returnBuffer))
-	p.blocked, p.chErr = false, nil
+	p.blocked.Store(false)
+	p.chErr = nil
+	// Returns of batches that timed out on the old connection.
+	clear(p.returned)
 	p.log.Info("connected to broker", slog.String("url", where))
 	return nil
 }
@@ -163,20 +169,19 @@ func (p *amqpPublisher) Blocked() bool {
 		case b := <-p.blockedCh:
 			p.setBlocked(b)
 		default:
-			return p.blocked
+			return p.blocked.Load()
 		}
 	}
 }
 
 func (p *amqpPublisher) setBlocked(b amqp.Blocking) {
-	if b.Active != p.blocked {
+	if p.blocked.Swap(b.Active) != b.Active {
 		if b.Active {
 			p.log.Warn("broker blocked publishing, pausing", slog.String("reason", b.Reason))
 		} else {
 			p.log.Info("broker unblocked publishing, resuming")
 		}
 	}
-	p.blocked = b.Active
 }
 
 // closeReason returns why the connection or channel closed, if it did.
@@ -214,22 +219,24 @@ type inflight struct {
 	err      error // why sending stopped early
 }
 
-// Publish sends rows and waits for their confirms: Await(Send(...)).
-func (p *amqpPublisher) Publish(ctx context.Context, rows []Row, held map[string]bool) ([]Result, error) {
-	return p.Await(p.Send(ctx, rows, held))
+// heldKeys returns the partition keys of rows of the batch that failed or
+// were held back before they were sent.
+func (f *inflight) heldKeys(into map[string]bool) {
+	for i, r := range f.results {
+		if f.confirms[i] == nil && (r.Outcome == Failed || r.Reason == reasonHeld) && r.Row.PartitionKey != nil {
+			into[*r.Row.PartitionKey] = true
+		}
+	}
 }
 
 // Send publishes every row of the batch without waiting for confirms, except
 // rows the broker would refuse (they fail now) and rows whose partition_key
 // is in held or failed earlier in this batch (they stay unsent, so that
-// per-key order holds). Call Await next, before another Send.
-//
-// The whole batch must be confirmed within the confirm timeout, not counting
-// time the broker spends blocked (a resource alarm); ctx bounds it too. Past
-// that, the socket is broken under the client, which ends even a write
-// stalled on a hung broker, and unconfirmed rows count as not sent.
-func (p *amqpPublisher) Send(ctx context.Context, rows []Row, held map[string]bool) *inflight {
-	f := &inflight{rows: rows, results: make([]Result, len(rows)), confirms: make([]*amqp.DeferredConfirmation, len(rows))}
+// per-key order holds). Await its confirms later; up to two batches may be
+// in flight, awaited in the order they were sent. wd (see watch) bounds the
+// wait.
+func (p *amqpPublisher) Send(ctx context.Context, rows []Row, held map[string]bool, wd *watchdog) *inflight {
+	f := &inflight{rows: rows, results: make([]Result, len(rows)), confirms: make([]*amqp.DeferredConfirmation, len(rows)), wd: wd}
 	for i := range rows {
 		f.results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonChannelClosed}
 	}
@@ -242,12 +249,6 @@ func (p *amqpPublisher) Send(ctx context.Context, rows []Row, held map[string]bo
 		f.err = err
 		return f
 	}
-	// Drop returns left over from an earlier batch that timed out.
-	for len(p.returns) > 0 {
-		<-p.returns
-	}
-
-	f.wd = p.watch(ctx)
 	f.isolate = p.isolate
 	hold := make(map[string]bool, len(held))
 	for k := range held {
@@ -277,13 +278,15 @@ func (p *amqpPublisher) Send(ctx context.Context, rows []Row, held map[string]bo
 			}
 			continue
 		}
+		wd.sent()
 		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, r.Exchange, r.RoutingKey, p.mandatory, false, msg)
 		if err != nil {
+			wd.confirmed()
 			f.err = fmt.Errorf("publish: %w", err)
 			break
 		}
 		f.confirms[i] = dc
-		if f.isolate && !f.wd.wait(dc) {
+		if f.isolate && !wd.wait(dc) {
 			break
 		}
 		if f.isolate && !dc.Acked() {
@@ -302,15 +305,12 @@ func (p *amqpPublisher) Send(ctx context.Context, rows []Row, held map[string]bo
 // result per row, in order. A non-nil error means the connection or channel
 // failed and must be reconnected; rows whose fate is unknown are NotSent.
 func (p *amqpPublisher) Await(f *inflight) ([]Result, error) {
-	if f.wd == nil {
-		return f.results, f.err
-	}
 	for _, dc := range f.confirms {
 		if dc != nil && !f.wd.wait(dc) {
 			break
 		}
 	}
-	killed := f.wd.stop()
+	killed := f.wd.killedBy()
 
 	ackedAt := time.Now()
 	closed := p.closeReason()
@@ -322,6 +322,7 @@ func (p *amqpPublisher) Await(f *inflight) ([]Result, error) {
 		select {
 		case <-dc.Done():
 		default:
+			f.wd.confirmed()
 			f.results[i] = Result{Row: row, Outcome: NotSent, Reason: ReasonTimeout, Err: killed}
 			continue
 		}
@@ -357,66 +358,92 @@ func (p *amqpPublisher) Await(f *inflight) ([]Result, error) {
 	return f.results, f.err
 }
 
-// watchdog bounds one batch's publish: see Publish.
+// watchdog bounds the wait for confirms while batches are in flight: when
+// messages are outstanding and no confirm has come for the confirm timeout
+// (time the broker spends blocked by a resource alarm does not count), or
+// when ctx is done, it breaks the TCP connection under the client. That ends
+// even a write stalled on a hung broker; unconfirmed rows then count as not
+// sent.
 type watchdog struct {
-	done   chan struct{}
-	killed chan struct{}
-	wg     sync.WaitGroup
-	reason error
+	timeout     time.Duration
+	outstanding atomic.Int64
+	last        atomic.Int64 // unix nanoseconds of the last progress
+	done        chan struct{}
+	killed      chan struct{}
+	wg          sync.WaitGroup
+	reason      error // set before killed is closed
 }
 
-// watch starts the batch's watchdog; stop it with stop.
+// watch starts a watchdog for the batches sent until its stop.
 func (p *amqpPublisher) watch(ctx context.Context) *watchdog {
-	w := &watchdog{done: make(chan struct{}), killed: make(chan struct{})}
+	w := &watchdog{timeout: p.confirmTimeout, done: make(chan struct{}), killed: make(chan struct{})}
+	w.touch()
+	nc, blockedCh := p.netConn, p.blockedCh
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
-		t := time.NewTimer(p.confirmTimeout)
-		defer t.Stop()
-		if p.blocked {
-			t.Stop()
-		}
+		tick := time.NewTicker(min(w.timeout/10, 100*time.Millisecond))
+		defer tick.Stop()
 		for {
 			select {
 			case <-w.done:
 				return
-			case b := <-p.blockedCh:
+			case b := <-blockedCh:
 				p.setBlocked(b)
-				if b.Active {
-					t.Stop()
-				} else {
-					t.Reset(p.confirmTimeout)
-				}
+				w.touch()
 				continue
-			case <-t.C:
-				w.reason = fmt.Errorf("no confirms within %s", p.confirmTimeout)
+			case <-tick.C:
+				if p.blocked.Load() || w.outstanding.Load() <= 0 {
+					w.touch()
+					continue
+				}
+				if time.Since(time.Unix(0, w.last.Load())) < w.timeout {
+					continue
+				}
+				w.reason = fmt.Errorf("no confirms within %s", w.timeout)
 			case <-ctx.Done():
 				w.reason = fmt.Errorf("batch abandoned: %w", context.Cause(ctx))
 			}
 			close(w.killed)
-			_ = p.netConn.Close()
+			if nc != nil {
+				_ = nc.Close()
+			}
 			return
 		}
 	}()
 	return w
 }
 
+func (w *watchdog) touch()     { w.last.Store(time.Now().UnixNano()) }
+func (w *watchdog) sent()      { w.outstanding.Add(1) }
+func (w *watchdog) confirmed() { w.outstanding.Add(-1); w.touch() }
+
 // wait waits for dc and reports whether it resolved (false: the watchdog
 // broke the connection first).
 func (w *watchdog) wait(dc *amqp.DeferredConfirmation) bool {
 	select {
 	case <-dc.Done():
+		w.confirmed()
 		return true
 	case <-w.killed:
 		return false
 	}
 }
 
-// stop stops the watchdog and returns why it broke the connection, if it did.
-func (w *watchdog) stop() error {
+// killedBy returns why the watchdog broke the connection, if it did.
+func (w *watchdog) killedBy() error {
+	select {
+	case <-w.killed:
+		return w.reason
+	default:
+		return nil
+	}
+}
+
+// stop stops the watchdog and waits for it.
+func (w *watchdog) stop() {
 	close(w.done)
 	w.wg.Wait()
-	return w.reason
 }
 
 // channelException returns the error with which the broker closed the
@@ -450,23 +477,31 @@ func exceptionReason(e *amqp.Error) string {
 // matchReturns marks acked rows the broker returned as unroutable. RabbitMQ
 // sends basic.return before the basic.ack of the same message, and the
 // client queues returns before it processes the next frame, so every return
-// of this batch is buffered by the time its confirms are in.
+// of a batch is buffered by the time its confirms are in. Returns of the
+// other batch in flight are kept for its Await.
 func (p *amqpPublisher) matchReturns(results []Result) {
-	for {
-		var ret amqp.Return
+	for drained := false; !drained; {
 		select {
-		case ret = <-p.returns:
+		case ret := <-p.returns:
+			p.returned[ret.MessageId] = append(p.returned[ret.MessageId], ret)
 		default:
-			return
+			drained = true
 		}
-		for i := range results {
-			r := &results[i]
-			if r.Outcome == Acked && r.Row.MessageID == ret.MessageId && r.Reason == "" {
-				*r = failed(r.Row, ReasonReturned, fmt.Errorf("returned by broker: %d %s (exchange %q, routing key %q)",
-					ret.ReplyCode, ret.ReplyText, ret.Exchange, ret.RoutingKey))
-				break
-			}
+	}
+	for i := range results {
+		r := &results[i]
+		rets := p.returned[r.Row.MessageID]
+		if r.Outcome != Acked || len(rets) == 0 {
+			continue
 		}
+		ret := rets[0]
+		if len(rets) == 1 {
+			delete(p.returned, r.Row.MessageID)
+		} else {
+			p.returned[r.Row.MessageID] = rets[1:]
+		}
+		*r = failed(r.Row, ReasonReturned, fmt.Errorf("returned by broker: %d %s (exchange %q, routing key %q)",
+			ret.ReplyCode, ret.ReplyText, r.Row.Exchange, r.Row.RoutingKey))
 	}
 }
 

@@ -42,6 +42,7 @@ type options struct {
 	interval   time.Duration
 	payload    int
 	batch      int
+	rounds     int
 	rate       int
 	steadyFor  time.Duration
 	writersFor time.Duration
@@ -59,6 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory scenario")
 	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, writers, memory, soak); default all but soak")
 	fs.IntVar(&o.rows, "rows", 100_000, "backlog rows for the drain scenario")
+	fs.IntVar(&o.rounds, "rounds", 3, "rounds of raw publishing and drain, compared side by side")
 	fs.IntVar(&o.events, "events", 100, "single events for the idle-latency scenario")
 	fs.DurationVar(&o.interval, "interval", 200*time.Millisecond, "time between idle-latency events")
 	fs.IntVar(&o.payload, "payload", 256, "payload bytes")
