@@ -12,13 +12,15 @@ import (
 
 // Gauge refresh. Every relay, leader or standby, refreshes the table's
 // gauges on a timer, in one statement whose cost is bounded whatever the
-// backlog:
+// backlog (each count walks one partial index in its own order, which keeps
+// the planner off a table scan, and stops at countCap):
 //
-//   - lag: the first live row in id order that is available, one probe of
-//     the claim index (it steps over rows that are delayed or backing off);
+//   - lag: the oldest of the first row of the claim index and the due rows
+//     of the delayed index (see the migration);
 //   - pending and dead: counts through their partial indexes, stopping at
-//     countCap rows; past that, pending is estimated from the span of live ids
-//     (two index probes), dead reported as countCap;
+//     countCap rows each; past that, the rows available since they were
+//     written are estimated from the span of their ids (two index probes),
+//     and delayed and dead rows are reported as countCap;
 //   - the NOTIFY queue's usage, a function call.
 const (
 	gaugeInterval = 10 * time.Second
@@ -33,15 +35,19 @@ type gaugeQueries struct {
 }
 
 func newGaugeQueries(table string) gaugeQueries {
+	limit := func(n int) string { return " limit " + fmt.Sprint(n) }
 	return gaugeQueries{
 		gauges: `select
-  coalesce(extract(epoch from now() - (
-    select created_at from ` + table + ` where dead_at is null and available_at <= now() order by id limit 1)), 0)::float8,
-  (select count(*) from (select 1 from ` + table + ` where dead_at is null limit ` + fmt.Sprint(countCap+1) + `) p),
-  (select count(*) from (select 1 from ` + table + ` where dead_at is not null limit ` + fmt.Sprint(countCap) + `) d),
+  coalesce(extract(epoch from now() - least(
+    (select created_at from ` + table + ` where dead_at is null and available_at = created_at order by id limit 1),
+    (select min(created_at) from (select created_at from ` + table + `
+       where dead_at is null and available_at <> created_at and available_at <= now() order by available_at` + limit(countCap) + `) d))), 0)::float8,
+  (select count(*) from (select 1 from ` + table + ` where dead_at is null and available_at = created_at order by id` + limit(countCap+1) + `) p),
+  (select count(*) from (select 1 from ` + table + ` where dead_at is null and available_at <> created_at order by available_at` + limit(countCap) + `) d),
+  (select count(*) from (select 1 from ` + table + ` where dead_at is not null order by id` + limit(countCap) + `) d),
   pg_notification_queue_usage()`,
-		pendingSpan: `select coalesce((select id from ` + table + ` where dead_at is null order by id desc limit 1)
-  - (select id from ` + table + ` where dead_at is null order by id limit 1) + 1, 0)`,
+		pendingSpan: `select coalesce((select id from ` + table + ` where dead_at is null and available_at = created_at order by id desc limit 1)
+  - (select id from ` + table + ` where dead_at is null and available_at = created_at order by id limit 1) + 1, 0)`,
 	}
 }
 
@@ -73,8 +79,8 @@ func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQuer
 	ctx, cancel := context.WithTimeout(ctx, gaugeInterval)
 	defer cancel()
 	var lag, usage float64
-	var pending, dead int64
-	if err := pool.QueryRow(ctx, q.gauges).Scan(&lag, &pending, &dead, &usage); err != nil {
+	var pending, delayed, dead int64
+	if err := pool.QueryRow(ctx, q.gauges).Scan(&lag, &pending, &delayed, &dead, &usage); err != nil {
 		return err
 	}
 	if pending > countCap {
@@ -82,6 +88,7 @@ func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQuer
 			return fmt.Errorf("pending rows: %w", err)
 		}
 	}
+	pending += delayed
 	r.metrics.lag.Set(lag)
 	r.metrics.pending.Set(float64(pending))
 	r.metrics.dead.Set(float64(dead))

@@ -32,20 +32,31 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		maxAttempts: maxAttempts,
 		backoff:     backoff,
 		// Rows are taken in id order, never after a "last id seen" cursor
-		// (ids are not assigned in commit order). A row waits while an
-		// earlier row of its partition_key is backing off; dead rows do not
-		// hold their key back. Locks are held until the batch is settled, so
-		// a second claimer never takes the same rows.
+		// (ids are not assigned in commit order): the available rows with
+		// the lowest ids, from the two partial indexes of the migration
+		// (rows available since they were written; rows delayed or backing
+		// off that are due). A row waits while an earlier row of its
+		// partition_key is backing off; dead rows do not hold their key
+		// back. Locks are held until the batch is settled, so a second
+		// claimer never takes the same rows.
 		claimSQL: `select id, exchange, routing_key, partition_key, message_id::text,
        content_type, headers, payload, created_at, attempts
   from ` + tbl + ` o
- where dead_at is null
+ where id in (
+        (select id from ` + tbl + ` where dead_at is null and available_at = created_at order by id limit $1)
+        union all
+        (select id from (select id from ` + tbl + `
+                          where dead_at is null and available_at <> created_at and available_at <= now()
+                         offset 0) due
+          order by id limit $1))
+   and dead_at is null
    and available_at <= now()
    and (partition_key is null or not exists (
         select 1 from ` + tbl + ` e
          where e.partition_key = o.partition_key
            and e.id < o.id
            and e.dead_at is null
+           and e.available_at <> e.created_at
            and e.available_at > now()))
  order by id
  limit $1

@@ -22,12 +22,24 @@ create table {{.Table}} (
     constraint {{.Local "headers_object"}} check (headers is null or jsonb_typeof(headers) = 'object')
 );
 
--- The claim walks live rows in id order; dead rows are never read by it.
-create index {{.Local "claim_idx"}} on {{.Table}} (id) where dead_at is null;
+-- The claim takes the available rows with the lowest ids from two indexes,
+-- so that its cost follows the batch, not the table. Rows written with the
+-- default available_at (= created_at) are available at once: claim_idx
+-- holds them in id order. Rows delayed by their writer or backing off after
+-- a failure have another available_at: delayed_idx holds them by when they
+-- come due, so a million of them scheduled for later cost the claim nothing.
+-- Dead rows are in neither.
+create index {{.Local "claim_idx"}} on {{.Table}} (id)
+    where dead_at is null and available_at = created_at;
+create index {{.Local "delayed_idx"}} on {{.Table}} (available_at, id)
+    where dead_at is null and available_at <> created_at;
 
--- Per-key order: "is an earlier row of this key backing off?" is one probe here.
+-- Per-key order: "is an earlier row of this key backing off (or delayed)?"
+-- Only rows of delayed_idx can be, so this index holds just those: the
+-- probe the claim makes for each keyed row finds nothing, at once, unless
+-- a row of that key really waits.
 create index {{.Local "partition_idx"}} on {{.Table}} (partition_key, id)
-    where dead_at is null and partition_key is not null;
+    where dead_at is null and available_at <> created_at and partition_key is not null;
 
 -- Dead rows, for `outbox-relay dead` and the dead-rows gauge.
 create index {{.Local "dead_idx"}} on {{.Table}} (id) where dead_at is not null;
