@@ -118,8 +118,17 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 		Dial: func(network, addr string) (net.Conn, error) {
 			d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
 			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// A node that accepts TCP but never answers must not hang the
+			// handshake: amqp091-go clears this deadline once it is done.
+			if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+				_ = c.Close()
+				return nil, err
+			}
 			p.netConn = c
-			return c, err
+			return c, nil
 		},
 	})
 	if err != nil {
@@ -482,7 +491,12 @@ func exceptionReason(e *amqp.Error) string {
 func (p *amqpPublisher) matchReturns(results []Result) {
 	for drained := false; !drained; {
 		select {
-		case ret := <-p.returns:
+		case ret, ok := <-p.returns:
+			if !ok {
+				// Closed with the channel: no more returns.
+				drained = true
+				break
+			}
 			p.returned[ret.MessageId] = append(p.returned[ret.MessageId], ret)
 		default:
 			drained = true

@@ -377,6 +377,7 @@ func (l *loop) loseLeadership() {
 		l.log.Warn("leadership lost")
 	}
 	l.leader = false
+	l.store.leaderPID.Store(0)
 	l.waiting = false // re-announce once leader again
 	l.metrics.leader.Set(0)
 }
@@ -434,6 +435,7 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 		return false
 	}
 	l.leader = true
+	l.store.leaderPID.Store(int32(l.lis.conn.PgConn().PID()))
 	l.metrics.leader.Set(1)
 	l.log.Info("leadership gained")
 	return true

@@ -79,7 +79,7 @@ func ReadStatus(ctx context.Context, db Querier, t schema.Table) (Status, error)
 	if err := rows.Err(); err != nil {
 		return st, fmt.Errorf("read status of %s: %w", t, err)
 	}
-	key := t.LockKey("leader")
+	classid, objid := lockParts(t.LockKey("leader"))
 	var ld Leader
 	var addr *string
 	err = db.QueryRow(ctx, `select a.pid, a.application_name, host(a.client_addr), a.backend_start
@@ -87,7 +87,7 @@ func ReadStatus(ctx context.Context, db Querier, t schema.Table) (Status, error)
  where l.locktype = 'advisory' and l.granted and l.objsubid = 1
    and l.database = (select oid from pg_database where datname = current_database())
    and l.classid = $1::bigint::oid and l.objid = $2::bigint::oid
- limit 1`, int64(uint64(key)>>32), int64(uint64(key)&0xffffffff)).Scan(&ld.PID, &ld.ApplicationName, &addr, &ld.Since)
+ limit 1`, classid, objid).Scan(&ld.PID, &ld.ApplicationName, &addr, &ld.Since)
 	switch {
 	case err == pgx.ErrNoRows:
 	case err != nil:

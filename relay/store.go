@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -22,6 +23,15 @@ type pgStore struct {
 	backoff     func(attempts int) time.Duration
 
 	claimSQL, deleteSQL, failSQL, waitingSQL string
+
+	// leaderPID is the backend pid of the session holding the leader lock
+	// for this relay (its LISTEN connection); 0 claims without the check.
+	leaderPID atomic.Int32
+}
+
+// lockParts splits a 64-bit advisory lock key as pg_locks shows it.
+func lockParts(key int64) (classid, objid int64) {
+	return int64(uint64(key) >> 32), int64(uint64(key) & 0xffffffff)
 }
 
 func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(int) time.Duration) *pgStore {
@@ -58,6 +68,13 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
            and e.dead_at is null
            and e.available_at <> e.created_at
            and e.available_at > now()))
+   -- Only while this relay's LISTEN session ($2) holds the leader lock: a
+   -- leader that lost it stops at its next claim, not when it next idles.
+   and ($2 = 0 or exists (
+        select 1 from pg_locks
+         where locktype = 'advisory' and granted and objsubid = 1 and pid = $2
+           and classid = $3::bigint::oid and objid = $4::bigint::oid
+           and database = (select oid from pg_database where datname = current_database())))
  order by id
  limit $1
    for update skip locked`,
@@ -99,7 +116,8 @@ func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin")
 	batch := make([]Row, 0, min(limit, 1024))
-	b.Queue(s.claimSQL, limit).Query(func(rows pgx.Rows) error {
+	classid, objid := lockParts(s.table.LockKey("leader"))
+	b.Queue(s.claimSQL, limit, s.leaderPID.Load(), classid, objid).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var r Row
 			if err := rows.Scan(&r.ID, &r.Exchange, &r.RoutingKey, &r.PartitionKey, &r.MessageID,
