@@ -1,11 +1,12 @@
 # outbox-relay. `make help` lists the targets.
 
+SHELL       := /bin/bash
 GO          ?= go
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help build demo run test lint bench services clean
+.PHONY: help build demo run test test-faults lint bench services clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,16 +22,23 @@ run: build services ## migrate and run the relay against OUTBOX_* (local servers
 	bin/outbox-relay migrate
 	bin/outbox-relay run
 
-test: services ## run every test, race detector on, against local PostgreSQL and RabbitMQ
+test: services ## every test, race detector on, against local PostgreSQL and RabbitMQ, then the fault suite
 	$(GO) test -race -count=1 -timeout 15m ./...
+	$(MAKE) test-faults
+
+test-faults: services ## the fault-injection suite alone (restarts the broker: runs by itself, one test at a time)
+	@mkdir -p bin
+	$(GO) test -race -tags faults -p 1 -count=1 -timeout 15m -v ./internal/faults/ > bin/faults.log 2>&1; rc=$$?; \
+	  grep -E '^(FAULT|--- |ok|FAIL|PASS)' bin/faults.log; \
+	  if [ $$rc -ne 0 ]; then echo "--- fault suite failed; the end of bin/faults.log:"; tail -n 300 bin/faults.log; fi; exit $$rc
 
 lint: ## gofmt, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-bench: services ## measure drain rate and latency against the local servers (sizes: BENCH_FLAGS)
-	$(GO) run ./cmd/outbox-bench $(BENCH_FLAGS)
+bench: build services ## measure drain, latency, writers' cost and memory against the local servers (sizes: BENCH_FLAGS)
+	$(GO) run ./cmd/outbox-bench -relay bin/outbox-relay $(BENCH_FLAGS)
 
 services: ## install and start PostgreSQL and RabbitMQ if needed
 	@.ci/services

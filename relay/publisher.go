@@ -52,6 +52,10 @@ type amqpPublisher struct {
 	// closed the channel over one message of the last batch (e.g. one larger
 	// than its max_message_size) without saying which.
 	isolate bool
+	// rowRefused says the last channel close was the broker refusing a
+	// message (a channel exception, the connection alive): reconnecting at
+	// once is right, the broker is fine.
+	rowRefused bool
 }
 
 // splitURLs splits a comma-separated list of broker URLs.
@@ -148,7 +152,7 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 	p.chClose = ch.NotifyClose(make(chan *amqp.Error, 1))
 	p.returns = ch.NotifyReturn(make(chan amqp.Return, p.returnBuffer))
 	p.blocked.Store(false)
-	p.chErr = nil
+	p.chErr, p.rowRefused = nil, false
 	// Returns of batches that timed out on the old connection.
 	clear(p.returned)
 	p.log.Info("connected to broker", slog.String("url", where))
@@ -360,7 +364,8 @@ func (p *amqpPublisher) Await(f *inflight) ([]Result, error) {
 		}
 		// A channel the broker closed over one message it refused, not
 		// telling which: find it by sending the next batch one by one.
-		p.isolate = !f.isolate && p.channelException() != nil
+		p.rowRefused = p.channelException() != nil
+		p.isolate = !f.isolate && p.rowRefused
 		return f.results, fmt.Errorf("channel closed: %w", closed)
 	}
 	p.isolate = false

@@ -239,6 +239,13 @@ func (l *loop) run(ctx, work context.Context) {
 		}
 
 		n, err := l.drain(ctx, work)
+		if err != nil && l.pub.rowRefused {
+			// The broker closed the channel over one message: the
+			// publisher finds it and fails that row alone. Not an outage:
+			// reconnect without back-off.
+			l.log.Warn("broker refused a message and closed the channel; reconnecting", tint.Err(err))
+			continue
+		}
 		if err != nil {
 			l.dbFailures++
 			l.log.Error("batch failed", tint.Err(err), slog.Int("rows", n))
