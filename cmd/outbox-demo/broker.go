@@ -19,6 +19,7 @@ const (
 	keyStarted   = "job.started"
 	keyCompleted = "job.completed"
 	keyBulk      = "job.bulk"
+	keyAudit     = "audit.job" // on the audit exchange, the poison episode's
 )
 
 // prefetch bounds the unacknowledged deliveries a consumer holds.
@@ -127,7 +128,30 @@ func (d *demo) setupBroker() ([]*subscriber, error) {
 		w := &webInstance{name: consumerName(s.id), clients: [...]int{2, 3, 1}[(i-1)%3], out: d.out}
 		s.handle = w.handle
 	}
-	return subs, nil
+
+	if d.opts.poisonAt == 0 {
+		return subs, nil
+	}
+	// The poison episode needs its exchange missing. An earlier run left
+	// it declared; deleting an exchange that does not exist is a no-op.
+	if err := ch.ExchangeDelete(n.audit, false, false); err != nil {
+		return subs, fmt.Errorf("delete exchange %s: %w", n.audit, err)
+	}
+	// The audit service is up, its queue empty and bound to nothing, until
+	// the episode's fix declares the exchange and binds it.
+	audit := &auditService{out: d.out}
+	s, err := d.subscribe(consumerAudit, func(ch *amqp.Channel) (string, error) {
+		q, err := ch.QueueDeclare("", false, true, true, false, nil)
+		audit.queue = q.Name
+		return q.Name, err
+	})
+	if err != nil {
+		return subs, err
+	}
+	audit.sub = s
+	s.handle = audit.handle
+	d.audit = audit
+	return append(subs, s), nil
 }
 
 // subscriber is one consumer: its own connection (it stands for a separate

@@ -24,11 +24,13 @@ const (
 
 // demo is one run of the demo.
 type demo struct {
-	opts   *options
-	names  names
-	out    *printer
-	ledger *ledger
-	relay  *relayProc
+	opts      *options
+	names     names
+	out       *printer
+	ledger    *ledger
+	relay     *relayProc
+	audit     *auditService // nil without the poison episode
+	lagEvents chan lagEvent // to the lag reporter, from the jobs service and the relay
 }
 
 // run sets everything up, produces until ctx is done, waits for in-flight
@@ -37,7 +39,7 @@ type demo struct {
 // it returns.
 func (d *demo) run(ctx, hurry context.Context) error {
 	err := d.runAll(ctx, hurry)
-	if err != nil && d.relay != nil && d.relay.state == nil && ctx.Err() != nil {
+	if err != nil && d.relay != nil && len(d.relay.runs) == 0 && ctx.Err() != nil {
 		// A Ctrl-C during set-up fails whatever step was under way.
 		return errors.New("interrupted during set-up")
 	}
@@ -105,22 +107,25 @@ func (d *demo) runAll(ctx, hurry context.Context) error {
 	relayCtx, stopRelay := context.WithCancel(gctx)
 	defer stopRelay()
 	relayDone := make(chan struct{})
+	pauses := make(chan pause)
+	d.lagEvents = make(chan lagEvent, 8)
 	g.Go(func() error {
 		defer close(relayDone)
-		return d.relay.run(relayCtx)
+		return d.relay.run(relayCtx, pauses, d.lagEvents)
 	})
 
-	err = d.produce(ctx, hurry, gctx, relayCtx, g, pool)
+	err = d.produce(ctx, hurry, gctx, relayCtx, g, pool, pauses)
 	stopRelay()
 	<-relayDone
 	stopConsumers()
 	return errors.Join(err, g.Wait())
 }
 
-// produce waits for the relay to lead, runs the jobs service and the lag
-// reporter until ctx is done, then waits for in-flight events. It returns
-// nil when gctx ends early: the error that ended it comes from the group.
-func (d *demo) produce(ctx, hurry, gctx, relayCtx context.Context, g *errgroup.Group, pool *pgxpool.Pool) error {
+// produce waits for the relay to lead, runs the jobs service, the lag
+// reporter and the operator episodes until ctx is done, then waits for an
+// episode under way and for in-flight events. It returns nil when gctx ends
+// early: the error that ended it comes from the group.
+func (d *demo) produce(ctx, hurry, gctx, relayCtx context.Context, g *errgroup.Group, pool *pgxpool.Pool, pauses chan<- pause) error {
 	if err := d.waitForLeader(ctx, gctx, pool); err != nil || ctx.Err() != nil || gctx.Err() != nil {
 		return err
 	}
@@ -128,8 +133,7 @@ func (d *demo) produce(ctx, hurry, gctx, relayCtx context.Context, g *errgroup.G
 	if err != nil {
 		return err
 	}
-	bursts := make(chan time.Time, 1)
-	lag := &lagReporter{pool: pool, table: d.names.table, metricsAddr: d.opts.metricsAddr, out: d.out, bursts: bursts}
+	lag := &lagReporter{pool: pool, table: d.names.table, metricsAddr: d.opts.metricsAddr, out: d.out, events: d.lagEvents}
 	g.Go(func() error { return lag.run(relayCtx) })
 
 	prodCtx, stopProd := context.WithCancel(gctx)
@@ -140,21 +144,77 @@ func (d *demo) produce(ctx, hurry, gctx, relayCtx context.Context, g *errgroup.G
 		prodCtx, cancel = context.WithTimeout(prodCtx, d.opts.duration)
 		defer cancel()
 	}
+	poisoned := make(chan poisonRow, 1)
 	j := &jobs{
 		pool: pool, writer: writer, names: d.names, ledger: d.ledger, out: d.out,
-		burstEvery: d.opts.burstEvery, burstSize: d.opts.burstSize, bursts: bursts,
+		burstEvery: d.opts.burstEvery, burstSize: d.opts.burstSize, events: d.lagEvents,
+		poisonAt: d.opts.poisonAt, poisoned: poisoned,
 	}
 	prodDone := make(chan struct{})
 	g.Go(func() error {
 		defer close(prodDone)
 		return j.run(prodCtx)
 	})
+	if d.opts.pauseEvery > 0 {
+		g.Go(func() error { return d.schedulePauses(prodCtx, pauses) })
+	}
+	watchDone := make(chan struct{})
+	if d.audit != nil {
+		w := &poisonWatch{
+			pool: pool, table: d.names.table, tableArg: d.opts.tableArg, exchange: d.names.audit,
+			relay: d.relay, audit: d.audit, out: d.out,
+			fixAfter: d.opts.poisonFixAfter, retryAfter: d.opts.poisonRetryAfter, rows: poisoned,
+		}
+		g.Go(func() error {
+			defer close(watchDone)
+			return w.run(relayCtx, prodDone)
+		})
+	} else {
+		close(watchDone)
+	}
 	<-prodDone
 	if gctx.Err() != nil {
 		return nil
 	}
+	d.waitForEpisode(hurry, gctx, watchDone)
 	d.waitForStragglers(hurry, gctx)
 	return nil
+}
+
+// schedulePauses asks the relay to stop for -pause-for every -pause-every,
+// the first time after two thirds of it, until ctx is done. A pause ends
+// early when ctx is done.
+func (d *demo) schedulePauses(ctx context.Context, pauses chan<- pause) error {
+	t := time.NewTimer(d.opts.pauseEvery * 2 / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil
+		}
+		select {
+		case pauses <- pause{length: d.opts.pauseFor, cut: ctx.Done()}:
+		case <-ctx.Done():
+			return nil
+		}
+		t.Reset(d.opts.pauseEvery)
+	}
+}
+
+// waitForEpisode waits, at most graceWait, for the poison episode to end
+// once production has stopped: its watch then fixes the cause and retries
+// the row at once, so that the final wait includes its event.
+func (d *demo) waitForEpisode(hurry, gctx context.Context, watchDone <-chan struct{}) {
+	deadline := time.NewTimer(graceWait)
+	defer deadline.Stop()
+	select {
+	case <-watchDone:
+	case <-deadline.C:
+		d.out.printf("ops", "the poison episode did not end within %s", graceWait)
+	case <-hurry.Done():
+	case <-gctx.Done():
+	}
 }
 
 // waitForLeader waits until a relay holds the table's leader lock, so that
@@ -233,6 +293,14 @@ func (d *demo) intro(relayPath string) {
 	if d.opts.burstEvery > 0 {
 		p.printf("demo", "        every %s, a burst of %d events in one transaction; [lag] follows it closely", d.opts.burstEvery, d.opts.burstSize)
 	}
+	if d.opts.pauseEvery > 0 {
+		p.printf("demo", "ops:    every %s (the first after %s), the relay is stopped for %s and started again: [lag] shows the backlog rise, then drain",
+			d.opts.pauseEvery, d.opts.pauseEvery*2/3, d.opts.pauseFor)
+	}
+	if d.opts.poisonAt > 0 {
+		p.printf("demo", "        after %s, jobs sends one %s event to exchange %s, which does not exist yet: [ops] shows how to find the dead row and retry it",
+			d.opts.poisonAt, keyAudit, n.audit)
+	}
 	if d.opts.duration > 0 {
 		p.printf("demo", "running for %s", d.opts.duration)
 	} else {
@@ -250,10 +318,17 @@ func (d *demo) summary() bool {
 		return d.relay == nil || d.relay.cleanExit()
 	}
 	p.printf("demo", "summary")
-	p.printf("demo", "  events committed: %d (%d job.started, %d job.completed, %d broadcast, %d job.bulk in %s)",
-		s.committedTotal(), s.committed[kindStarted], s.committed[kindCompleted], s.committed[kindBroadcast], s.committed[kindBulk], plural(s.bursts, "burst"))
+	audit := ""
+	if s.committed[kindAudit] > 0 {
+		audit = fmt.Sprintf(", %d %s", s.committed[kindAudit], keyAudit)
+	}
+	p.printf("demo", "  events committed: %d (%d job.started, %d job.completed, %d broadcast, %d job.bulk in %s%s)",
+		s.committedTotal(), s.committed[kindStarted], s.committed[kindCompleted], s.committed[kindBroadcast], s.committed[kindBulk], plural(s.bursts, "burst"), audit)
 	p.printf("demo", "  events rolled back: %d", s.rolledBack)
 	for c := range consumerCount {
+		if c == consumerAudit && d.audit == nil {
+			continue // no poison episode, no audit service
+		}
 		line := fmt.Sprintf("  received by %s: %d of %d", consumerName(c), s.received[c], s.expected(c))
 		if s.duplicates[c] > 0 {
 			line += fmt.Sprintf(" (+%d duplicates, told apart by message_id)", s.duplicates[c])

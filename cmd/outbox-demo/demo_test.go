@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -21,7 +22,10 @@ import (
 )
 
 // TestDemo builds both binaries and runs the demo as `make demo` does, for
-// 6s, on names of the test's own, then checks its summary.
+// 9s, on names of the test's own, with both operator episodes on short
+// timings, then checks what it printed: the relay stopped cleanly for each
+// pause and the backlog grew meanwhile, the poison row was parked dead,
+// retried by the demo and received, and the summary's check passed.
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -49,20 +53,28 @@ func TestDemo(t *testing.T) {
 		if _, err := ch.QueueDelete(name+".api", false, false, false); err != nil {
 			t.Errorf("delete queue: %v", err)
 		}
-		for _, x := range []string{name + ".jobs", name + ".broadcast"} {
+		for _, x := range []string{name + ".jobs", name + ".broadcast", name + ".audit"} {
 			if err := ch.ExchangeDelete(x, false, false); err != nil {
 				t.Errorf("delete exchange %s: %v", x, err)
 			}
 		}
 	})
 
-	cmd := exec.CommandContext(ctx, demoBin, "-relay", relayBin, "-duration", "6s",
+	// Pauses at 3s and 7.5s; the poison row at 0.5s, dead within a second
+	// or two with the short back-off, fixed 1s later, retried by the demo
+	// 1.5s after that: the episode ends before production stops, even if
+	// the first pause delays the row's last attempt.
+	cmd := exec.CommandContext(ctx, demoBin, "-relay", relayBin, "-duration", "9s",
 		"-table", name+".outbox", "-prefix", name, "-metrics-addr", freeAddr(t),
-		"-burst-every", "3s", "-burst", "500")
+		"-burst-every", "3s", "-burst", "500",
+		"-pause-every", "4.5s", "-pause-for", "1.5s",
+		"-poison-at", "500ms", "-poison-fix-after", "1s", "-poison-retry-after", "1.5s")
 	cmd.Env = append(os.Environ(),
 		"OUTBOX_DATABASE_URL="+testenv.DatabaseURL(),
 		"OUTBOX_AMQP_URL="+testenv.AMQPURL(),
 		"OUTBOX_AMQP_PASSWORD_FILE=",
+		"OUTBOX_RETRY_BACKOFF=200ms",
+		"OUTBOX_POLL_INTERVAL=250ms",
 	)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -90,15 +102,61 @@ func TestDemo(t *testing.T) {
 		"rolled back events received: 0\n",
 		"rolled back: its event is never sent\n",
 		"[api]    burst 1: received all 500 events",
-		"relay: exit status 0\n",
 		"OK: every committed event reached its consumers",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	if !regexp.MustCompile(`\[lag\] +pending=\d+ oldest=\d+ms published_total=\d+`).MatchString(out) {
+	if !regexp.MustCompile(`\[lag\] +pending=\d+ oldest=\d+ms( \w+=\d+)* published_total=\d+`).MatchString(out) {
 		t.Error("no [lag] line with the relay's published_total")
+	}
+
+	// The pauses: the relay exits 0 each time, and the table shows the
+	// backlog while it is stopped.
+	pauses := strings.Count(out, "[demo]   stopping the relay for 1.5s: events pile up in the table, watch the lag rise\n")
+	if pauses == 0 {
+		t.Error("the relay was never stopped for a pause")
+	}
+	if got := strings.Count(out, "[demo]   the relay stopped: exit status 0\n"); got != pauses+1 {
+		t.Errorf("the relay stopped with exit status 0 %d times; want %d (%d pauses and the end)", got, pauses+1, pauses)
+	}
+	if got := strings.Count(out, "[demo]   started `outbox-relay run` again"); got != pauses {
+		t.Errorf("the relay was started again %d times; want %d", got, pauses)
+	}
+	if want := fmt.Sprintf("relay: exit status 0 each of the %d times it was stopped\n", pauses+1); !strings.Contains(out, want) {
+		t.Errorf("output lacks %q", want)
+	}
+	if !regexp.MustCompile(`\[lag\] +pending=[1-9]\d* oldest=[1-9]\d*ms.* \(relay stopped\)\n`).MatchString(out) {
+		t.Error("no [lag] line with pending rows while the relay was stopped")
+	}
+	if !strings.Contains(out, "the backlog drained within") {
+		t.Error("no [lag] line saying the backlog drained after a restart")
+	}
+
+	// The poison row: dead, shown with the commands to use, fixed, retried
+	// by the demo (nobody else does here), received.
+	deadRe := regexp.MustCompile(`\[ops\] +row (\d+) is dead after 3 attempts: exchange "` + regexp.QuoteMeta(name) +
+		`\.audit" does not exist\. Try: OUTBOX_TABLE=` + regexp.QuoteMeta(name) + `\.outbox ` + regexp.QuoteMeta(relayBin) + ` dead list\n`)
+	m := deadRe.FindStringSubmatchIndex(out)
+	if m == nil {
+		t.Fatal("no [ops] line saying the poison row is dead")
+	}
+	row, rest := out[m[2]:m[3]], out[m[1]:]
+	for _, want := range []string{
+		"[ops]    the exchange exists now. Retry the row: OUTBOX_TABLE=" + name + ".outbox " + relayBin + " dead retry -all\n",
+		"[ops]    retried 1 dead row(s): " + row + "; they are available now\n",
+		"[audit]  received audit.job for job ",
+	} {
+		i := strings.Index(rest, want)
+		if i < 0 {
+			t.Errorf("after the row was dead, the output lacks %q", want)
+			continue
+		}
+		rest = rest[i+len(want):]
+	}
+	if !strings.Contains(out, "received by audit: 1 of 1\n") {
+		t.Error("the summary does not count the audit event as received")
 	}
 	if uri, err := amqp.ParseURI(testenv.AMQPURL()); err == nil && uri.Password != "" &&
 		strings.Contains(out+stderr.String(), ":"+uri.Password+"@") {
@@ -231,10 +289,39 @@ func TestLedger(t *testing.T) {
 	if s.rolledBackReceived != 1 || s.rolledBack != 1 {
 		t.Errorf("rolled back %d, received %d; want 1, 1", s.rolledBack, s.rolledBackReceived)
 	}
-	if s.expected(consumerAPI) != 2 || s.expected(webConsumer(2)) != 1 {
-		t.Errorf("expected api %d, web-2 %d; want 2, 1", s.expected(consumerAPI), s.expected(webConsumer(2)))
+	if s.expected(consumerAPI) != 2 || s.expected(webConsumer(2)) != 1 || s.expected(consumerAudit) != 0 {
+		t.Errorf("expected api %d, web-2 %d, audit %d; want 2, 1, 0",
+			s.expected(consumerAPI), s.expected(webConsumer(2)), s.expected(consumerAudit))
+	}
+
+	// The poison row's event is for the audit service alone.
+	audit := msg()
+	l.enqueued([]outbox.Message{audit}, []kind{kindAudit})
+	l.ended([]outbox.Message{audit}, true)
+	if got := l.outstanding(); got != 1 {
+		t.Errorf("outstanding with the audit event = %d, want 1", got)
+	}
+	l.received(consumerAudit, audit.MessageID)
+	if s := l.snapshot(); l.outstanding() != 0 || s.expected(consumerAudit) != 1 || s.received[consumerAudit] != 1 || s.expected(consumerAPI) != 2 {
+		t.Errorf("after the audit event: outstanding %d, audit %d of %d, api expects %d; want 0, 1 of 1, 2",
+			l.outstanding(), s.received[consumerAudit], s.expected(consumerAudit), s.expected(consumerAPI))
 	}
 	if s.duplicates[consumerAPI] != 1 || s.foreign[consumerAPI] != 1 {
 		t.Errorf("duplicates %d, foreign %d; want 1, 1", s.duplicates[consumerAPI], s.foreign[consumerAPI])
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ in, want string }{
+		{"outbox_demo.outbox", "outbox_demo.outbox"},
+		{"bin/outbox-relay", "bin/outbox-relay"},
+		{`"My Schema"."events"`, `'"My Schema"."events"'`},
+		{"it's", `'it'\''s'`},
+		{"", "''"},
+	} {
+		if got := shellQuote(tt.in); got != tt.want {
+			t.Errorf("shellQuote(%q) = %s, want %s", tt.in, got, tt.want)
+		}
 	}
 }

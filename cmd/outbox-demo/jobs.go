@@ -34,11 +34,14 @@ type jobs struct {
 	out        *printer
 	burstEvery time.Duration
 	burstSize  int
-	bursts     chan<- time.Time // told when a burst has committed
+	events     chan<- lagEvent // told when a burst has committed
+	poisonAt   time.Duration   // when to enqueue the poison row (0: never)
+	poisoned   chan<- poisonRow
 
-	started int // jobs started by this run, rolled back or not
-	burstNo int
-	running []runningJob
+	started     int   // jobs started by this run, rolled back or not
+	lastStarted int64 // the last job started and committed
+	burstNo     int
+	running     []runningJob
 }
 
 type runningJob struct {
@@ -46,9 +49,9 @@ type runningJob struct {
 	due time.Time
 }
 
-// run starts and completes jobs, and commits a burst every burstEvery (the
-// first after half of it), until ctx is done. A transaction under way when
-// ctx ends is finished, not cut short.
+// run starts and completes jobs, commits a burst every burstEvery (the
+// first after half of it), and the poison row at poisonAt, until ctx is
+// done. A transaction under way when ctx ends is finished, not cut short.
 func (j *jobs) run(ctx context.Context) error {
 	tick := time.NewTicker(jobInterval)
 	defer tick.Stop()
@@ -56,6 +59,11 @@ func (j *jobs) run(ctx context.Context) error {
 	defer burst.Stop()
 	if j.burstEvery == 0 {
 		burst.Stop() // never fires
+	}
+	poison := time.NewTimer(j.poisonAt)
+	defer poison.Stop()
+	if j.poisonAt == 0 {
+		poison.Stop()
 	}
 	if err := j.step(ctx); err != nil {
 		return err
@@ -70,6 +78,8 @@ func (j *jobs) run(ctx context.Context) error {
 		case <-burst.C:
 			err = j.burst(ctx)
 			burst.Reset(j.burstEvery)
+		case <-poison.C:
+			err = j.poison(ctx)
 		}
 		if err != nil {
 			return err
@@ -113,6 +123,7 @@ func (j *jobs) start(ctx context.Context) error {
 		j.out.printf("jobs", "job %d rolled back: its event is never sent", id)
 		return nil
 	}
+	j.lastStarted = id
 	j.running = append(j.running, runningJob{id: id, due: time.Now().Add(jobRunTime + rand.N(jobRunTime))})
 	j.out.printf("jobs", "job %d started", id)
 	return nil
@@ -166,17 +177,39 @@ func (j *jobs) burst(ctx context.Context) error {
 		return fmt.Errorf("burst %d: %w", j.burstNo, err)
 	}
 	j.out.printf("jobs", "burst %d: %d job.bulk events committed in one transaction", j.burstNo, j.burstSize)
-	select {
-	case j.bursts <- time.Now():
-	default:
+	notify(j.events, burstCommitted)
+	return nil
+}
+
+// poison enqueues one audit.job event about the last job started, for an
+// audit service whose exchange nobody has declared yet: as if this service
+// shipped the event before that service was deployed. The relay cannot
+// publish it; after a few attempts it parks the row dead, and the
+// poisonWatch takes over.
+func (j *jobs) poison(ctx context.Context) error {
+	// No partition key: the event needs no order, and it holds no other
+	// row back while it fails.
+	body, _ := json.Marshal(jobEvent{JobID: j.lastStarted, State: "started"}) // cannot fail
+	msg := outbox.Message{
+		MessageID: outbox.NewMessageID(), Exchange: j.names.audit, RoutingKey: keyAudit,
+		ContentType: "application/json", Payload: body,
 	}
+	err := j.transact(ctx, true, func(context.Context, pgx.Tx) ([]outbox.Message, []kind, error) {
+		return []outbox.Message{msg}, []kind{kindAudit}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("audit event: %w", err)
+	}
+	j.out.printf("jobs", "job %d: %s event enqueued for exchange %s, which does not exist yet: the relay will retry it, then park it dead",
+		j.lastStarted, keyAudit, j.names.audit)
+	j.poisoned <- poisonRow{messageID: msg.MessageID, job: j.lastStarted} // it has room for the one row
 	return nil
 }
 
 // transact runs change in a transaction, enqueues the events it returns in
 // the same transaction, then commits, or rolls back if !commit. Each event
-// gets its message id here, and is in the ledger before the transaction
-// ends, so that no delivery can beat it there.
+// gets its message id here unless it has one, and is in the ledger before
+// the transaction ends, so that no delivery can beat it there.
 //
 // The transaction does not use ctx, only its values: once begun, it ends
 // by its own decision, not halfway because production stopped, which
@@ -195,7 +228,9 @@ func (j *jobs) transact(ctx context.Context, commit bool, change func(context.Co
 	}
 	committedAt := time.Now().UnixMicro()
 	for i := range msgs {
-		msgs[i].MessageID = outbox.NewMessageID()
+		if msgs[i].MessageID.IsZero() {
+			msgs[i].MessageID = outbox.NewMessageID()
+		}
 		if msgs[i].Headers == nil {
 			msgs[i].Headers = make(map[string]any, 1)
 		}

@@ -19,96 +19,153 @@ import (
 // Lag reporting.
 const (
 	lagInterval      = 3 * time.Second        // a [lag] line this often
-	burstSample      = 100 * time.Millisecond // after a burst, look this often
-	burstLines       = 8                      // at most this many lines per burst
-	burstWatch       = 30 * time.Second       // give up following a burst after this
+	burstSample      = 100 * time.Millisecond // after a burst or a restart, look this often
+	burstLines       = 8                      // at most this many lines per burst or restart
+	burstWatch       = 30 * time.Second       // give up following a burst or a restart after this
+	pauseSample      = time.Second            // while the relay is stopped, look this often
+	pauseWatch       = 5 * time.Minute        // give up following a pause after this
 	lagQueryTimeout  = 2 * time.Second
 	metricsPublished = "outbox_published_total"
 	metricsLag       = "outbox_lag_seconds"
 )
 
+// lagEvent is something the lag reporter follows closely.
+type lagEvent uint8
+
+const (
+	burstCommitted lagEvent = iota // follow the backlog until it drains
+	relayStopped                   // sample every pauseSample until the relay starts
+	relayStarting                  // follow the backlog until it drains
+)
+
+// notify tells the lag reporter about ev, unless its queue is full: the
+// reporter is then busy, and the event only changes what it prints.
+func notify(events chan<- lagEvent, ev lagEvent) {
+	select {
+	case events <- ev:
+	default:
+	}
+}
+
 // lagReporter prints the outbox's backlog as the database sees it
 // (relay.ReadStatus, what `outbox-relay status` shows) and as the relay
-// reports it on /metrics. After a burst it looks closely until the backlog
-// is gone.
+// reports it on /metrics. After a burst, while the relay is stopped, and
+// after it starts again, it looks closely.
 type lagReporter struct {
 	pool        *pgxpool.Pool
 	table       schema.Table
 	metricsAddr string // empty: the relay serves no metrics
 	out         *printer
-	bursts      <-chan time.Time
+	events      <-chan lagEvent
 	client      http.Client
 }
 
-// run reports every lagInterval, and follows each burst, until ctx is done.
+// focus is what the reporter follows closely.
+type focus struct {
+	ev    lagEvent
+	since time.Time
+	lines int // printed so far
+}
+
+// run reports every lagInterval, and follows each event, until ctx is done.
 func (l *lagReporter) run(ctx context.Context) error {
 	tick := time.NewTicker(lagInterval)
 	defer tick.Stop()
+	var f *focus // nil: a line every lagInterval
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
-			if line, _, err := l.sample(ctx, true); err == nil {
-				l.out.printf("lag", "%s", line)
-			} else if ctx.Err() == nil {
-				l.out.printf("lag", "no status: %v", err)
+		case ev := <-l.events:
+			if f != nil && f.ev != burstCommitted && ev == burstCommitted {
+				break // the pause's or the restart's lines show the burst too
 			}
-		case at := <-l.bursts:
-			l.followBurst(ctx, at)
+			f = &focus{ev: ev, since: time.Now()}
+			if ev == relayStopped {
+				tick.Reset(pauseSample)
+			} else {
+				tick.Reset(burstSample)
+			}
+		case <-tick.C:
+		}
+		if f == nil {
+			line, _, err := l.sample(ctx, true, false)
+			switch {
+			case ctx.Err() != nil:
+				return nil // the demo is over: the line would be stale
+			case err != nil:
+				l.out.printf("lag", "no status: %v", err)
+			default:
+				l.out.printf("lag", "%s", line)
+			}
+			continue
+		}
+		if !l.follow(ctx, f) {
+			f = nil
 			tick.Reset(lagInterval)
 		}
 	}
 }
 
-// followBurst samples the backlog every burstSample until it is empty.
-func (l *lagReporter) followBurst(ctx context.Context, committed time.Time) {
-	tick := time.NewTicker(burstSample)
-	defer tick.Stop()
-	deadline := time.NewTimer(burstWatch)
-	defer deadline.Stop()
-	for lines := 0; ; {
-		line, pending, err := l.sample(ctx, false)
-		switch {
-		case err != nil:
-			return
-		case pending == 0:
-			l.out.printf("lag", "%s: the burst drained within %s of its commit", line, time.Since(committed).Round(time.Millisecond))
-			return
-		case lines < burstLines:
-			l.out.printf("lag", "%s", line)
-			lines++
+// follow takes one sample for f, prints what is worth it, and reports
+// whether to go on following.
+func (l *lagReporter) follow(ctx context.Context, f *focus) bool {
+	stopped := f.ev == relayStopped
+	line, st, err := l.sample(ctx, false, stopped)
+	switch {
+	case ctx.Err() != nil:
+		return false
+	case err != nil:
+		l.out.printf("lag", "no status: %v", err)
+		return false
+	case stopped:
+		// Until the relay starts again, however long that takes.
+		l.out.printf("lag", "%s", line)
+		return time.Since(f.since) < pauseWatch
+	case st.Available == 0:
+		// Rows backing off or dead are not the relay's backlog: they wait
+		// on purpose.
+		what := "the burst drained within %s of its commit"
+		if f.ev == relayStarting {
+			what = "the backlog drained within %s of the restart"
 		}
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			return
-		case <-ctx.Done():
-			return
-		}
+		l.out.printf("lag", "%s: "+what, line, time.Since(f.since).Round(time.Millisecond))
+		return false
+	case f.lines < burstLines:
+		l.out.printf("lag", "%s", line)
+		f.lines++
 	}
+	return time.Since(f.since) < burstWatch
 }
 
 // sample reads the status and the metrics and formats them as one line.
 // The relay refreshes its outbox_lag_seconds gauge every few seconds only,
-// too seldom to follow a burst: withGauge leaves it out then.
-func (l *lagReporter) sample(ctx context.Context, withGauge bool) (line string, pending int64, err error) {
+// too seldom to follow a burst: withGauge leaves it out then. While the
+// relay is stopped, there are no metrics to read.
+func (l *lagReporter) sample(ctx context.Context, withGauge, stopped bool) (line string, st relay.Status, err error) {
 	qctx, cancel := context.WithTimeout(ctx, lagQueryTimeout)
 	defer cancel()
-	st, err := relay.ReadStatus(qctx, l.pool, l.table)
+	st, err = relay.ReadStatus(qctx, l.pool, l.table)
 	if err != nil {
-		return "", 0, err
+		return "", st, err
 	}
 	line = fmt.Sprintf("pending=%d oldest=%dms", st.Pending, int64(st.OldestPendingAgeSeconds*1000))
+	if n := st.Pending - st.Available; n > 0 {
+		line += fmt.Sprintf(" backing_off=%d", n)
+	}
 	if st.Dead > 0 {
 		line += fmt.Sprintf(" dead=%d", st.Dead)
 	}
-	if l.metricsAddr == "" {
-		return line + " (metrics off)", st.Pending, nil
+	switch {
+	case stopped:
+		return line + " (relay stopped)", st, nil
+	case l.metricsAddr == "":
+		return line + " (metrics off)", st, nil
 	}
 	m, err := l.scrape(qctx)
 	if err != nil {
-		return line + " (metrics unavailable)", st.Pending, nil
+		// The relay may be starting, or stopped: the table still tells.
+		return line + " (metrics unavailable)", st, nil
 	}
 	if v, ok := m[metricsPublished]; ok {
 		line += fmt.Sprintf(" published_total=%.0f", v)
@@ -116,7 +173,7 @@ func (l *lagReporter) sample(ctx context.Context, withGauge bool) (line string, 
 	if v, ok := m[metricsLag]; ok && withGauge {
 		line += fmt.Sprintf(" lag_seconds=%.3f", v)
 	}
-	return line, st.Pending, nil
+	return line, st, nil
 }
 
 // scrape reads the relay's /metrics.

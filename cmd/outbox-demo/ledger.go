@@ -14,16 +14,20 @@ type consumerID int
 const (
 	consumerAPI   consumerID = 0 // then web-1 .. web-N
 	webInstances             = 3
-	consumerCount            = consumerID(1 + webInstances)
+	consumerAudit            = consumerID(1 + webInstances) // the poison episode's consumer
+	consumerCount            = consumerAudit + 1
 )
 
 // webConsumer is web instance i, from 1 to webInstances.
 func webConsumer(i int) consumerID { return consumerID(i) }
 
-// consumerName is the prefix of c's lines, e.g. "api" or "web-2".
+// consumerName is the prefix of c's lines, e.g. "api", "web-2" or "audit".
 func consumerName(c consumerID) string {
-	if c == consumerAPI {
+	switch c {
+	case consumerAPI:
 		return "api"
+	case consumerAudit:
+		return "audit"
 	}
 	return "web-" + strconv.Itoa(int(c))
 }
@@ -36,13 +40,17 @@ const (
 	kindCompleted             // job.completed on the jobs exchange
 	kindBroadcast             // job.completed on the broadcast exchange
 	kindBulk                  // job.bulk on the jobs exchange, in bursts
+	kindAudit                 // audit.job on the audit exchange: the poison row
 	kindCount
 )
 
 // targets is the mask of consumers that must receive an event of kind k.
 func (k kind) targets() uint8 {
-	if k == kindBroadcast {
-		return uint8(1<<consumerCount-1) &^ 1 // every web instance
+	switch k {
+	case kindBroadcast:
+		return uint8(1<<(webInstances+1)-1) &^ 1 // every web instance
+	case kindAudit:
+		return 1 << consumerAudit
 	}
 	return 1 << consumerAPI
 }

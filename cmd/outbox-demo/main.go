@@ -8,6 +8,28 @@
 // Usage:
 //
 //	outbox-demo [-relay PATH] [-duration D] [-metrics-addr ADDR] [-table S.T] [-prefix P]
+//	            [-burst-every D] [-burst N] [-pause-every D] [-pause-for D]
+//	            [-poison-at D] [-poison-fix-after D] [-poison-retry-after D]
+//
+// # Operator episodes
+//
+// Two episodes show what an operator sees, with commands to try by hand:
+//
+//   - Relay pause (-pause-every, -pause-for): the demo stops the relay with
+//     SIGTERM (it must exit 0), keeps producing while [lag] shows the
+//     backlog rise, then starts it again and shows the backlog drain.
+//   - Poison row (-poison-at): the jobs service sends one audit.job event to
+//     the exchange <prefix>.audit, which does not exist yet. The relay
+//     retries it and parks it dead; [ops] prints the `outbox-relay dead list`
+//     command that shows it, then declares the exchange (-poison-fix-after)
+//     and prints the `dead retry` command that sends it. If nobody runs it
+//     within -poison-retry-after, the demo runs it itself.
+//
+// The audit event counts in the final check like any other committed event.
+// If the demo stops mid-episode, it does not drop the event from the check:
+// it declares the exchange and retries the row at once, says so, and waits
+// for the event with the others. A relay stopped for a pause is started
+// again at once for the same reason.
 //
 // It reads OUTBOX_DATABASE_URL, OUTBOX_AMQP_URL and OUTBOX_AMQP_PASSWORD_FILE
 // with the relay's defaults, and hands them to the relay. It runs until
@@ -20,7 +42,10 @@
 // outbox_demo cascade` removes it), the durable exchanges outbox_demo.jobs
 // and outbox_demo.broadcast, and the durable queue outbox_demo.api, because a
 // real consumer's queue outlives the consumer (events committed while it is
-// down wait there). The web instances' queues are deleted with them.
+// down wait there). The web instances' queues are deleted with them, and so
+// is the audit queue. The exchange outbox_demo.audit stays once the poison
+// episode has declared it; the next run deletes it at start, so that the
+// episode plays again.
 package main
 
 import (
@@ -56,6 +81,12 @@ const (
 	metricsAddrDefault = "127.0.0.1:9464"
 	burstEveryDefault  = 20 * time.Second
 	burstSizeDefault   = 2000
+
+	pauseEveryDefault       = 45 * time.Second
+	pauseForDefault         = 8 * time.Second
+	poisonAtDefault         = 15 * time.Second
+	poisonFixAfterDefault   = 10 * time.Second
+	poisonRetryAfterDefault = 20 * time.Second
 )
 
 // main runs the demo and exits with its code.
@@ -99,10 +130,17 @@ type options struct {
 	duration    time.Duration
 	metricsAddr string
 	table       schema.Table
+	tableArg    string // -table as given, for the commands the demo prints
 	prefix      string
 	burstEvery  time.Duration
 	burstSize   int
 	env         env
+
+	pauseEvery       time.Duration // stop the relay this often (0: never)
+	pauseFor         time.Duration // for this long
+	poisonAt         time.Duration // enqueue the poison row this long after production starts (0: never)
+	poisonFixAfter   time.Duration // declare its exchange this long after it is dead
+	poisonRetryAfter time.Duration // retry it this long after the fix, unless someone did
 }
 
 // env holds the relay's variables the demo uses too, with the relay's
@@ -121,6 +159,7 @@ type names struct {
 	jobs      string       // topic exchange of job events
 	broadcast string       // fanout exchange every web instance listens on
 	apiQueue  string       // the api service's durable queue
+	audit     string       // fanout exchange of the poison episode, missing until its fix
 }
 
 // names derives the demo's object names from the options.
@@ -131,6 +170,7 @@ func (o *options) names() names {
 		jobs:      o.prefix + ".jobs",
 		broadcast: o.prefix + ".broadcast",
 		apiQueue:  o.prefix + ".api",
+		audit:     o.prefix + ".audit",
 	}
 }
 
@@ -148,6 +188,11 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.prefix, "prefix", prefixDefault, "prefix of the exchange and queue names")
 	fs.DurationVar(&o.burstEvery, "burst-every", burstEveryDefault, "commit a burst of -burst events this often, the first after half of it (0: never)")
 	fs.IntVar(&o.burstSize, "burst", burstSizeDefault, "events per burst, all in one transaction")
+	fs.DurationVar(&o.pauseEvery, "pause-every", pauseEveryDefault, "stop the relay this often, the first time after two thirds of it, and start it again (0: never)")
+	fs.DurationVar(&o.pauseFor, "pause-for", pauseForDefault, "how long the relay stays stopped; less than -pause-every")
+	fs.DurationVar(&o.poisonAt, "poison-at", poisonAtDefault, "enqueue one event to the missing exchange <prefix>.audit this long after the services start (0: never)")
+	fs.DurationVar(&o.poisonFixAfter, "poison-fix-after", poisonFixAfterDefault, "declare <prefix>.audit this long after its row is parked dead")
+	fs.DurationVar(&o.poisonRetryAfter, "poison-retry-after", poisonRetryAfterDefault, "retry the dead row this long after the fix, unless someone did")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `outbox-demo runs outbox-relay against a local PostgreSQL and RabbitMQ and shows
 events flowing from fake services' transactions to fake consumers.
@@ -173,12 +218,14 @@ Flags:
 		return nil, fmt.Errorf("-table %s: name a schema of the demo's own (it creates a jobs table there)", table)
 	case o.prefix == "" || strings.ContainsAny(o.prefix, " \t\n"):
 		return nil, errors.New("-prefix: want a non-empty name without spaces")
-	case o.duration < 0 || o.burstEvery < 0:
-		return nil, errors.New("-duration and -burst-every must not be negative")
+	case o.duration < 0 || o.burstEvery < 0 || o.pauseEvery < 0 || o.poisonAt < 0 || o.poisonFixAfter < 0 || o.poisonRetryAfter < 0:
+		return nil, errors.New("-duration, -burst-every, -pause-every and the -poison durations must not be negative")
 	case o.burstSize < 1 || o.burstSize > 100_000:
 		return nil, errors.New("-burst: want 1 to 100000 events")
+	case o.pauseEvery > 0 && (o.pauseFor <= 0 || o.pauseFor >= o.pauseEvery):
+		return nil, errors.New("-pause-for: want more than 0 and less than -pause-every")
 	}
-	o.table = t
+	o.table, o.tableArg = t, table
 	if err := envconfig.Process("OUTBOX", &o.env); err != nil {
 		return nil, fmt.Errorf("read environment: %w", err)
 	}

@@ -102,6 +102,50 @@ func (w *webInstance) handle(m amqp.Delivery, r receipt) {
 	w.out.printf(w.name, "job %d %s -> pushing to %s%s", ev.JobID, ev.State, plural(w.clients, "websocket client"), suffix)
 }
 
+// auditService consumes the audit exchange of the poison episode. Its queue
+// is exclusive to its connection, so bind goes through that connection too.
+// Only its subscriber's goroutine calls handle.
+type auditService struct {
+	sub   *subscriber
+	queue string // server-named
+	out   *printer
+}
+
+// bind declares exchange (fanout, durable), as the operator's fix does,
+// and binds the audit queue to it.
+func (a *auditService) bind(exchange string) error {
+	ch, err := a.sub.conn.Channel()
+	if err != nil {
+		return fmt.Errorf("audit: open channel: %w", err)
+	}
+	defer func() { _ = ch.Close() }()
+	if err := ch.ExchangeDeclare(exchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare exchange %s: %w", exchange, err)
+	}
+	if err := ch.QueueBind(a.queue, "", exchange, false, nil); err != nil {
+		return fmt.Errorf("audit: bind queue to %s: %w", exchange, err)
+	}
+	return nil
+}
+
+// handle shows one delivery (the first of each event) on the audit queue.
+func (a *auditService) handle(m amqp.Delivery, r receipt) {
+	var ev jobEvent
+	if err := json.Unmarshal(m.Body, &ev); err != nil {
+		a.out.printf("audit", "undecodable %s event: %v", m.RoutingKey, err)
+		return
+	}
+	if !r.ours {
+		a.out.printf("audit", "received %s for job %d (left over from an earlier run)", m.RoutingKey, ev.JobID)
+		return
+	}
+	wait := "?"
+	if us, ok := headerInt(m.Headers, headerCommittedAt); ok {
+		wait = time.Since(time.UnixMicro(us)).Round(100 * time.Millisecond).String()
+	}
+	a.out.printf("audit", "received %s for job %d, %s after commit: it waited in the table until its exchange existed", m.RoutingKey, ev.JobID, wait)
+}
+
 // sinceCommit is the time from the producer's commit to now, e.g. "2.4ms".
 func sinceCommit(m amqp.Delivery) string {
 	us, ok := headerInt(m.Headers, headerCommittedAt)
