@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -207,7 +206,7 @@ func TestRelayRetriesBadBrokerCredentials(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			logs := &syncBuffer{}
+			logs := &testenv.Buffer{}
 			cfg := b.config(t)
 			cfg.AMQPURL = tc.url
 			cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -227,24 +226,6 @@ func TestRelayRetriesBadBrokerCredentials(t *testing.T) {
 			}
 		})
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // rabbitmqctl runs rabbitmqctl, failing the test on error.
@@ -285,7 +266,7 @@ func TestRelayRereadsPasswordFileOnReconnect(t *testing.T) {
 	if err := os.WriteFile(pwFile, []byte("first-Pa55\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	cfg := b.config(t)
 	cfg.AMQPURL = "amqp://" + user + "@127.0.0.1:5672/"
 	cfg.AMQPPasswordFile = pwFile

@@ -244,7 +244,7 @@ func TestMigratePrintIsPlainSQL(t *testing.T) {
 // relayProc is a running relay process.
 type relayProc struct {
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *testenv.Buffer
 	done   chan struct{}
 	err    error
 }
@@ -253,7 +253,7 @@ type relayProc struct {
 // of the test if the test has not stopped it.
 func startRelay(t *testing.T, env map[string]string) *relayProc {
 	t.Helper()
-	p := &relayProc{cmd: command(context.Background(), env, "run"), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p := &relayProc{cmd: command(context.Background(), env, "run"), stderr: &testenv.Buffer{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -288,23 +288,6 @@ func (p *relayProc) stop(t *testing.T) int {
 		t.Fatal(p.err)
 	}
 	return 0
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // freeAddr returns a loopback address with a port free a moment ago.
