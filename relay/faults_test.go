@@ -98,14 +98,14 @@ func TestRelayNotifyWakesIdleRelay(t *testing.T) {
 	cfg := b.config(t)
 	cfg.PollInterval = time.Minute // only a NOTIFY can deliver in time
 	start(t, cfg)
-	waitIdle(t, b)
+	b.env.WaitRelayIdle(t)
 
 	for i := range 3 {
 		begin := time.Now()
 		insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "wake", payload: []byte(fmt.Sprint(i))})
 		testenv.Receive(t, b.recv, 1, 5*time.Second)
 		t.Logf("event %d: commit to receipt %s", i, time.Since(begin))
-		waitIdle(t, b)
+		b.env.WaitRelayIdle(t)
 	}
 }
 
@@ -119,19 +119,9 @@ func TestRelayPollsWithoutNotify(t *testing.T) {
 	cfg := b.config(t)
 	cfg.PollInterval = 200 * time.Millisecond
 	start(t, cfg)
-	waitIdle(t, b)
+	b.env.WaitRelayIdle(t)
 	insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "polled", payload: []byte("p")})
 	testenv.Receive(t, b.recv, 1, 5*time.Second)
-}
-
-// waitIdle waits until the relay has announced that it sleeps on LISTEN.
-func waitIdle(t *testing.T, b *testBundle) {
-	t.Helper()
-	testenv.WaitFor(t, 10*time.Second, "relay to wait for notifications", func() bool {
-		var waiting bool
-		err := b.env.Pool.QueryRow(context.Background(), "select coalesce(bool_or(waiting), false) from "+b.env.Table.Derived("relay_state")).Scan(&waiting)
-		return err == nil && waiting
-	})
 }
 
 func TestRelayRestartLosesNothing(t *testing.T) {
@@ -313,7 +303,7 @@ func TestRelayStandbyTakesOver(t *testing.T) {
 	cfgA, cfgB := b.config(t), b.config(t)
 	cfgA.Name, cfgB.Name = b.env.Name+"-a", b.env.Name+"-b"
 	stopA := start(t, cfgA)
-	waitIdle(t, b)
+	b.env.WaitRelayIdle(t)
 	start(t, cfgB)
 
 	st := readStatus(t, b)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,7 +64,7 @@ func TestDemo(t *testing.T) {
 	// 1.5s after that: the episode ends before production stops, even if
 	// the first pause delays the row's last attempt.
 	cmd := exec.CommandContext(ctx, demoBin, "-relay", relayBin, "-duration", "9s",
-		"-table", name+".outbox", "-prefix", name, "-metrics-addr", freeAddr(t),
+		"-table", name+".outbox", "-prefix", name, "-metrics-addr", testenv.FreeAddr(t),
 		"-burst-every", "3s", "-burst", "500",
 		"-pause-every", "4.5s", "-pause-for", "1.5s",
 		"-poison-at", "500ms", "-poison-fix-after", "1s", "-poison-retry-after", "1.5s")
@@ -173,21 +172,6 @@ func goBuild(ctx context.Context, t *testing.T, dir, name, pkg string) string {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return path
-}
-
-// freeAddr returns a local TCP address that was free a moment ago, for the
-// relay subprocess's metrics server.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
 }
 
 func atoi(t *testing.T, s string) int {

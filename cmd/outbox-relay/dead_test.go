@@ -75,11 +75,7 @@ func TestDeadCommands(t *testing.T) {
 	}
 	startRelay(t, env)
 	testenv.Receive(t, recv, 1, 10*time.Second) // the pending row
-	testenv.WaitFor(t, 10*time.Second, "relay to wait", func() bool {
-		var w bool
-		_ = e.Pool.QueryRow(ctx, "select coalesce(bool_or(waiting), false) from "+e.Table.Derived("relay_state")).Scan(&w)
-		return w
-	})
+	e.WaitRelayIdle(t)
 	retried := time.Now()
 	stdout, stderr, code = runBin(t, env, "dead", "retry", fmt.Sprint(fixed))
 	if code != 0 || !strings.Contains(stdout, fmt.Sprintf("retried 1 dead row(s): %d", fixed)) {

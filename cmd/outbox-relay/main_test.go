@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -290,17 +289,6 @@ func (p *relayProc) stop(t *testing.T) int {
 	return 0
 }
 
-// freeAddr returns a loopback address with a port free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func get(url string) (int, string) {
 	resp, err := http.Get(url)
 	if err != nil {
@@ -321,7 +309,7 @@ func TestRunStatusAndShutdown(t *testing.T) {
 	q := e.Queue(t, "q", ex, "#")
 	recv := e.Consume(t, q)
 	env := baseEnv(e)
-	env["OUTBOX_METRICS_ADDR"] = freeAddr(t)
+	env["OUTBOX_METRICS_ADDR"] = testenv.FreeAddr(t)
 
 	if _, err := e.Pool.Exec(ctx, `insert into `+e.Table.Ident()+` (exchange, routing_key, payload, created_at)
 		values ($1, 'a', 'x', now() - interval '5 seconds'), ($1, 'b', 'y', now()), ($1, 'c', 'z', now())`, ex); err != nil {
@@ -510,7 +498,7 @@ func TestSecretsStayOutOfLogs(t *testing.T) {
 			env := baseEnv(e)
 			env["OUTBOX_LOG_FORMAT"] = format
 			env["OUTBOX_LOG_LEVEL"] = "debug"
-			env["OUTBOX_METRICS_ADDR"] = freeAddr(t)
+			env["OUTBOX_METRICS_ADDR"] = testenv.FreeAddr(t)
 			// The database URL works (trust auth ignores the password);
 			// the broker refuses the user, whatever the password.
 			env["OUTBOX_DATABASE_URL"] = strings.Replace(testenv.DatabaseURL(), "postgres@", "postgres:"+dbSecret+"@", 1)

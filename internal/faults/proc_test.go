@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -290,17 +289,6 @@ func (l *lockedBuffer) grep(max int, subs ...string) string {
 		out = append(out[:max], fmt.Sprintf("... (%d more)", len(out)-max))
 	}
 	return strings.Join(out, "\n")
-}
-
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // runBin runs a short command of the binary (status, dead, ...) and returns

@@ -120,7 +120,7 @@ func (s *scenario) relayEnv(extra map[string]string) map[string]string {
 		"OUTBOX_DATABASE_URL":     testenv.DatabaseURL(),
 		"OUTBOX_AMQP_URL":         testenv.AMQPURL(),
 		"OUTBOX_TABLE":            s.env.Table.String(),
-		"OUTBOX_METRICS_ADDR":     freeAddr(s.t),
+		"OUTBOX_METRICS_ADDR":     testenv.FreeAddr(s.t),
 		"OUTBOX_POLL_INTERVAL":    "200ms",
 		"OUTBOX_BATCH_SIZE":       "200",
 		"OUTBOX_CONFIRM_TIMEOUT":  "5s",

@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -314,4 +315,28 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// FreeAddr returns a loopback address whose port was free a moment ago, for
+// a process under test to listen on.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// WaitRelayIdle waits until a relay on the test's table has recorded that
+// it sleeps on LISTEN (the relay_state row the insert trigger reads).
+func (e *Env) WaitRelayIdle(t testing.TB) {
+	t.Helper()
+	WaitFor(t, 10*time.Second, "relay to wait for notifications", func() bool {
+		var waiting bool
+		err := e.Pool.QueryRow(context.Background(),
+			"select coalesce(bool_or(waiting), false) from "+e.Table.Derived("relay_state")).Scan(&waiting)
+		return err == nil && waiting
+	})
 }
