@@ -22,7 +22,7 @@ type pgStore struct {
 	maxAttempts int
 	backoff     func(attempts int) time.Duration
 
-	claimSQL, deleteSQL, failSQL, waitingSQL string
+	claimSQL, promoteSQL, deleteSQL, failSQL, waitingSQL string
 
 	// leaderPID is the backend pid of the session holding the leader lock
 	// for this relay (its LISTEN connection); 0 claims without the check.
@@ -43,31 +43,30 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		backoff:     backoff,
 		// Rows are taken in id order, never after a "last id seen" cursor
 		// (ids are not assigned in commit order): the available rows with
-		// the lowest ids, from the two partial indexes of the migration
-		// (rows available since they were written; rows delayed or backing
-		// off that are due). A row waits while an earlier row of its
-		// partition_key is backing off; dead rows do not hold their key
-		// back. Locks are held until the batch is settled, so a second
-		// claimer never takes the same rows.
+		// the lowest ids, in one walk of claim_idx that locks as it goes
+		// and stops at $1 rows. FOR UPDATE SKIP LOCKED passes over the
+		// rows of batches still in flight, so the claim made while a batch
+		// is on the wire takes the rows behind it; no row is locked that is
+		// not returned. Locks are held until the batch is settled, so a
+		// second claimer never takes the same rows.
+		//
+		// Rows delayed or backing off live in delayed_idx instead, and
+		// promoteSQL moves them into claim_idx once due. A row waits while
+		// an earlier row of its partition_key is still in delayed_idx (not
+		// due, or due and not yet promoted); dead rows do not hold their
+		// key back.
 		claimSQL: `select id, exchange, routing_key, partition_key, message_id::text,
        content_type, headers, payload, created_at, attempts
   from ` + tbl + ` o
- where id in (
-        (select id from ` + tbl + ` where dead_at is null and available_at = created_at order by id limit $1)
-        union all
-        (select id from (select id from ` + tbl + `
-                          where dead_at is null and available_at <> created_at and available_at <= now()
-                         offset 0) due
-          order by id limit $1))
-   and dead_at is null
+ where dead_at is null
+   and available_at = created_at
    and available_at <= now()
    and (partition_key is null or not exists (
         select 1 from ` + tbl + ` e
          where e.partition_key = o.partition_key
            and e.id < o.id
            and e.dead_at is null
-           and e.available_at <> e.created_at
-           and e.available_at > now()))
+           and e.available_at <> e.created_at))
    -- Only while this relay's LISTEN session ($2) holds the leader lock: a
    -- leader that lost it stops at its next claim, not when it next idles.
    and ($2 = 0 or exists (
@@ -78,6 +77,21 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
  order by id
  limit $1
    for update skip locked`,
+		// Due rows of delayed_idx (delayed by their writer, backing off
+		// after a failure, or retried by an operator) go back to claim_idx:
+		// available_at = created_at reads "available", and the claim stays
+		// one ordered index walk. It runs in the claim's transaction, so
+		// the claim sees what it promoted; rows it promoted but did not
+		// take stay locked until that batch is settled, and until then
+		// later rows of their key wait (the claim above). A later claim
+		// skips them rather than wait.
+		promoteSQL: `update ` + tbl + `
+   set available_at = created_at
+ where id in (select id from ` + tbl + `
+               where dead_at is null and available_at <> created_at and available_at <= now()
+               order by available_at, id
+               limit $1
+                 for update skip locked)`,
 		deleteSQL: `delete from ` + tbl + ` where id = any($1::bigint[])`,
 		failSQL: `update ` + tbl + ` o
    set attempts = o.attempts + 1,
@@ -115,6 +129,7 @@ func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
 	}
 	b := &pgx.Batch{}
 	b.Queue("begin")
+	b.Queue(s.promoteSQL, limit)
 	batch := make([]Row, 0, min(limit, 1024))
 	classid, objid := lockParts(s.table.LockKey("leader"))
 	b.Queue(s.claimSQL, limit, s.leaderPID.Load(), classid, objid).Query(func(rows pgx.Rows) error {
