@@ -106,7 +106,7 @@ type loop struct {
 	pub     *amqpPublisher
 	lis     *pgListener
 	leader  bool
-	waiting bool // the relay_state row says we sleep on LISTEN
+	waiting bool // the wake-up flag says we sleep on LISTEN
 	// lingered counts the empty claims since the last rows, while the relay
 	// polls before announcing that it waits (see lingerSteps).
 	lingered int
@@ -205,10 +205,12 @@ func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.
 		t, err = r.cfg.Table.Resolve(ctx, pool)
 		if err == nil {
 			var exists bool
-			err = pool.QueryRow(ctx, "select to_regclass($1) is not null and to_regproc($2) is not null",
+			// The wake-up flag is the newest object of the schema: with it
+			// present, every migration this relay needs has been applied.
+			err = pool.QueryRow(ctx, "select to_regclass($1) is not null and to_regclass($2) is not null",
 				t.Ident(), t.Derived("relay_waiting")).Scan(&exists)
 			if err == nil && !exists {
-				err = fmt.Errorf("table %s or its functions do not exist: run `outbox-relay migrate`", t.Ident())
+				err = fmt.Errorf("table %s or its wake-up flag %s does not exist: run `outbox-relay migrate`", t.Ident(), t.Derived("relay_waiting"))
 			}
 		}
 		if err == nil {
@@ -445,6 +447,9 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 	l.store.leaderPID.Store(int32(l.lis.conn.PgConn().PID()))
 	l.metrics.leader.Set(1)
 	l.log.Info("leadership gained")
+	// A leader killed while it waited leaves the flag set, and writers
+	// would notify nobody until it is cleared. This one claims next.
+	l.setWaiting(ctx, false)
 	return true
 }
 

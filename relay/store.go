@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,9 @@ type pgStore struct {
 	// leaderPID is the backend pid of the session holding the leader lock
 	// for this relay (its LISTEN connection); 0 claims without the check.
 	leaderPID atomic.Int32
+
+	mu   sync.Mutex
+	live map[*claim]struct{} // claims not yet settled or released
 }
 
 // lockParts splits a 64-bit advisory lock key as pg_locks shows it.
@@ -41,6 +45,7 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		table:       t,
 		maxAttempts: maxAttempts,
 		backoff:     backoff,
+		live:        make(map[*claim]struct{}),
 		// Rows are taken in id order, never after a "last id seen" cursor
 		// (ids are not assigned in commit order): the available rows with
 		// the lowest ids, in one walk of claim_idx that locks as it goes
@@ -48,7 +53,10 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		// rows of batches still in flight, so the claim made while a batch
 		// is on the wire takes the rows behind it; no row is locked that is
 		// not returned. Locks are held until the batch is settled, so a
-		// second claimer never takes the same rows.
+		// second claimer never takes the same rows. $5 lists the rows this
+		// relay holds: passing over them by id is a few times cheaper than
+		// trying each one's lock, and the walk goes over up to two batches
+		// of them at every claim while batches are in flight.
 		//
 		// Rows delayed or backing off live in delayed_idx instead, and
 		// promoteSQL moves them into claim_idx once due. A row waits while
@@ -61,6 +69,7 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
  where dead_at is null
    and available_at = created_at
    and available_at <= now()
+   and id not in (select unnest($5::bigint[]))
    and (partition_key is null or not exists (
         select 1 from ` + tbl + ` e
          where e.partition_key = o.partition_key
@@ -102,9 +111,9 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
   from unnest($1::bigint[], $2::text[], $3::bigint[]) as f(id, err, delay_ms)
  where o.id = f.id
 returning o.id, o.dead_at is not null`,
-		waitingSQL: `insert into ` + t.Derived("relay_state") + ` as s (singleton, waiting, updated_at)
-values (true, $1, now())
-on conflict (singleton) do update set waiting = excluded.waiting, updated_at = excluded.updated_at`,
+		// The flag the insert trigger reads (migration 002): setval is
+		// seen by every session at once and outside this transaction.
+		waitingSQL: `select setval($1::regclass, $2::bigint)`,
 	}
 }
 
@@ -132,7 +141,7 @@ func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
 	b.Queue(s.promoteSQL, limit)
 	batch := make([]Row, 0, min(limit, 1024))
 	classid, objid := lockParts(s.table.LockKey("leader"))
-	b.Queue(s.claimSQL, limit, s.leaderPID.Load(), classid, objid).Query(func(rows pgx.Rows) error {
+	b.Queue(s.claimSQL, limit, s.leaderPID.Load(), classid, objid, s.heldIDs()).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var r Row
 			if err := rows.Scan(&r.ID, &r.Exchange, &r.RoutingKey, &r.PartitionKey, &r.MessageID,
@@ -156,7 +165,37 @@ func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
 		}
 		return &claim{}, nil
 	}
-	return &claim{conn: conn, rows: batch}, nil
+	c := &claim{conn: conn, rows: batch}
+	s.mu.Lock()
+	s.live[c] = struct{}{}
+	s.mu.Unlock()
+	return c, nil
+}
+
+// heldIDs returns the ids of the rows of live claims. Claims are not made
+// while another claim of this store is settled or released: a row
+// released by a commit after this list is read would be passed over while
+// a later row of its key is taken.
+func (s *pgStore) heldIDs() []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := []int64{} // not nil: <> all(null) is null, and no row would match
+	for c := range s.live {
+		for i := range c.rows {
+			ids = append(ids, c.rows[i].ID)
+		}
+	}
+	return ids
+}
+
+// end gives back the connection of a claim whose transaction has ended
+// (or which the pool closes because it has not), releasing its locks.
+func (s *pgStore) end(c *claim) {
+	c.conn.Release()
+	c.conn = nil
+	s.mu.Lock()
+	delete(s.live, c)
+	s.mu.Unlock()
 }
 
 // settled reports what Settle did, for logs and metrics.
@@ -174,7 +213,7 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result) (settl
 	if c.conn == nil {
 		return st, nil
 	}
-	defer func() { c.conn.Release(); c.conn = nil }()
+	defer s.end(c)
 	var acked, failedIDs, delays []int64
 	var errs []string
 	for _, r := range results {
@@ -221,7 +260,11 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result) (settl
 // SetWaiting records whether the relay is asleep on LISTEN; the insert
 // trigger sends a NOTIFY only while it is.
 func (s *pgStore) SetWaiting(ctx context.Context, waiting bool) error {
-	if _, err := s.pool.Exec(ctx, s.waitingSQL, waiting); err != nil {
+	flag := 0
+	if waiting {
+		flag = 1
+	}
+	if _, err := s.pool.Exec(ctx, s.waitingSQL, s.table.Derived("relay_waiting"), flag); err != nil {
 		return fmt.Errorf("set waiting=%t: %w", waiting, err)
 	}
 	return nil
@@ -247,7 +290,6 @@ func lastError(r Result) string {
 func (s *pgStore) Release(ctx context.Context, c *claim) {
 	if c.conn != nil {
 		_, _ = c.conn.Exec(context.WithoutCancel(ctx), "rollback")
-		c.conn.Release()
-		c.conn = nil
+		s.end(c)
 	}
 }

@@ -86,6 +86,9 @@ func (d templateData) Name(suffix string) string  { return d.t.Derived(suffix) }
 func (d templateData) Local(suffix string) string { return d.t.Local(suffix) }
 func (d templateData) ChannelLiteral() string     { return quoteLiteral(d.t.Channel()) }
 
+// NameLiteral is Name as a string literal, for a ::regclass cast.
+func (d templateData) NameLiteral(suffix string) string { return quoteLiteral(d.t.Derived(suffix)) }
+
 // Q returns a dollar-quote tag that occurs in neither the schema nor the table
 // name, so a name cannot end a function body early.
 func (d templateData) Q() string {
@@ -185,4 +188,17 @@ func AppliedMigrations(ctx context.Context, conn interface {
 		return nil, fmt.Errorf("read applied migrations: %w", err)
 	}
 	return as, nil
+}
+
+// RelayWaiting reports whether a relay on table t has recorded that it
+// sleeps on LISTEN: the wake-up flag the insert trigger reads (migration
+// 002), which the relay sets with setval.
+func RelayWaiting(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, t Table) (bool, error) {
+	var waiting bool
+	if err := q.QueryRow(ctx, "select coalesce(pg_sequence_last_value($1::regclass) = 1, false)", t.Derived("relay_waiting")).Scan(&waiting); err != nil {
+		return false, fmt.Errorf("read wake-up flag of %s: %w", t, err)
+	}
+	return waiting, nil
 }

@@ -116,8 +116,7 @@ func (b *bench) pool(ctx context.Context, n int) (*pgxpool.Pool, error) {
 func (b *bench) waitIdle(ctx context.Context) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		var waiting bool
-		err := b.db.QueryRow(ctx, "select coalesce(bool_or(waiting), false) from "+b.table.Derived("relay_state")).Scan(&waiting)
+		waiting, err := schema.RelayWaiting(ctx, b.db, b.table)
 		if err != nil || waiting {
 			return err
 		}

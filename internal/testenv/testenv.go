@@ -330,13 +330,11 @@ func FreeAddr(t testing.TB) string {
 }
 
 // WaitRelayIdle waits until a relay on the test's table has recorded that
-// it sleeps on LISTEN (the relay_state row the insert trigger reads).
+// it sleeps on LISTEN (the wake-up flag the insert trigger reads).
 func (e *Env) WaitRelayIdle(t testing.TB) {
 	t.Helper()
 	WaitFor(t, 10*time.Second, "relay to wait for notifications", func() bool {
-		var waiting bool
-		err := e.Pool.QueryRow(context.Background(),
-			"select coalesce(bool_or(waiting), false) from "+e.Table.Derived("relay_state")).Scan(&waiting)
+		waiting, err := schema.RelayWaiting(context.Background(), e.Pool, e.Table)
 		return err == nil && waiting
 	})
 }

@@ -1,0 +1,27 @@
+-- 002: a wake-up check that costs writers nothing.
+--
+-- In 001 the insert trigger asked a PL/pgSQL function, which queried
+-- <table>_relay_state, whether the relay sleeps on LISTEN: a query in every
+-- writing transaction, which cost 32 concurrent one-row writers about a
+-- tenth of their commit rate. The flag is now a sequence: the relay sets it
+-- with setval, which every session sees at once and no transaction rolls
+-- back, and the trigger's WHEN reads it with pg_sequence_last_value, a
+-- plain function call. 1 means a relay sleeps on LISTEN and wants a NOTIFY;
+-- 0 or null (never set) means it is busy, or gone, and nobody would listen.
+--
+-- After a crash the flag keeps its last value. If that was 1, writers send a
+-- NOTIFY that wakes nobody until a relay is leader again and sets it.
+
+drop trigger {{.Local "notify"}} on {{.Table}};
+drop function {{.Name "relay_waiting"}}();
+drop table {{.Name "relay_state"}};
+
+create sequence {{.Name "relay_waiting"}} as smallint minvalue 0 maxvalue 1 start 0;
+-- Any role that inserts into the table reads the flag in the trigger.
+grant select on sequence {{.Name "relay_waiting"}} to public;
+
+create trigger {{.Local "notify"}}
+    after insert on {{.Table}}
+    for each statement
+    when (pg_sequence_last_value({{.NameLiteral "relay_waiting"}}::regclass) = 1)
+    execute function {{.Name "notify"}}({{.ChannelLiteral}});
