@@ -23,6 +23,7 @@ const (
 	ShutdownTimeoutDefault = 30 * time.Second
 	ConfirmTimeoutDefault  = 30 * time.Second
 	MaxMessageSizeDefault  = 128 << 20 // RabbitMQ's default max_message_size
+	VacuumEveryDefault     = 100_000
 	DatabaseURLDefault     = "postgres://postgres@localhost:5432/postgres"
 	AMQPURLDefault         = "amqp://guest:guest@localhost:5672/"
 )
@@ -68,6 +69,12 @@ type Config struct {
 	// fail without being sent. Set it to the broker's max_message_size.
 	// Defaults to 128 MiB, RabbitMQ's default.
 	MaxMessageSize int
+	// VacuumEvery is how many rows the relay deletes between its own
+	// VACUUMs of the table, which keep the claim cheap while a large
+	// backlog drains (autovacuum comes too seldom for that). Only possible
+	// when the relay's role owns the table. Negative turns it off.
+	// Defaults to 100000.
+	VacuumEvery int
 	// AllowUnroutable publishes without the mandatory flag, so a message no
 	// queue is bound for is dropped by the broker instead of being retried.
 	AllowUnroutable bool
@@ -94,6 +101,7 @@ func (c Config) withDefaults() Config {
 	c.ConfirmTimeout = cmp.Or(c.ConfirmTimeout, ConfirmTimeoutDefault)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, ShutdownTimeoutDefault)
 	c.MaxMessageSize = cmp.Or(c.MaxMessageSize, MaxMessageSizeDefault)
+	c.VacuumEvery = cmp.Or(c.VacuumEvery, VacuumEveryDefault)
 	c.Name = cmp.Or(c.Name, "outbox-relay")
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -152,6 +152,7 @@ func (l *loop) settle(ctx context.Context, c *claim, results []Result) error {
 	if err != nil {
 		return fmt.Errorf("settle %d rows: %w", len(results), err)
 	}
+	l.vac.rowsDeleted(st.deleted)
 	l.observe(results, st)
 	return nil
 }

@@ -77,7 +77,9 @@ func New(cfg Config) (*Relay, error) {
 		}
 	}
 	poolCfg.ConnConfig.DialFunc = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}).DialContext
-	poolCfg.MaxConns = max(poolCfg.MaxConns, 4)
+	// A drain holds up to four: two batches on the wire, one awaiting its
+	// settle, the next claim. Then the gauges and a VACUUM.
+	poolCfg.MaxConns = max(poolCfg.MaxConns, 6)
 	// pgxpool pings a connection idle for a second before handing it out:
 	// at every poll of an idle relay, a round trip for nothing. A broken
 	// connection fails the claim instead, which is retried.
@@ -105,6 +107,7 @@ type loop struct {
 	store   *pgStore
 	pub     *amqpPublisher
 	lis     *pgListener
+	vac     *vacuumer
 	leader  bool
 	waiting bool // the wake-up flag says we sleep on LISTEN
 	// lingered counts the empty claims since the last rows, while the relay
@@ -144,6 +147,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		}),
 		pub: newPublisher(r.cfg, r.appName),
 		lis: newListener(r.lisCfg, table.Channel()),
+		vac: newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
 	}
 	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
 		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval))
@@ -176,10 +180,14 @@ func (r *Relay) Run(ctx context.Context) error {
 		cancelWork()
 	}()
 
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		r.refreshGauges(ctx, pool, newGaugeQueries(table.Ident()))
+	}()
+	go func() {
+		defer wg.Done()
+		l.vac.run(ctx)
 	}()
 	l.run(ctx, work)
 	r.ready.Store(false)

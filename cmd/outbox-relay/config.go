@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,6 +35,7 @@ type config struct {
 	RetryBackoffMax  time.Duration `envconfig:"RETRY_BACKOFF_MAX" default:"5m" desc:"longest delay between a row's attempts"`
 	ConfirmTimeout   time.Duration `envconfig:"CONFIRM_TIMEOUT" default:"30s" desc:"longest wait for a batch's publisher confirms before reconnecting"`
 	MaxMessageSize   int           `envconfig:"MAX_MESSAGE_SIZE" default:"134217728" desc:"largest payload in bytes published; set to the broker's max_message_size"`
+	VacuumEvery      int           `envconfig:"VACUUM_EVERY" default:"100000" desc:"rows deleted between the relay's own VACUUMs of the table, which keep claims cheap while a backlog drains (needs table ownership); 0 leaves it to autovacuum"`
 	Mandatory        bool          `envconfig:"MANDATORY" default:"true" desc:"publish with the mandatory flag: unroutable messages are retried, then parked dead"`
 	MetricsAddr      string        `envconfig:"METRICS_ADDR" default:":9464" desc:"listen address of /metrics, /healthz and /readyz; empty turns it off"`
 	LogLevel         string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
@@ -134,6 +136,8 @@ func (c *config) validate() error {
 		return &configError{"MAX_MESSAGE_SIZE", "must be at least 1"}
 	case c.ShutdownTimeout <= 0:
 		return &configError{"SHUTDOWN_TIMEOUT", "must be positive"}
+	case c.VacuumEvery < 0:
+		return &configError{"VACUUM_EVERY", "must be 0 (off) or more"}
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
@@ -174,6 +178,7 @@ func (c *config) relayConfig(log *slog.Logger) relay.Config {
 		ConfirmTimeout:   c.ConfirmTimeout,
 		ShutdownTimeout:  c.ShutdownTimeout,
 		MaxMessageSize:   c.MaxMessageSize,
+		VacuumEvery:      cmp.Or(c.VacuumEvery, -1), // 0 here means off
 		AllowUnroutable:  !c.Mandatory,
 		Logger:           log,
 	}
