@@ -99,7 +99,11 @@ func (v *vacuumer) vacuum(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	begin := time.Now()
-	if _, err := conn.Exec(ctx, "vacuum (skip_locked) "+v.table); err != nil {
+	// TRUNCATE false: giving the emptied pages at the end of the table back
+	// to the file system takes an ACCESS EXCLUSIVE lock, which would stop
+	// the writers, and a WAL flush that a busy disk can hold for seconds.
+	// The next rows use those pages anyway.
+	if _, err := conn.Exec(ctx, "vacuum (skip_locked, truncate false) "+v.table); err != nil {
 		return true, err
 	}
 	v.log.Debug("vacuumed table", slog.String("table", v.table), slog.Duration("took", time.Since(begin)))

@@ -1,4 +1,4 @@
--- 002: a wake-up check that costs writers nothing.
+-- 002: a wake-up check that costs writers nothing, and no vacuum truncation.
 --
 -- In 001 the insert trigger asked a PL/pgSQL function, which queried
 -- <table>_relay_state, whether the relay sleeps on LISTEN: a query in every
@@ -25,3 +25,9 @@ create trigger {{.Local "notify"}}
     for each statement
     when (pg_sequence_last_value({{.NameLiteral "relay_waiting"}}::regclass) = 1)
     execute function {{.Name "notify"}}({{.ChannelLiteral}});
+
+-- A queue table empties and fills again all day. When it is empty, VACUUM
+-- (autovacuum's or the relay's) would give its pages back to the file system,
+-- which takes an ACCESS EXCLUSIVE lock that stops every writer, and a WAL
+-- flush; the next inserts need the pages again anyway.
+alter table {{.Table}} set (vacuum_truncate = false);
