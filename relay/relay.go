@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/lmittmann/tint"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -77,14 +79,25 @@ func New(cfg Config) (*Relay, error) {
 		}
 	}
 	poolCfg.ConnConfig.DialFunc = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}).DialContext
-	// A drain holds up to four: two batches on the wire, one awaiting its
-	// settle, the next claim. Then the gauges and a VACUUM.
-	poolCfg.MaxConns = max(poolCfg.MaxConns, 6)
+
+	// A drain holds two, one per batch on the wire (the next claim reuses
+	// the settled batch's); then the gauges, a VACUUM and the wake-up flag.
+	poolCfg.MaxConns = max(poolCfg.MaxConns, 5)
 	// pgxpool pings a connection idle for a second before handing it out:
 	// at every poll of an idle relay, a round trip for nothing. A broken
 	// connection fails the claim instead, which is retried.
 	poolCfg.ShouldPing = func(_ context.Context, p pgxpool.ShouldPingParams) bool { return p.IdleDuration > time.Minute }
 	lisCfg := poolCfg.ConnConfig.Copy()
+	// On the pool's connections, a query whose context ends is cancelled by
+	// asking the server, and the socket is broken only if the server has
+	// not answered 3s later. pgx's default breaks the socket at once: when
+	// that cut a message in half, the server kept waiting for the rest, and
+	// closing the pool at shutdown waited 15s for it (pgconn's asyncClose).
+	// The listener keeps the default: its waits for a notification end by
+	// their deadline, with no query for the server to cancel.
+	poolCfg.ConnConfig.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 3 * time.Second}
+	}
 
 	var uris []amqp.URI
 	for i, u := range splitURLs(cfg.AMQPURL) {
