@@ -47,6 +47,28 @@ func (b *storeBundle) claimKeys(t *testing.T, limit int) (*claim, []string) {
 	return c, keys
 }
 
+// settle settles c with every row acked and with next > 0 claims up to
+// next rows after it, returning their routing keys.
+func (b *storeBundle) settle(t *testing.T, c *claim, next int) (*claim, []string) {
+	t.Helper()
+	st, nc, settleErr, claimErr := b.store.Settle(context.Background(), c, acked(c), next)
+	if settleErr != nil || claimErr != nil {
+		t.Fatalf("settle: %v; claim: %v", settleErr, claimErr)
+	}
+	if st.deleted != len(c.rows) {
+		t.Fatalf("settle deleted %d rows, want %d", st.deleted, len(c.rows))
+	}
+	if nc == nil {
+		return nil, nil
+	}
+	t.Cleanup(func() { b.store.Release(context.Background(), nc) })
+	var keys []string
+	for _, r := range nc.rows {
+		keys = append(keys, r.RoutingKey)
+	}
+	return nc, keys
+}
+
 func acked(c *claim) []Result {
 	res := make([]Result, len(c.rows))
 	for i := range c.rows {
@@ -74,23 +96,23 @@ func TestClaimWhileBatchesInFlight(t *testing.T) {
 	b.exec(t, `insert into {{t}} (routing_key, payload)
 select 'r.' || lpad(i::text, 3, '0'), 'x' from generate_series(1, 250) i`)
 
-	_, first := b.claimKeys(t, 100)
-	_, second := b.claimKeys(t, 100)
-	third, rest := b.claimKeys(t, 100)
-	if want := keys(1, 100); !slices.Equal(first, want) {
-		t.Fatalf("first claim %v, want %v", first, want)
+	first, got := b.claimKeys(t, 100)
+	if want := keys(1, 100); !slices.Equal(got, want) {
+		t.Fatalf("first claim %v, want %v", got, want)
 	}
-	if want := keys(101, 200); !slices.Equal(second, want) {
-		t.Fatalf("second claim, first in flight: %v, want %v", second, want)
+	second, got := b.claimKeys(t, 100)
+	if want := keys(101, 200); !slices.Equal(got, want) {
+		t.Fatalf("second claim, first in flight: %v, want %v", got, want)
 	}
-	if want := keys(201, 250); !slices.Equal(rest, want) {
-		t.Fatalf("third claim, two in flight: %v, want %v", rest, want)
+	// The settle of the first batch claims on its connection, the second
+	// batch still in flight.
+	third, got := b.settle(t, first, 100)
+	if want := keys(201, 250); !slices.Equal(got, want) {
+		t.Fatalf("claim after settling the first, second in flight: %v, want %v", got, want)
 	}
-	if _, err := b.store.Settle(context.Background(), third, acked(third)); err != nil {
-		t.Fatal(err)
-	}
-	if _, none := b.claimKeys(t, 100); len(none) != 0 {
-		t.Errorf("claim with every row in flight or settled: %v", none)
+	b.settle(t, second, 0)
+	if _, none := b.settle(t, third, 100); len(none) != 0 {
+		t.Errorf("claim after settling every row: %v", none)
 	}
 }
 
@@ -113,9 +135,7 @@ func TestClaimPromotesDueRowsInOrder(t *testing.T) {
 	if want := []string{"r.001", "r.002", "r.003", "r.006"}; !slices.Equal(got, want) {
 		t.Fatalf("claim %v, want %v", got, want)
 	}
-	if _, err := b.store.Settle(context.Background(), first, acked(first)); err != nil {
-		t.Fatal(err)
-	}
+	b.settle(t, first, 0)
 
 	// Promoted by a batch too small to take it: r.008 (due) is locked
 	// with that batch; r.009 of its key must not go out before it.
@@ -131,9 +151,7 @@ func TestClaimPromotesDueRowsInOrder(t *testing.T) {
 	if _, got := b.claimKeys(t, 10); !slices.Equal(got, []string{"r.010"}) {
 		t.Fatalf("claim beside an unsettled promotion: %v, want [r.010]", got)
 	}
-	if _, err := b.store.Settle(context.Background(), small, acked(small)); err != nil {
-		t.Fatal(err)
-	}
+	b.settle(t, small, 0)
 	if _, got := b.claimKeys(t, 10); !slices.Equal(got, []string{"r.008", "r.009"}) {
 		t.Fatalf("claim after the settle: %v, want [r.008 r.009]", got)
 	}
