@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outbox-relay/outbox-relay/relay"
@@ -129,16 +130,33 @@ func (b *bench) waitIdle(ctx context.Context) error {
 
 // startRelay runs a relay on the bench table until the returned stop.
 func (b *bench) startRelay(ctx context.Context) (stop func() error, err error) {
-	cfg := relay.Config{BatchSize: b.o.batch}
+	stop, _, err = b.startRelayCounting(ctx)
+	return stop, err
+}
+
+// startRelayCounting is startRelay that also returns how many rows the
+// relay has published and deleted so far (outbox_published_total).
+func (b *bench) startRelayCounting(ctx context.Context) (stop func() error, published func() float64, err error) {
+	reg := prometheus.NewRegistry()
+	cfg := relay.Config{BatchSize: b.o.batch, Registerer: reg}
 	cfg.DatabaseURL, cfg.AMQPURL, cfg.Table, cfg.Logger = b.dbURL, b.o.amqpURL, b.table, b.log
 	r, err := relay.New(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- r.Run(rctx) }()
-	return func() error { cancel(); return <-done }, nil
+	published = func() float64 {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "outbox_published_total" && len(mf.GetMetric()) == 1 {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return 0
+	}
+	return func() error { cancel(); return <-done }, published, nil
 }
 
 // consumer consumes the bench queue with auto-ack and counts deliveries.

@@ -49,10 +49,12 @@ type options struct {
 	memoryRows int
 	soakFor    time.Duration
 	verbose    bool
+	stderr     io.Writer
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o options
+	o.stderr = stderr
 	fs := flag.NewFlagSet("outbox-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.adminURL, "database-url", envOr("OUTBOX_DATABASE_URL", "postgres://postgres@localhost:5432/postgres"), "PostgreSQL URL of a database to create the bench database from")
