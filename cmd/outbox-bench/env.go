@@ -113,11 +113,18 @@ func (b *bench) pool(ctx context.Context, n int) (*pgxpool.Pool, error) {
 	return pgxpool.NewWithConfig(ctx, cfg)
 }
 
-// waitIdle waits until the relay says it sleeps on LISTEN.
+// waitIdle waits until the relay says it sleeps on LISTEN. It asks on a
+// connection of its own, closed at the end, which reports its statistics as
+// it goes (see idleLatency).
 func (b *bench) waitIdle(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, b.dbURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		waiting, err := schema.RelayWaiting(ctx, b.db, b.table)
+		waiting, err := schema.RelayWaiting(ctx, conn, b.table)
 		if err != nil || waiting {
 			return err
 		}

@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.adminURL, "database-url", envOr("OUTBOX_DATABASE_URL", "postgres://postgres@localhost:5432/postgres"), "PostgreSQL URL of a database to create the bench database from")
 	fs.StringVar(&o.amqpURL, "amqp-url", envOr("OUTBOX_AMQP_URL", "amqp://guest:guest@localhost:5672/"), "RabbitMQ URL")
-	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory scenario")
+	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory and writers scenarios")
 	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, writers, memory, soak); default all but soak")
 	fs.IntVar(&o.rows, "rows", 100_000, "backlog rows for the drain scenario")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds of raw publishing and drain, compared side by side")
@@ -98,9 +98,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			want[s.name] = true
 		}
 	}
-	if want["memory"] {
+	if want["memory"] || want["writers"] {
 		if _, err := os.Stat(o.relayBin); err != nil {
-			fmt.Fprintf(stderr, "outbox-bench: the memory scenario runs %s: build it with `make build` or name it with -relay\n", o.relayBin)
+			fmt.Fprintf(stderr, "outbox-bench: the memory and writers scenarios run %s: build it with `make build` or name it with -relay\n", o.relayBin)
 			return 2
 		}
 	}

@@ -1,14 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"strconv"
-	"strings"
-	"syscall"
 	"time"
 )
 
@@ -49,24 +43,19 @@ func (b *bench) drainProcess(ctx context.Context, n int) (int64, float64, error)
 		return 0, 0, err
 	}
 	defer c.close()
-	cmd := exec.CommandContext(ctx, b.o.relayBin, "run")
-	cmd.Env = append(os.Environ(),
-		"OUTBOX_DATABASE_URL="+b.dbURL, "OUTBOX_AMQP_URL="+b.o.amqpURL, "OUTBOX_TABLE="+b.table.String(),
-		"OUTBOX_METRICS_ADDR=", "OUTBOX_LOG_LEVEL=warn")
-	cmd.Stderr = os.Stderr
 	begin := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, 0, fmt.Errorf("start %s: %w", b.o.relayBin, err)
+	p, err := b.startRelayProcess(ctx)
+	if err != nil {
+		return 0, 0, err
 	}
 	var peak int64
 	deadline := time.Now().Add(10 * time.Minute)
 	for c.n.Load() < int64(n) {
-		if v, err := vmHWM(cmd.Process.Pid); err == nil {
+		if v, err := vmHWM(p.pid()); err == nil {
 			peak = max(peak, v)
 		}
 		if time.Now().After(deadline) {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
+			_ = p.stop()
 			return 0, 0, fmt.Errorf("received %d of %d rows", c.n.Load(), n)
 		}
 		select {
@@ -75,29 +64,12 @@ func (b *bench) drainProcess(ctx context.Context, n int) (int64, float64, error)
 		}
 	}
 	rate := float64(n) / time.Since(begin).Seconds()
-	if v, err := vmHWM(cmd.Process.Pid); err == nil {
+	if v, err := vmHWM(p.pid()); err == nil {
 		peak = max(peak, v)
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
-		return 0, 0, fmt.Errorf("relay exit: %w", err)
+	if err := p.stop(); err != nil {
+		return 0, 0, err
 	}
 	return peak, rate, nil
 }
 
-// vmHWM reads a process's peak resident set size from /proc.
-func vmHWM(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
-}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// relayProcess is `outbox-relay run` on the bench table, as its own
+// process the way it runs beside a service.
+type relayProcess struct {
+	cmd *exec.Cmd
+}
+
+// startRelayProcess starts the relay binary named by -relay.
+func (b *bench) startRelayProcess(ctx context.Context) (*relayProcess, error) {
+	cmd := exec.CommandContext(ctx, b.o.relayBin, "run")
+	cmd.Env = append(os.Environ(),
+		"OUTBOX_DATABASE_URL="+b.dbURL, "OUTBOX_AMQP_URL="+b.o.amqpURL, "OUTBOX_TABLE="+b.table.String(),
+		"OUTBOX_METRICS_ADDR=", "OUTBOX_LOG_LEVEL=warn")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", b.o.relayBin, err)
+	}
+	return &relayProcess{cmd: cmd}, nil
+}
+
+// stop stops the relay with SIGTERM and waits for it to exit.
+func (p *relayProcess) stop() error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Wait(); err != nil {
+		return fmt.Errorf("relay exit: %w", err)
+	}
+	return nil
+}
+
+func (p *relayProcess) pid() int { return p.cmd.Process.Pid }
+
+// vmHWM reads a process's peak resident set size from /proc.
+func vmHWM(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times on Linux.
+const clockTicks = 100
+
+// cpuSeconds returns the CPU time (user and system) the process has used.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	// The command name may hold spaces; the fields after it do not.
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	return (utime + stime) / clockTicks, nil
+}
+
+// brokerPID finds the RabbitMQ node's Erlang VM on this machine, or 0.
+func brokerPID() int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "beam.smp" {
+			return pid
+		}
+	}
+	return 0
+}
