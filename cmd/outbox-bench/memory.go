@@ -72,4 +72,3 @@ func (b *bench) drainProcess(ctx context.Context, n int) (int64, float64, error)
 	}
 	return peak, rate, nil
 }
-
