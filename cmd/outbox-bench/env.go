@@ -228,17 +228,27 @@ func (c *consumer) waitFor(ctx context.Context, n int64, timeout time.Duration) 
 	return nil
 }
 
+// confirmChannel opens a channel in confirm mode; the caller closes it.
+func (b *bench) confirmChannel() (*amqp.Channel, error) {
+	ch, err := b.amqp.Channel()
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	return ch, nil
+}
+
 // rawPublish publishes n messages to the queue with confirms, keeping up to
 // window unconfirmed: the broker's limit the relay is compared with.
 func (b *bench) rawPublish(ctx context.Context, n, window int) error {
-	ch, err := b.amqp.Channel()
+	ch, err := b.confirmChannel()
 	if err != nil {
 		return err
 	}
 	defer ch.Close()
-	if err := ch.Confirm(false); err != nil {
-		return err
-	}
 	pending := make([]*amqp.DeferredConfirmation, 0, window)
 	for i := 0; i < n; i++ {
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", b.queue, true, false, amqp.Publishing{

@@ -18,14 +18,11 @@ func (b *bench) minimalDrain(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	ch, err := b.amqp.Channel()
+	ch, err := b.confirmChannel()
 	if err != nil {
 		return err
 	}
 	defer ch.Close()
-	if err := ch.Confirm(false); err != nil {
-		return err
-	}
 	claim := "select id, routing_key, message_id::text, payload, created_at from " + b.table.Ident() +
 		" where dead_at is null and available_at <= now() order by id limit $1 for update skip locked"
 	del := "delete from " + b.table.Ident() + " where id = any($1)"
