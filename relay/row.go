@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -110,36 +111,32 @@ func decodeHeaders(raw []byte) (amqp.Table, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: want a JSON object, got %s", errInvalidHeaders, jsonKind(v))
 	}
-	t, err := toTable(obj, "")
+	t, err := toTable(obj)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errInvalidHeaders, err)
 	}
 	return t, nil
 }
 
-func toTable(obj map[string]any, path string) (amqp.Table, error) {
+func toTable(obj map[string]any) (amqp.Table, error) {
 	t := make(amqp.Table, len(obj))
 	for k, v := range obj {
-		p := path + "." + k
-		if path == "" {
-			p = k
-		}
 		if len(k) > 255 {
-			return nil, fmt.Errorf("header %q: key longer than 255 bytes", truncate(p, 40))
+			return nil, &headerError{path: k, msg: "key longer than 255 bytes"}
 		}
 		if v == nil {
 			continue
 		}
-		fv, err := toField(v, p)
+		fv, err := toField(v)
 		if err != nil {
-			return nil, err
+			return nil, within(err, k)
 		}
 		t[k] = fv
 	}
 	return t, nil
 }
 
-func toField(v any, path string) (any, error) {
+func toField(v any) (any, error) {
 	switch v := v.(type) {
 	case nil:
 		return nil, nil
@@ -151,23 +148,50 @@ func toField(v any, path string) (any, error) {
 		}
 		f, err := v.Float64()
 		if err != nil || math.IsInf(f, 0) {
-			return nil, fmt.Errorf("header %q: number %s out of range", truncate(path, 40), truncate(v.String(), 40))
+			return nil, &headerError{msg: "number " + truncate(v.String(), 40) + " out of range"}
 		}
 		return f, nil
 	case map[string]any:
-		return toTable(v, path)
+		return toTable(v)
 	case []any:
 		a := make([]any, len(v))
 		for i, e := range v {
-			f, err := toField(e, fmt.Sprintf("%s[%d]", path, i))
+			f, err := toField(e)
 			if err != nil {
-				return nil, err
+				return nil, within(err, "["+strconv.Itoa(i)+"]")
 			}
 			a[i] = f
 		}
 		return a, nil
 	}
-	return nil, fmt.Errorf("header %q: unsupported JSON value %T", truncate(path, 40), v)
+	return nil, &headerError{msg: fmt.Sprintf("unsupported JSON value %T", v)}
+}
+
+// headerError is a header value that cannot be mapped. Its path ("a.b[2]")
+// is built on the way out of the recursion, so that mapping headers spends
+// nothing on it when all is well (it was two allocations a key).
+type headerError struct {
+	path string
+	msg  string
+}
+
+func (e *headerError) Error() string {
+	return fmt.Sprintf("header %q: %s", truncate(e.path, 40), e.msg)
+}
+
+// within prefixes the path of a headerError with the key or index it was
+// found under.
+func within(err error, seg string) error {
+	var he *headerError
+	if !errors.As(err, &he) {
+		return err
+	}
+	if he.path == "" || he.path[0] == '[' {
+		he.path = seg + he.path
+	} else {
+		he.path = seg + "." + he.path
+	}
+	return he
 }
 
 func jsonKind(v any) string {

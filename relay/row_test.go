@@ -29,6 +29,8 @@ func TestDecodeHeaders(t *testing.T) {
 		{in: `"s"`, wantErr: "want a JSON object, got a string"},
 		{in: `{"` + strings.Repeat("k", 256) + `": 1}`, wantErr: "key longer than 255 bytes"},
 		{in: `{"x": 1e999}`, wantErr: "out of range"},
+		{in: `{"o": {"a": [1, {"b": 1e999}]}}`, wantErr: `header "o.a[1].b": number 1e999 out of range`},
+		{in: `{"o": [[1, 2e999]]}`, wantErr: `header "o[0][1]"`},
 		{in: `{bad`, wantErr: "invalid headers"},
 	} {
 		got, err := decodeHeaders([]byte(tc.in))
