@@ -104,3 +104,13 @@ func BenchmarkPublishing(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkPublishingNoHeaders(b *testing.B) {
+	r := Row{ID: 1, MessageID: "a6b0c1d2-0000-4000-8000-000000000000", Payload: make([]byte, 256), CreatedAt: time.Now()}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := r.publishing(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
