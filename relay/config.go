@@ -59,8 +59,8 @@ type Config struct {
 	RetryBackoff    time.Duration
 	RetryBackoffMax time.Duration
 	// ConfirmTimeout bounds the wait for a batch's publisher confirms; rows
-	// still unconfirmed then are treated as not sent and the channel is
-	// reopened. Defaults to 30s.
+	// still unconfirmed then are treated as not sent and the broker
+	// connection is reopened. Defaults to 30s.
 	ConfirmTimeout time.Duration
 	// ShutdownTimeout bounds how long Run waits, once its context is done,
 	// for in-flight confirms to arrive and be settled. Defaults to 30s.

@@ -51,9 +51,16 @@ func newGaugeQueries(table string) gaugeQueries {
 	}
 }
 
-// refreshGauges refreshes the table's gauges every gaugeInterval until ctx
-// is done.
-func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries) {
+// idleRefreshGap is the least time between two refreshes of the gauges
+// when the relay goes idle.
+const idleRefreshGap = time.Second
+
+// refreshGauges refreshes the table's gauges every gaugeInterval, and soon
+// after a signal on idle, until ctx is done. The leader signals when it
+// runs out of rows, so that a backlog it drained leaves the gauges then and
+// not up to gaugeInterval later (the lag read from the metrics stayed at
+// 8 s for 9 s after the table was empty); at most once per idleRefreshGap.
+func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, idle <-chan struct{}) {
 	t := time.NewTicker(gaugeInterval)
 	defer t.Stop()
 	failing, warned := false, false
@@ -67,10 +74,22 @@ func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQu
 		case err == nil && failing:
 			failing = false
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+		last := time.Now()
+		var soon <-chan time.Time
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				break wait
+			case <-soon:
+				break wait
+			case <-idle:
+				if soon == nil {
+					soon = time.After(time.Until(last.Add(idleRefreshGap)))
+				}
+			}
 		}
 	}
 }

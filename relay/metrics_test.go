@@ -220,3 +220,42 @@ func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 		t.Errorf("alert rules = %v, want lag, dead rows and no-leader alerts at least", alertNames)
 	}
 }
+
+// The gauges follow a drained backlog as soon as the relay runs out of
+// rows, not a refresh interval (10s) later.
+func TestGaugesRefreshWhenBacklogDrained(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := b.env.Pool.Exec(context.Background(), `insert into `+b.env.Table.Ident()+`
+    (exchange, routing_key, payload, created_at, available_at)
+select $1, 'old', 'x', now() - interval '1 hour', now() - interval '1 hour' from generate_series(1, 20)`, b.exchange)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Lock the rows, so that the relay's first refresh of the gauges sees
+	// them before it can take them.
+	ctx := context.Background()
+	tx, err := b.env.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "select 1 from "+b.env.Table.Ident()+" for update"); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	cfg := b.config(t)
+	cfg.Registerer = reg
+	start(t, cfg)
+	testenv.WaitFor(t, 5*time.Second, "the first refresh to see the hour-old backlog", func() bool {
+		return value(gather(t, reg)["outbox_lag_seconds"]) > 3000
+	})
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Receive(t, b.recv, 20, 10*time.Second)
+	testenv.WaitFor(t, 5*time.Second, "lag and pending to drop to 0 once the backlog is gone", func() bool {
+		mfs := gather(t, reg)
+		return value(mfs["outbox_lag_seconds"]) == 0 && value(mfs["outbox_pending_rows"]) == 0
+	})
+}

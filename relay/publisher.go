@@ -584,10 +584,12 @@ func (p *amqpPublisher) missingExchanges(rows []Row) (map[string]error, error) {
 	return missing, nil
 }
 
-// RedactAMQPURI formats uri without its password, for logs and errors.
+// RedactAMQPURI formats uri without its password, for logs and errors. The
+// password shows as "xxxxx" ("guest:@" read as an empty password).
 func RedactAMQPURI(uri amqp.URI) string {
-	uri.Password = ""
-	// URI.String writes "user@" without a colon when the password is empty.
+	if uri.Password != "" {
+		uri.Password = "xxxxx"
+	}
 	return uri.String()
 }
 

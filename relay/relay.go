@@ -121,6 +121,7 @@ type loop struct {
 	pub     *amqpPublisher
 	lis     *pgListener
 	vac     *vacuumer
+	idle    chan struct{} // tells the gauges the relay ran out of rows
 	leader  bool
 	waiting bool // the wake-up flag says we sleep on LISTEN
 	// lingered counts the empty claims since the last rows, while the relay
@@ -158,9 +159,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		store: newStore(pool, table, r.cfg.MaxAttempts, func(n int) time.Duration {
 			return backoff(n, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
 		}),
-		pub: newPublisher(r.cfg, r.appName),
-		lis: newListener(r.lisCfg, table.Channel()),
-		vac: newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
+		pub:  newPublisher(r.cfg, r.appName),
+		lis:  newListener(r.lisCfg, table.Channel()),
+		vac:  newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
+		idle: make(chan struct{}, 1),
 	}
 	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
 		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval))
@@ -196,7 +198,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		r.refreshGauges(ctx, pool, newGaugeQueries(table.Ident()))
+		r.refreshGauges(ctx, pool, newGaugeQueries(table.Ident()), l.idle)
 	}()
 	go func() {
 		defer wg.Done()
@@ -307,6 +309,10 @@ func (l *loop) run(ctx, work context.Context) {
 			// committed before the announcement did not notify), then
 			// sleep on LISTEN.
 			l.setWaiting(ctx, true)
+			select {
+			case l.idle <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
