@@ -142,11 +142,14 @@ func (l *loop) settle(ctx context.Context, c *claim, results []Result, next int)
 }
 
 // failedKeys returns the partition keys of rows of an awaited batch that
-// failed or were held back: later rows of those keys wait for the retry.
+// failed: later rows of those keys wait for the retry. A row held back
+// behind such a row is not one: it may be earlier than the failed row (it
+// committed late), and counting it held it back again in every other batch
+// of a drain.
 func failedKeys(results []Result) map[string]bool {
 	keys := map[string]bool{}
 	for _, r := range results {
-		if r.Outcome != Acked && r.Row.PartitionKey != nil {
+		if r.Outcome == Failed && r.Row.PartitionKey != nil {
 			keys[*r.Row.PartitionKey] = true
 		}
 	}

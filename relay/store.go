@@ -51,12 +51,17 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		// the lowest ids, in one walk of claim_idx that locks as it goes
 		// and stops at $1 rows. FOR UPDATE SKIP LOCKED passes over the
 		// rows of batches still in flight, so the claim made while a batch
-		// is on the wire takes the rows behind it; no row is locked that is
-		// not returned. Locks are held until the batch is settled, so a
-		// second claimer never takes the same rows. $5 lists the rows this
+		// is on the wire takes the rows behind it; the claim locks no row
+		// it does not return. Locks are held until the batch is settled, so
+		// a second claimer never takes the same rows. $5 lists the rows this
 		// relay holds: passing over them by id is a few times cheaper than
-		// trying each one's lock, and the walk goes over up to two batches
-		// of them at every claim while batches are in flight.
+		// trying each one's lock.
+		//
+		// A row of claim_idx (available_at = created_at) asked for no delay,
+		// so the claim does not compare available_at with now(): now() is
+		// when this transaction began, and a row committed since with a
+		// later created_at would have been passed over while a later row
+		// of its key was taken.
 		//
 		// Rows delayed or backing off live in delayed_idx instead, and
 		// promoteSQL moves them into claim_idx once due. A row waits while
@@ -68,7 +73,6 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
   from ` + tbl + ` o
  where dead_at is null
    and available_at = created_at
-   and available_at <= now()
    and id not in (select unnest($5::bigint[]))
    and (partition_key is null or not exists (
         select 1 from ` + tbl + ` e
@@ -89,11 +93,18 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		// Due rows of delayed_idx (delayed by their writer, backing off
 		// after a failure, or retried by an operator) go back to claim_idx:
 		// available_at = created_at reads "available", and the claim stays
-		// one ordered index walk. It runs in the claim's transaction, so
-		// the claim sees what it promoted; rows it promoted but did not
-		// take stay locked until that batch is settled, and until then
-		// later rows of their key wait (the claim above). A later claim
-		// skips them rather than wait.
+		// one ordered index walk. It runs in the claim's transaction, which
+		// commits even when it claims nothing, so the claim sees what it
+		// promoted and a promotion is never undone. A row the promotion
+		// moved but the claim did not take (past the batch, or behind its
+		// key) stays locked until that batch is settled; a later claim
+		// skips it, and later rows of its key wait, as it is still in
+		// delayed_idx for them.
+		//
+		// A due row that waits behind an earlier row of its key not due yet
+		// is left where it is: moving it would change nothing (the claim
+		// would hold it back), and counting it against $1 would let enough
+		// of them keep every other due row from being promoted.
 		//
 		// The ids come as an array (an InitPlan) rather than through IN:
 		// PostgreSQL then plans the same index scans whether it knows $1
@@ -103,8 +114,15 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		promoteSQL: `update ` + tbl + `
    set available_at = created_at
  where id = any(array(
-        select id from ` + tbl + `
+        select id from ` + tbl + ` d
          where dead_at is null and available_at <> created_at and available_at <= now()
+           and (partition_key is null or not exists (
+                select 1 from ` + tbl + ` e
+                 where e.partition_key = d.partition_key
+                   and e.id < d.id
+                   and e.dead_at is null
+                   and e.available_at <> e.created_at
+                   and e.available_at > now()))
          order by available_at, id
          limit $1
            for update skip locked))`,
@@ -177,8 +195,9 @@ func (s *pgStore) queueClaim(b *pgx.Batch, limit int) *[]Row {
 // rows it ends the transaction and gives conn back instead.
 func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, rows []Row) (*claim, error) {
 	if len(rows) == 0 {
-		// Nothing claimed: end the transaction now rather than hold it.
-		_, err := conn.Exec(ctx, "rollback")
+		// Nothing claimed: end the transaction now rather than hold it,
+		// keeping what the promotion moved.
+		_, err := conn.Exec(ctx, "commit")
 		conn.Release()
 		if err != nil {
 			return nil, fmt.Errorf("claim: end empty transaction: %w", err)

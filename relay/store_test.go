@@ -175,3 +175,32 @@ select 'r.' || lpad(i::text, 3, '0'), 'x' from generate_series(1, 5) i`)
 		t.Fatalf("claim %v, want %v", got, keys(1, 5))
 	}
 }
+
+// Due rows that wait behind an earlier row of their key not due yet are
+// neither promoted nor counted against the batch: however many of them
+// there are, another due row behind them is claimed. (They used to be
+// promoted, held back by the claim and rolled back again at every claim,
+// keeping every due row behind them where it was.)
+func TestClaimPromotesPastDueRowsThatMustWait(t *testing.T) {
+	t.Parallel()
+	b := setupStore(t)
+	for i := 1; i <= 10; i++ {
+		b.exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at)
+values ('early', 'x', $1, now() + interval '1 day')`, fmt.Sprint("k", i))
+	}
+	for i := 1; i <= 10; i++ {
+		b.exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at)
+values ('waits', 'x', $1, now() - interval '2 minutes')`, fmt.Sprint("k", i))
+	}
+	b.exec(t, `insert into {{t}} (routing_key, payload, available_at) values ('r.001', 'x', now() - interval '1 minute')`)
+
+	if _, got := b.claimKeys(t, 10); !slices.Equal(got, keys(1, 1)) {
+		t.Fatalf("claim of 10: %v, want %v", got, keys(1, 1))
+	}
+	var moved int
+	err := b.env.Pool.QueryRow(context.Background(),
+		"select count(*) from "+b.env.Table.Ident()+" where routing_key = 'waits' and available_at = created_at").Scan(&moved)
+	if err != nil || moved != 0 {
+		t.Errorf("%d rows that must wait were moved to the claim index (%v)", moved, err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 //go:embed migrations/*.sql
@@ -160,19 +162,56 @@ func Migrate(ctx context.Context, conn *pgx.Conn, t Table) ([]Migration, error) 
 		if err != nil {
 			return applied, err
 		}
-		err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if err := applyWaiting(ctx, conn, t, m, sql); err != nil {
+			return applied, fmt.Errorf("apply migration %03d_%s: %w", m.Version, m.Name, err)
+		}
+		applied = append(applied, m)
+	}
+	return applied, nil
+}
+
+// Waiting for the table's lock. A migration that changes the table (a
+// trigger, a storage parameter) needs an ACCESS EXCLUSIVE lock, and while
+// it waits for one every writer's INSERT queues behind it. A relay that is
+// draining always holds a claim open, and its next claim would queue behind
+// the migration too: writers could stall until the relay's claim timed out
+// (30s). So each attempt waits for the lock at most migrationLockTimeout,
+// and gives up after migrationAttempts, a pause between attempts.
+const (
+	migrationLockTimeout = 2 * time.Second
+	migrationAttempts    = 15
+	migrationRetryPause  = time.Second
+
+	sqlstateLockNotAvailable = "55P03"
+)
+
+// applyWaiting applies one migration in a transaction, retrying when its
+// lock on the table cannot be had within migrationLockTimeout.
+func applyWaiting(ctx context.Context, conn *pgx.Conn, t Table, m Migration, sql string) error {
+	for attempt := 1; ; attempt++ {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, fmt.Sprintf("set local lock_timeout = %d", migrationLockTimeout.Milliseconds())); err != nil {
+				return err
+			}
 			if _, err := tx.Exec(ctx, sql); err != nil {
 				return err
 			}
 			_, err := tx.Exec(ctx, "insert into "+t.Derived("schema_migrations")+" (version, name) values ($1, $2)", m.Version, m.Name)
 			return err
 		})
-		if err != nil {
-			return applied, fmt.Errorf("apply migration %03d_%s: %w", m.Version, m.Name, err)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != sqlstateLockNotAvailable {
+			return err
 		}
-		applied = append(applied, m)
+		if attempt == migrationAttempts {
+			return fmt.Errorf("the table stayed locked by other sessions for %d attempts of %s: %w", attempt, migrationLockTimeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(migrationRetryPause):
+		}
 	}
-	return applied, nil
 }
 
 // AppliedMigrations lists the migrations recorded for table t.
