@@ -114,10 +114,15 @@ func (l *loop) claim(ctx context.Context) (*claim, error) {
 	defer cancel()
 	l.lastClaim = time.Now()
 	c, err := l.store.Claim(ctx, l.cfg.BatchSize)
-	if err == nil && len(c.rows) > 0 {
+	l.claimed(c)
+	return c, err
+}
+
+// claimed records the size of a claimed batch.
+func (l *loop) claimed(c *claim) {
+	if c != nil && len(c.rows) > 0 {
 		l.metrics.batchSize.Observe(float64(len(c.rows)))
 	}
-	return c, err
 }
 
 // settle settles a batch within dbTimeout, records it in metrics and logs,
@@ -135,9 +140,7 @@ func (l *loop) settle(ctx context.Context, c *claim, results []Result, next int)
 	}
 	l.vac.rowsDeleted(st.deleted)
 	l.observe(results, st)
-	if nc != nil && len(nc.rows) > 0 {
-		l.metrics.batchSize.Observe(float64(len(nc.rows)))
-	}
+	l.claimed(nc)
 	return nc, claimErr
 }
 

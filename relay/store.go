@@ -143,7 +143,7 @@ returning o.id, o.dead_at is not null`,
 }
 
 // claim is one claimed batch: the rows, and the connection whose open
-// transaction holds their locks until Settle or Release.
+// transaction holds their locks until Settle.
 type claim struct {
 	conn *pgxpool.Conn
 	rows []Row
@@ -153,9 +153,8 @@ type claim struct {
 // round trip. With no rows it returns an empty claim that holds nothing.
 //
 // The transaction is driven by hand rather than with pgx.Tx so that BEGIN,
-// the claim and later the settle and COMMIT share round trips. A connection
-// given back to the pool inside a transaction is closed by the pool, so an
-// error path only has to release it.
+// the claim and later the settle and COMMIT share round trips. After a
+// failed round trip the connection is closed (see discard).
 func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -164,10 +163,22 @@ func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
 	b := &pgx.Batch{}
 	rows := s.queueClaim(b, limit)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		conn.Release()
+		discard(conn)
 		return nil, fmt.Errorf("claim: %w", err)
 	}
 	return s.hold(ctx, conn, *rows)
+}
+
+// discard closes a connection whose round trip failed, with whatever
+// transaction it has open. Given back to the pool, it would be closed in
+// the background, and until the server ended that transaction its row
+// locks, no longer in heldIDs, would make a claim pass over those rows and
+// take later rows of their keys first. Closing it here tells the server
+// at once, as long as the socket still works.
+func discard(conn *pgxpool.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = conn.Hijack().Close(ctx)
 }
 
 // queueClaim queues BEGIN, the promotion of due rows and the claim of up to
@@ -197,11 +208,11 @@ func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, rows []Row) (*cl
 	if len(rows) == 0 {
 		// Nothing claimed: end the transaction now rather than hold it,
 		// keeping what the promotion moved.
-		_, err := conn.Exec(ctx, "commit")
-		conn.Release()
-		if err != nil {
+		if _, err := conn.Exec(ctx, "commit"); err != nil {
+			discard(conn)
 			return nil, fmt.Errorf("claim: end empty transaction: %w", err)
 		}
+		conn.Release()
 		return &claim{}, nil
 	}
 	c := &claim{conn: conn, rows: rows}
@@ -212,29 +223,19 @@ func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, rows []Row) (*cl
 }
 
 // heldIDs returns the ids of the rows of live claims. Claims are not made
-// while another claim of this store is settled or released: a row
-// released by a commit after this list is read would be passed over while
-// a later row of its key is taken.
+// while another claim of this store is being settled: a row released by a
+// commit after this list is read would be passed over while a later row of
+// its key is taken.
 func (s *pgStore) heldIDs() []int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ids := []int64{} // not nil: <> all(null) is null, and no row would match
+	ids := []int64{}
 	for c := range s.live {
 		for i := range c.rows {
 			ids = append(ids, c.rows[i].ID)
 		}
 	}
 	return ids
-}
-
-// end gives back the connection of a claim whose transaction has ended
-// (or which the pool closes because it has not), releasing its locks.
-func (s *pgStore) end(c *claim) {
-	c.conn.Release()
-	c.conn = nil
-	s.mu.Lock()
-	delete(s.live, c)
-	s.mu.Unlock()
 }
 
 // settled reports what Settle did, for logs and metrics.
@@ -252,17 +253,14 @@ type settled struct {
 // the same round trip (see Claim), and returns that claim too, or why it
 // failed. A failed settle claims nothing.
 func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next int) (st settled, nc *claim, settleErr, claimErr error) {
-	if c.conn == nil {
-		if next > 0 {
-			nc, claimErr = s.Claim(ctx, next)
-		}
-		return st, nc, nil, claimErr
-	}
 	conn := c.conn
+	if conn == nil {
+		return st, nil, nil, nil // an empty claim holds nothing
+	}
+	c.conn = nil
 	s.mu.Lock()
 	delete(s.live, c)
 	s.mu.Unlock()
-	c.conn = nil
 
 	var acked, failedIDs, delays []int64
 	var errs []string
@@ -312,10 +310,10 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 	err := conn.SendBatch(ctx, batch).Close()
 	switch {
 	case err != nil && !committed:
-		conn.Release()
-		return settled{}, nil, fmt.Errorf("settle: %w", err), nil
+		discard(conn)
+		return settled{}, nil, err, nil
 	case err != nil:
-		conn.Release()
+		discard(conn)
 		return st, nil, nil, fmt.Errorf("claim: %w", err)
 	case rows == nil:
 		conn.Release()
@@ -352,12 +350,4 @@ func lastError(r Result) string {
 		msg = strings.ToValidUTF8(msg, "")
 	}
 	return msg
-}
-
-// Release ends a claim without settling it: its rows stay as they were.
-func (s *pgStore) Release(ctx context.Context, c *claim) {
-	if c.conn != nil {
-		_, _ = c.conn.Exec(context.WithoutCancel(ctx), "rollback")
-		s.end(c)
-	}
 }

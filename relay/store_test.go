@@ -39,7 +39,7 @@ func (b *storeBundle) claimKeys(t *testing.T, limit int) (*claim, []string) {
 	if err != nil {
 		t.Fatalf("claim: %v", err)
 	}
-	t.Cleanup(func() { b.store.Release(context.Background(), c) })
+	t.Cleanup(func() { b.store.Settle(context.Background(), c, nil, 0) })
 	var keys []string
 	for _, r := range c.rows {
 		keys = append(keys, r.RoutingKey)
@@ -61,7 +61,7 @@ func (b *storeBundle) settle(t *testing.T, c *claim, next int) (*claim, []string
 	if nc == nil {
 		return nil, nil
 	}
-	t.Cleanup(func() { b.store.Release(context.Background(), nc) })
+	t.Cleanup(func() { b.store.Settle(context.Background(), nc, nil, 0) })
 	var keys []string
 	for _, r := range nc.rows {
 		keys = append(keys, r.RoutingKey)

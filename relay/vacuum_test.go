@@ -103,12 +103,12 @@ func TestRelayRunsAsRoleWithREADMEGrants(t *testing.T) {
 	insertN(t, b, 1)
 	testenv.Receive(t, b.recv, 1, 5*time.Second)
 	testenv.WaitFor(t, 5*time.Second, "the relay to give up vacuuming", func() bool {
-		return strings.Contains(logs.String(), "cannot vacuum it")
+		return strings.Contains(logs.String(), "cannot vacuum the table")
 	})
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Count(logs.String(), "cannot vacuum it"); got != 1 {
+	if got := strings.Count(logs.String(), "cannot vacuum the table"); got != 1 {
 		t.Errorf("said %d times that it cannot vacuum, want once", got)
 	}
 	if strings.Contains(logs.String(), "level=ERROR") {

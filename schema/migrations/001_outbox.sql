@@ -22,21 +22,20 @@ create table {{.Table}} (
     constraint {{.Local "headers_object"}} check (headers is null or jsonb_typeof(headers) = 'object')
 );
 
--- The claim takes the available rows with the lowest ids from claim_idx,
+-- The claim takes the available rows with the lowest ids from two indexes,
 -- so that its cost follows the batch, not the table. Rows written with the
 -- default available_at (= created_at) are available at once: claim_idx
 -- holds them in id order. Rows delayed by their writer or backing off after
 -- a failure have another available_at: delayed_idx holds them by when they
 -- come due, so a million of them scheduled for later cost the claim nothing.
--- Once due, the relay sets their available_at back to created_at, which
--- moves them into claim_idx. Dead rows are in neither.
+-- Dead rows are in neither.
 create index {{.Local "claim_idx"}} on {{.Table}} (id)
     where dead_at is null and available_at = created_at;
 create index {{.Local "delayed_idx"}} on {{.Table}} (available_at, id)
     where dead_at is null and available_at <> created_at;
 
--- Per-key order: "is an earlier row of this key delayed or backing off?"
--- That is, still in delayed_idx; so this index holds just those rows: the
+-- Per-key order: "is an earlier row of this key backing off (or delayed)?"
+-- Only rows of delayed_idx can be, so this index holds just those: the
 -- probe the claim makes for each keyed row finds nothing, at once, unless
 -- a row of that key really waits.
 create index {{.Local "partition_idx"}} on {{.Table}} (partition_key, id)

@@ -1,4 +1,6 @@
 -- 002: a wake-up check that costs writers nothing, and no vacuum truncation.
+-- (001 is left as it was released; what changed in how its indexes are used
+-- is said here.)
 --
 -- In 001 the insert trigger asked a PL/pgSQL function, which queried
 -- <table>_relay_state, whether the relay sleeps on LISTEN: a query in every
@@ -11,6 +13,16 @@
 --
 -- After a crash the flag keeps its last value. If that was 1, writers send a
 -- NOTIFY that wakes nobody until a relay is leader again and sets it.
+--
+-- pg_sequence_last_value is the function behind the pg_sequences view
+-- (PostgreSQL 10 and later), not documented on its own; it needs SELECT on
+-- the sequence, granted below. It holds the sequence's one page locked for
+-- the moment it reads it: no contention measured with 32 writers on 2 cores.
+--
+-- How the relay uses 001's indexes now: the claim walks claim_idx alone.
+-- When a row of delayed_idx comes due, the relay sets its available_at back
+-- to created_at, which moves it into claim_idx; a row waits while an earlier
+-- row of its partition_key is still in delayed_idx.
 
 drop trigger {{.Local "notify"}} on {{.Table}};
 drop function {{.Name "relay_waiting"}}();
