@@ -67,6 +67,17 @@ next:
 	return -1
 }
 
+// startMetered starts a relay with the test's configuration and a fresh
+// registry, and returns the registry.
+func startMetered(t *testing.T, b *testBundle) *prometheus.Registry {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg := b.config(t)
+	cfg.Registerer = reg
+	start(t, cfg)
+	return reg
+}
+
 func TestMetricsOfLeader(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -133,10 +144,7 @@ func TestMetricsOfStandby(t *testing.T) {
 		values ($1, 'dead', 'z', now())`, b.exchange); err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	cfg := b.config(t)
-	cfg.Registerer = reg
-	start(t, cfg)
+	reg := startMetered(t, b)
 	testenv.WaitFor(t, 10*time.Second, "gauges to be refreshed", func() bool {
 		return value(gather(t, reg)["outbox_pending_rows"]) == 2
 	})
@@ -243,10 +251,7 @@ select $1, 'old', 'x', now() - interval '1 hour', now() - interval '1 hour' from
 	if _, err := tx.Exec(ctx, "select 1 from "+b.env.Table.Ident()+" for update"); err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	cfg := b.config(t)
-	cfg.Registerer = reg
-	start(t, cfg)
+	reg := startMetered(t, b)
 	testenv.WaitFor(t, 5*time.Second, "the first refresh to see the hour-old backlog", func() bool {
 		return value(gather(t, reg)["outbox_lag_seconds"]) > 3000
 	})
