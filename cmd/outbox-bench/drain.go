@@ -31,7 +31,7 @@ func (b *bench) drain(ctx context.Context, rep *report) error {
 	type rates struct{ raw, relay, minimal []float64 }
 	var alone, live rates
 	for round := 0; round < b.o.rounds; round++ {
-		raw, err := b.timeIt(func() error { return b.rawPublish(ctx, n, 1000) })
+		raw, err := timeIt(n, func() error { return b.rawPublish(ctx, n, 1000) })
 		if err == nil {
 			err = b.expectQueued(ctx, n)
 		}
@@ -58,7 +58,7 @@ func (b *bench) drain(ctx context.Context, rep *report) error {
 		if err != nil {
 			return err
 		}
-		raw, err = b.timeIt(func() error {
+		raw, err = timeIt(n, func() error {
 			want := c.n.Load() + int64(n)
 			if err := b.rawPublish(ctx, n, 1000); err != nil {
 				return err
@@ -111,13 +111,13 @@ func ratios(num, den []float64) (float64, string) {
 	return median(rs), strings.Join(each, " ")
 }
 
-// timeIt returns b.o.rows divided by how long f took.
-func (b *bench) timeIt(f func() error) (float64, error) {
+// timeIt returns n divided by how long f took.
+func timeIt(n int, f func() error) (float64, error) {
 	begin := time.Now()
 	if err := f(); err != nil {
 		return 0, err
 	}
-	return float64(b.o.rows) / time.Since(begin).Seconds(), nil
+	return float64(n) / time.Since(begin).Seconds(), nil
 }
 
 // timeDrain fills the table with n rows and times drain; with a consumer c
@@ -129,7 +129,7 @@ func (b *bench) timeDrain(ctx context.Context, n int, c *consumer, drain func() 
 	if _, err := b.db.Exec(ctx, "vacuum analyze "+b.table.Ident()); err != nil {
 		return 0, err
 	}
-	return b.timeIt(func() error {
+	return timeIt(n, func() error {
 		var want int64
 		if c != nil {
 			want = c.n.Load() + int64(n)
