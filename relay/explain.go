@@ -14,7 +14,7 @@ type Query struct {
 // the relay runs on table t.
 func Queries(t schema.Table, batchSize, maxAttempts int) []Query {
 	s := newStore(nil, t, maxAttempts, nil)
-	g := newGaugeQueries(t.Ident())
+	g := newGaugeQueries(t)
 	return []Query{
 		{"promote due rows", s.promoteSQL, []any{batchSize}},
 		{"claim", s.claimSQL, []any{batchSize, 0, 0, 0, []int64{1, 2, 3}}},
@@ -22,5 +22,6 @@ func Queries(t schema.Table, batchSize, maxAttempts int) []Query {
 		{"record failure", s.failSQL, []any{[]int64{1}, []string{"example"}, []int64{1000}, maxAttempts}},
 		{"gauges", g.gauges, nil},
 		{"gauge: pending span", g.pendingSpan, nil},
+		{"stall check", g.stall, []any{0, 0}},
 	}
 }

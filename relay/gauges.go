@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/lmittmann/tint"
+
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 // Gauge refresh. Every relay, leader or standby, refreshes the table's
@@ -31,10 +33,12 @@ const (
 )
 
 type gaugeQueries struct {
-	gauges, pendingSpan string
+	gauges, pendingSpan, stall string
+	leaderKey                  int64
 }
 
-func newGaugeQueries(table string) gaugeQueries {
+func newGaugeQueries(t schema.Table) gaugeQueries {
+	table := t.Ident()
 	limit := func(n int) string { return " limit " + fmt.Sprint(n) }
 	return gaugeQueries{
 		gauges: `select
@@ -48,6 +52,8 @@ func newGaugeQueries(table string) gaugeQueries {
   pg_notification_queue_usage()`,
 		pendingSpan: `select coalesce((select id from ` + table + ` where dead_at is null and available_at = created_at order by id desc limit 1)
   - (select id from ` + table + ` where dead_at is null and available_at = created_at order by id limit 1) + 1, 0)`,
+		stall:     stallQuery(table),
+		leaderKey: t.LockKey("leader"),
 	}
 }
 
@@ -60,12 +66,19 @@ const idleRefreshGap = time.Second
 // runs out of rows, so that a backlog it drained leaves the gauges then and
 // not up to gaugeInterval later (the lag read from the metrics stayed at
 // 8 s for 9 s after the table was empty); at most once per idleRefreshGap.
-func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, idle <-chan struct{}) {
+//
+// After each refresh it checks that a leader with rows waiting claims them
+// (see checkStall); leaderPID gives the leader lock's session.
+func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, idle <-chan struct{},
+	prog *progress, leaderPID func() int32) {
 	t := time.NewTicker(gaugeInterval)
 	defer t.Stop()
-	failing, warned := false, false
+	failing, warned, stallWarned := false, false, false
 	for {
-		err := r.refreshOnce(ctx, pool, q, &warned)
+		lag, err := r.refreshOnce(ctx, pool, q, &warned)
+		if err == nil {
+			err = r.checkStall(ctx, pool, q.stall, q.leaderKey, leaderPID, prog, lag, &stallWarned)
+		}
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
 			// Once per failure streak: the loop reports database trouble too.
@@ -94,17 +107,17 @@ func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQu
 	}
 }
 
-func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, warned *bool) error {
+func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, warned *bool) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, gaugeInterval)
 	defer cancel()
 	var lag, usage float64
 	var pending, delayed, dead int64
 	if err := pool.QueryRow(ctx, q.gauges).Scan(&lag, &pending, &delayed, &dead, &usage); err != nil {
-		return err
+		return 0, withHint(err)
 	}
 	if pending > countCap {
 		if err := pool.QueryRow(ctx, q.pendingSpan).Scan(&pending); err != nil {
-			return fmt.Errorf("pending rows: %w", err)
+			return 0, fmt.Errorf("pending rows: %w", withHint(err))
 		}
 	}
 	pending += delayed
@@ -121,5 +134,5 @@ func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQuer
 		r.log.Info("NOTIFY queue drained", slog.Float64("usage", usage))
 		*warned = false
 	}
-	return nil
+	return lag, nil
 }

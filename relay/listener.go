@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -13,40 +15,154 @@ import (
 // that a dead one is noticed and rebuilt while nothing else would tell.
 const listenerPingInterval = 5 * time.Second
 
-// pgListener owns the dedicated LISTEN connection. It lives outside the pool
-// (a pooled connection could be handed to someone else with LISTEN still
-// active) and is used by one goroutine.
+// sessionCheckTimeout bounds the wait for the listener's own test
+// notification (see checkSession); a real session gets it in milliseconds.
+const sessionCheckTimeout = 5 * time.Second
+
+// pgListener owns the dedicated LISTEN connection, which also holds the
+// leader lock. It lives outside the pool (a pooled connection could be
+// handed to someone else with LISTEN still active) and is used by one
+// goroutine.
 type pgListener struct {
-	config   *pgx.ConnConfig
-	channel  string
+	config  *pgx.ConnConfig
+	channel string
+	// probe runs on another session (the pool): it returns that session's
+	// backend pid and sends payload on channel.
+	probe    func(ctx context.Context, channel, payload string) (int32, error)
 	conn     *pgx.Conn
+	pid      int32 // the server's pg_backend_pid() of conn
 	lastPing time.Time
 }
 
-func newListener(cfg *pgx.ConnConfig, channel string) *pgListener {
-	return &pgListener{config: cfg, channel: channel}
+func newListener(cfg *pgx.ConnConfig, channel string, probe func(context.Context, string, string) (int32, error)) *pgListener {
+	return &pgListener{config: cfg, channel: channel, probe: probe}
 }
 
 // Connected reports whether the LISTEN connection is up.
 func (l *pgListener) Connected() bool { return l.conn != nil && !l.conn.IsClosed() }
 
-// Connect opens the connection and LISTENs. Notifications sent while it was
-// down are lost, so the caller claims right after.
+// PID is the server backend pid of the LISTEN session, as the server
+// reports it (a pooler fills the startup data's pid with its own number).
+func (l *pgListener) PID() int32 { return l.pid }
+
+// simple runs the listener's queries without prepared statements, so that a
+// transaction-mode pooler shows up in checkSession rather than as a
+// prepared-statement clash.
+var simple = pgx.QueryExecModeSimpleProtocol
+
+// Connect opens the connection, checks that it is a writable session of its
+// own (a *setupError says why not) and LISTENs. Notifications sent while it
+// was down are lost, so the caller claims right after.
 func (l *pgListener) Connect(ctx context.Context) error {
 	l.Close(ctx)
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second+sessionCheckTimeout)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(cctx, l.config)
 	if err != nil {
 		return fmt.Errorf("connect listener: %w", err)
 	}
-	if _, err := conn.Exec(cctx, "listen "+pgx.Identifier{l.channel}.Sanitize()); err != nil {
-		_ = conn.Close(ctx)
-		return fmt.Errorf("listen %q: %w", l.channel, err)
+	if err := l.setUp(cctx, conn); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
+		l.pid = 0
+		return err
 	}
 	l.conn = conn
 	l.lastPing = time.Now()
 	return nil
+}
+
+func (l *pgListener) setUp(ctx context.Context, conn *pgx.Conn) error {
+	var readOnly bool
+	if err := conn.QueryRow(ctx, "select pg_backend_pid(), current_setting('transaction_read_only') = 'on'", simple).
+		Scan(&l.pid, &readOnly); err != nil {
+		return fmt.Errorf("check listener session: %w", err)
+	}
+	if readOnly {
+		return errReadOnly
+	}
+	if _, err := conn.Exec(ctx, "listen "+pgx.Identifier{l.channel}.Sanitize(), simple); err != nil {
+		return fmt.Errorf("listen %q: %w", l.channel, withHint(err))
+	}
+	return l.checkSession(ctx, conn)
+}
+
+// checkSession proves that conn is a server session of its own, as LISTEN
+// and session advisory locks need, rather than a transaction-mode (or
+// statement-mode) pooler's client connection. It does not depend on which
+// server connection such a pooler happens to pick:
+//
+//   - another session (the pool) reports its backend pid and sends a
+//     notification with a random payload on the channel. Two sessions
+//     open at once are never served by one backend, except by a pooler;
+//   - the notification must reach conn while conn is idle: a transaction
+//     pooler links a client to a server connection only inside a
+//     transaction, so an idle client never receives one, whichever server
+//     connection LISTENs;
+//   - conn's backend pid must not have changed meanwhile.
+func (l *pgListener) checkSession(ctx context.Context, conn *pgx.Conn) error {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	token := "outbox-relay session check " + hex.EncodeToString(b)
+	pctx, cancel := context.WithTimeout(ctx, sessionCheckTimeout)
+	defer cancel()
+	other, err := l.probe(pctx, l.channel, token)
+	switch {
+	case err != nil && pctx.Err() != nil:
+		return &setupError{kind: setupPoolWait,
+			cause: fmt.Sprintf("no second database session within %s", sessionCheckTimeout),
+			fix: "if OUTBOX_DATABASE_URL points at a session-mode pool, make its pool large enough: " +
+				"each relay holds up to 6 sessions (its LISTEN session and a pool of 5)"}
+	case err != nil:
+		return fmt.Errorf("check session: %w", withHint(err))
+	case other == l.pid:
+		return poolerError(fmt.Sprintf("two connections of the relay were answered by the same server backend (pid %d), "+
+			"as a transaction-mode pooler does", other))
+	}
+	wctx, wcancel := context.WithTimeout(ctx, sessionCheckTimeout)
+	defer wcancel()
+	for {
+		n, err := conn.WaitForNotification(wctx)
+		if err != nil {
+			if wctx.Err() != nil && ctx.Err() == nil {
+				return poolerError(fmt.Sprintf("a notification sent to the LISTEN connection did not arrive within %s, "+
+					"as behind a transaction-mode pooler", sessionCheckTimeout))
+			}
+			return fmt.Errorf("check session: wait for test notification: %w", err)
+		}
+		if n.Channel == l.channel && n.Payload == token {
+			break
+		}
+	}
+	var pid int32
+	if err := conn.QueryRow(ctx, "select pg_backend_pid()", simple).Scan(&pid); err != nil {
+		return fmt.Errorf("check session: %w", err)
+	}
+	if pid != l.pid {
+		return poolerError(fmt.Sprintf("the LISTEN connection moved from server backend %d to %d", l.pid, pid))
+	}
+	return nil
+}
+
+// TryLead tries to take the session advisory lock key on the LISTEN
+// session, where it lives exactly as long as the LISTEN, and reports
+// whether it holds it. It checks that the lock went to the listener's own
+// backend.
+func (l *pgListener) TryLead(ctx context.Context, key int64) (bool, error) {
+	if !l.Connected() {
+		return false, errors.New("listener not connected")
+	}
+	var got bool
+	var pid int32
+	err := l.conn.QueryRow(ctx, "select pg_try_advisory_lock($1), pg_backend_pid()", simple, key).Scan(&got, &pid)
+	if err != nil {
+		l.Close(ctx)
+		return false, fmt.Errorf("take leader lock: %w", err)
+	}
+	if pid != l.pid {
+		l.Close(ctx)
+		return false, poolerError(fmt.Sprintf("the leader lock was taken by server backend %d, not the LISTEN session's %d", pid, l.pid))
+	}
+	return got, nil
 }
 
 // Wait blocks until a notification arrives (true), timeout passes (false) or
@@ -66,11 +182,9 @@ func (l *pgListener) Wait(ctx context.Context, timeout time.Duration) (bool, err
 	case wctx.Err() != nil && !l.conn.IsClosed():
 		// Timed out: the connection is still good unless a ping says not.
 		if time.Since(l.lastPing) >= listenerPingInterval {
-			pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-			defer pcancel()
-			if err := l.conn.Ping(pctx); err != nil {
+			if err := l.ping(ctx); err != nil {
 				l.Close(ctx)
-				return false, fmt.Errorf("ping listener: %w", err)
+				return false, err
 			}
 			l.lastPing = time.Now()
 		}
@@ -78,6 +192,20 @@ func (l *pgListener) Wait(ctx context.Context, timeout time.Duration) (bool, err
 	}
 	l.Close(ctx)
 	return false, fmt.Errorf("wait for notification: %w", err)
+}
+
+// ping checks that the session answers, and is still the same backend.
+func (l *pgListener) ping(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var pid int32
+	if err := l.conn.QueryRow(pctx, "select pg_backend_pid()", simple).Scan(&pid); err != nil {
+		return fmt.Errorf("ping listener: %w", err)
+	}
+	if pid != l.pid {
+		return poolerError(fmt.Sprintf("the LISTEN connection moved from server backend %d to %d", l.pid, pid))
+	}
+	return nil
 }
 
 // Close closes the connection, if any.
@@ -88,4 +216,5 @@ func (l *pgListener) Close(ctx context.Context) {
 		_ = l.conn.Close(cctx)
 		l.conn = nil
 	}
+	l.pid = 0
 }

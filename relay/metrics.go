@@ -19,6 +19,8 @@ type metrics struct {
 	dead            prometheus.Gauge
 	lag             prometheus.Gauge
 	notifyQueue     prometheus.Gauge
+	stalled         prometheus.Gauge
+	acquireWaits    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -73,6 +75,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "outbox_notify_queue_usage_ratio",
 			Help: "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use; when full, notifying commits fail.",
 		}),
+		stalled: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_stalled",
+			Help: "1 while this relay leads but has claimed no row for 10s although a row it could claim has waited that long.",
+		}),
+		acquireWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outbox_db_acquire_waits_total",
+			Help: "Times the relay waited more than 1s for a database connection of its pool (a full session pool, max_connections).",
+		}),
 	}
 	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed} {
 		m.failures.WithLabelValues(r)
@@ -83,7 +93,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.failures, m.orderBreaks, m.deliveryLatency, m.batchSize,
-			m.leader, m.connUp, m.reconnects, m.pending, m.dead, m.lag, m.notifyQueue)
+			m.leader, m.connUp, m.reconnects, m.pending, m.dead, m.lag, m.notifyQueue,
+			m.stalled, m.acquireWaits)
 	}
 	return m
 }

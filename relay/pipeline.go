@@ -123,6 +123,9 @@ func (l *loop) claimed(c *claim) {
 	if c != nil && len(c.rows) > 0 {
 		l.metrics.batchSize.Observe(float64(len(c.rows)))
 	}
+	if c != nil {
+		l.prog.claimed(len(c.rows))
+	}
 }
 
 // settle settles a batch within dbTimeout, records it in metrics and logs,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"sync"
@@ -59,25 +60,24 @@ func New(cfg Config) (*Relay, error) {
 	if len(appName) > 63 {
 		appName = appName[:63]
 	}
+	// Settings the relay's sessions need are set after connecting, not sent
+	// as startup parameters (see sessionSettings); application_name is one
+	// PgBouncer accepts.
+	fromURL := maps.Clone(poolCfg.ConnConfig.RuntimeParams)
 	poolCfg.ConnConfig.RuntimeParams["application_name"] = appName
-	// A relay that vanishes from the network must lose its leader lock
-	// and row locks in bounded time: have the server probe its sessions
-	// (idle 5s, then every 2s, 3 misses; unacknowledged data 10s) instead
-	// of the kernel's two hours. Set in the URL to override.
-	//
-	// The relay's own commits (deletes of published rows, failure records)
-	// need not wait for the WAL flush: if the server crashes before it, the
-	// rows come back and are published again, which at-least-once allows.
-	// Not waiting spares the writers' commits the relay's fsyncs.
-	for k, v := range map[string]string{
-		"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
-		"tcp_keepalives_count": "3", "tcp_user_timeout": "10000",
-		"synchronous_commit": "off",
-	} {
-		if _, ok := poolCfg.ConnConfig.RuntimeParams[k]; !ok {
-			poolCfg.ConnConfig.RuntimeParams[k] = v
+	after := applySessionSettings(cfg, fromURL)
+	if prev := poolCfg.ConnConfig.AfterConnect; prev != nil {
+		poolCfg.ConnConfig.AfterConnect = func(ctx context.Context, c *pgconn.PgConn) error {
+			if err := prev(ctx, c); err != nil {
+				return err
+			}
+			return after(ctx, c)
 		}
+	} else {
+		poolCfg.ConnConfig.AfterConnect = after
 	}
+	m := newMetrics(cfg.Registerer)
+	poolCfg.ConnConfig.Tracer = acquireTracer{log: cfg.Logger, metrics: m}
 	poolCfg.ConnConfig.DialFunc = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}).DialContext
 
 	// A drain holds two, one per batch on the wire (the next claim reuses
@@ -110,7 +110,7 @@ func New(cfg Config) (*Relay, error) {
 	if len(uris) == 0 {
 		return nil, errors.New("AMQP URL: empty")
 	}
-	return &Relay{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), poolCfg: poolCfg, lisCfg: lisCfg,
+	return &Relay{cfg: cfg, log: cfg.Logger, metrics: m, poolCfg: poolCfg, lisCfg: lisCfg,
 		amqpURIs: uris, appName: appName}, nil
 }
 
@@ -121,6 +121,8 @@ type loop struct {
 	pub     *amqpPublisher
 	lis     *pgListener
 	vac     *vacuumer
+	pool    *pgxpool.Pool
+	prog    *progress
 	idle    chan struct{} // tells the gauges the relay ran out of rows
 	leader  bool
 	waiting bool // the wake-up flag says we sleep on LISTEN
@@ -132,6 +134,7 @@ type loop struct {
 
 	lisFailures, lisConnects   int
 	lisNextTry                 time.Time
+	lisSetupErr                string // kind of the last setupError logged, so it is logged once per streak
 	amqpFailures, amqpConnects int
 	dbFailures                 int
 }
@@ -160,9 +163,11 @@ func (r *Relay) Run(ctx context.Context) error {
 			return backoff(n, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
 		}),
 		pub:  newPublisher(r.cfg, r.appName),
-		lis:  newListener(r.lisCfg, table.Channel()),
+		lis:  newListener(r.lisCfg, table.Channel(), probeSession(pool)),
 		vac:  newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
 		idle: make(chan struct{}, 1),
+		pool: pool,
+		prog: &progress{},
 	}
 	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
 		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval))
@@ -198,7 +203,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		r.refreshGauges(ctx, pool, newGaugeQueries(table.Ident()), l.idle)
+		r.refreshGauges(ctx, pool, newGaugeQueries(table), l.idle, l.prog, l.store.leaderPID.Load)
 	}()
 	go func() {
 		defer wg.Done()
@@ -263,7 +268,9 @@ func (l *loop) run(ctx, work context.Context) {
 			continue
 		}
 
+		l.prog.draining.Store(true)
 		n, err := l.drain(ctx, work)
+		l.prog.draining.Store(false)
 		if err != nil && l.pub.rowRefused {
 			// The broker closed the channel over one message: the
 			// publisher finds it and fails that row alone. Not an outage:
@@ -273,7 +280,7 @@ func (l *loop) run(ctx, work context.Context) {
 		}
 		if err != nil {
 			l.dbFailures++
-			l.log.Error("batch failed", tint.Err(err), slog.Int("rows", n))
+			l.log.Error("batch failed", tint.Err(withHint(err)), slog.Int("rows", n))
 			if !l.pub.Connected() {
 				l.log.Warn("broker connection lost")
 				l.metrics.connUp.WithLabelValues(connAMQP).Set(0)
@@ -402,7 +409,12 @@ func (l *loop) wait(ctx context.Context, timeout time.Duration) {
 }
 
 func (l *loop) listenerLost(err error) {
-	l.log.Warn("listener connection lost", tint.Err(err))
+	var se *setupError
+	if errors.As(err, &se) {
+		l.listenerFailed(err)
+	} else {
+		l.log.Warn("listener connection lost", tint.Err(err))
+	}
 	l.metrics.connUp.WithLabelValues(connListener).Set(0)
 	l.loseLeadership()
 	l.lisNextTry = time.Time{}
@@ -414,6 +426,7 @@ func (l *loop) loseLeadership() {
 	}
 	l.leader = false
 	l.store.leaderPID.Store(0)
+	l.prog.setLeader(false)
 	l.waiting = false // re-announce once leader again
 	l.metrics.leader.Set(0)
 }
@@ -435,17 +448,42 @@ func (l *loop) ensureListener(ctx context.Context) bool {
 		}
 		l.lisFailures++
 		l.lisNextTry = time.Now().Add(retryDelay(l.lisFailures))
-		l.log.Error("listener connect failed", tint.Err(err), slog.Int("attempt", l.lisFailures))
+		l.listenerFailed(err)
 		return false
 	}
+	l.lisSetupErr = ""
 	l.lisConnects++
 	if l.lisConnects > 1 {
 		l.metrics.reconnects.WithLabelValues(connListener).Inc()
 	}
-	l.log.Info("listener connected", slog.String("channel", l.lis.channel))
+	l.log.Info("listener connected", slog.String("channel", l.lis.channel), slog.Int("pid", int(l.lis.PID())))
 	l.lisFailures = 0
 	l.metrics.connUp.WithLabelValues(connListener).Set(1)
 	return true
+}
+
+// listenerFailed logs why the listener could not connect. A *setupError
+// (a pooler, a read-only server, a full session pool) is logged once per
+// streak with its cause and fix; the retries that follow log at debug.
+func (l *loop) listenerFailed(err error) {
+	var se *setupError
+	if !errors.As(err, &se) {
+		l.lisSetupErr = ""
+		l.log.Error("listener connect failed", tint.Err(withHint(err)), slog.Int("attempt", l.lisFailures))
+		return
+	}
+	if se.kind == setupReadOnly {
+		// Sessions opened while the server was read-only stay so: open
+		// new ones once it accepts writes.
+		l.pool.Reset()
+	}
+	if l.lisSetupErr == se.kind {
+		l.log.Debug("relay still cannot lead", slog.String("reason", se.kind), slog.Int("attempt", l.lisFailures))
+		return
+	}
+	l.lisSetupErr = se.kind
+	l.log.Error("relay cannot lead", slog.String("reason", se.kind), slog.String("cause", se.cause),
+		slog.String("fix", se.fix), slog.Int("attempt", l.lisFailures))
 }
 
 // ensureLeader takes the table's leader lock on the listener connection,
@@ -455,14 +493,12 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 	if l.leader {
 		return true
 	}
-	var got bool
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	err := l.lis.conn.QueryRow(lctx, "select pg_try_advisory_lock($1)", l.store.table.LockKey("leader")).Scan(&got)
+	got, err := l.lis.TryLead(lctx, l.store.table.LockKey("leader"))
 	if err != nil {
 		if ctx.Err() == nil {
-			l.listenerLost(fmt.Errorf("take leader lock: %w", err))
-			l.lis.Close(ctx)
+			l.listenerLost(err)
 		}
 		return false
 	}
@@ -471,7 +507,10 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 		return false
 	}
 	l.leader = true
-	l.store.leaderPID.Store(int32(l.lis.conn.PgConn().PID()))
+	// The server's pid of the LISTEN session, not the startup data's: a
+	// pooler fills that with a number of its own.
+	l.store.leaderPID.Store(l.lis.PID())
+	l.prog.setLeader(true)
 	l.metrics.leader.Set(1)
 	l.log.Info("leadership gained")
 	// A leader killed while it waited leaves the flag set, and writers

@@ -39,7 +39,7 @@ func setup(t *testing.T) *testBundle {
 // config is a relay configuration for the test's table with fast retries.
 func (b *testBundle) config(t *testing.T) relay.Config {
 	return relay.Config{
-		DatabaseURL:     testenv.DatabaseURL(),
+		DatabaseURL:     b.env.URL,
 		AMQPURL:         testenv.AMQPURL(),
 		Table:           b.env.Table,
 		PollInterval:    time.Second,

@@ -53,6 +53,9 @@ type Env struct {
 	// Name is unique to this test and usable as a schema, exchange or queue
 	// name (lower case letters, digits, underscores).
 	Name string
+	// URL is the PostgreSQL URL of the test's database: DatabaseURL(), or
+	// the database of its own made by WithDatabase.
+	URL string
 	// Table is the test's migrated outbox table, schema-qualified.
 	Table schema.Table
 	// Pool is connected to DatabaseURL.
@@ -67,7 +70,13 @@ type Option func(*options)
 type options struct {
 	table   string
 	migrate bool
+	ownDB   bool
 }
+
+// WithDatabase gives the test a database of its own (named like the
+// schema, dropped in t.Cleanup), for tests that change database-wide
+// settings.
+func WithDatabase() Option { return func(o *options) { o.ownDB = true } }
 
 // WithTable names the table inside the test's schema (default "outbox").
 func WithTable(name string) Option { return func(o *options) { o.table = name } }
@@ -100,9 +109,12 @@ func New(t testing.TB, opts ...Option) *Env {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	e := &Env{Name: UniqueName(t)}
+	e := &Env{Name: UniqueName(t), URL: DatabaseURL()}
 	e.Table = schema.Table{Schema: e.Name, Name: o.table}
-	e.Pool = Pool(t)
+	if o.ownDB {
+		e.URL = createDatabase(t, e.Name)
+	}
+	e.Pool = PoolAt(t, e.URL)
 	if _, err := e.Pool.Exec(ctx, "create schema "+pgx.Identifier{e.Name}.Sanitize()); err != nil {
 		t.Fatalf("create test schema: %v", err)
 	}
@@ -114,7 +126,7 @@ func New(t testing.TB, opts ...Option) *Env {
 		}
 	})
 	if o.migrate {
-		conn := Conn(t)
+		conn := ConnAt(t, e.URL)
 		if _, err := schema.Migrate(ctx, conn, e.Table); err != nil {
 			t.Fatalf("migrate test table: %v", err)
 		}
@@ -126,9 +138,15 @@ func New(t testing.TB, opts ...Option) *Env {
 // Pool returns a pool on the test database, closed in t.Cleanup.
 func Pool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
+	return PoolAt(t, DatabaseURL())
+}
+
+// PoolAt returns a pool on the database at url, closed in t.Cleanup.
+func PoolAt(t testing.TB, url string) *pgxpool.Pool {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	pool, err := pgxpool.New(ctx, DatabaseURL())
+	pool, err := pgxpool.New(ctx, url)
 	if err == nil {
 		err = pool.Ping(ctx)
 	}
@@ -143,9 +161,16 @@ func Pool(t testing.TB) *pgxpool.Pool {
 // Conn returns a single session-level connection, closed in t.Cleanup.
 func Conn(t testing.TB) *pgx.Conn {
 	t.Helper()
+	return ConnAt(t, DatabaseURL())
+}
+
+// ConnAt returns a session-level connection to the database at url,
+// closed in t.Cleanup.
+func ConnAt(t testing.TB, url string) *pgx.Conn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, DatabaseURL())
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatalf("PostgreSQL at OUTBOX_TEST_DATABASE_URL does not answer: %v", err)
 	}

@@ -1,0 +1,187 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Session settings. The relay depends on a few server settings of its own
+// sessions: it holds a claim's transaction open while confirms arrive, so a
+// database whose idle_in_transaction_session_timeout is shorter than that
+// would kill every batch; a short statement_timeout or lock_timeout would
+// fail claims on a large table. The relay sets them for its sessions, in
+// one round trip right after connecting, so that the database's or role's
+// defaults cannot starve it.
+//
+// They are set with SET rather than sent as startup parameters: PgBouncer
+// refuses startup parameters it does not know (unless listed in its
+// ignore_startup_parameters, and then it drops them silently), while a SET
+// goes through to the server session, which a session-mode pool keeps for
+// the client. A setting the database URL already names (as a parameter or
+// in options=-c ...) is left as the URL has it.
+type sessionSetting struct{ name, value string }
+
+// lockTimeout bounds the relay's wait for a table lock (a migration, a
+// manual LOCK): the statement fails and is retried rather than queueing the
+// writers behind it.
+const lockTimeout = 10 * time.Second
+
+// sessionSettings returns the settings for the relay's sessions, given the
+// runtime parameters the URL set, and the server's major version.
+func sessionSettings(cfg Config, fromURL map[string]string, serverMajor int) []sessionSetting {
+	// A claim's transaction stays open for up to two batches' confirms (see
+	// drain), each bounded by ConfirmTimeout without progress, plus a
+	// settle.
+	txIdle := 2*cfg.ConfirmTimeout + dbTimeout
+	all := []sessionSetting{
+		// A relay that vanishes from the network must lose its leader lock
+		// and row locks in bounded time: the server probes its sessions
+		// (idle 5s, then every 2s, 3 misses; unacknowledged data 10s)
+		// instead of waiting for the kernel's two hours.
+		{"tcp_keepalives_idle", "5"},
+		{"tcp_keepalives_interval", "2"},
+		{"tcp_keepalives_count", "3"},
+		{"tcp_user_timeout", "10000"},
+		// The relay's own commits (deletes of published rows, failure
+		// records) need not wait for the WAL flush: if the server crashes
+		// before it, the rows come back and are published again, which
+		// at-least-once allows. Not waiting spares the writers' commits the
+		// relay's fsyncs.
+		{"synchronous_commit", "off"},
+		{"statement_timeout", ms(dbTimeout)},
+		{"lock_timeout", ms(lockTimeout)},
+		{"idle_in_transaction_session_timeout", ms(txIdle)},
+	}
+	if serverMajor >= 17 {
+		all = append(all, sessionSetting{"transaction_timeout", ms(txIdle + dbTimeout)})
+	}
+	var out []sessionSetting
+	for _, s := range all {
+		if !urlSets(fromURL, s.name) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+
+// urlSets reports whether the URL's runtime parameters set name, directly
+// or through options ("-c name=value" or "--name=value").
+func urlSets(params map[string]string, name string) bool {
+	if _, ok := params[name]; ok {
+		return true
+	}
+	opts := params["options"]
+	return strings.Contains(opts, "-c "+name+"=") || strings.Contains(opts, "-c"+name+"=") ||
+		strings.Contains(opts, "--"+name+"=")
+}
+
+// applySessionSettings is the connections' AfterConnect hook: it sets the
+// relay's session settings in one round trip (simple protocol: no prepared
+// statement, which a transaction-mode pooler would mix up).
+func applySessionSettings(cfg Config, fromURL map[string]string) pgconn.AfterConnectFunc {
+	return func(ctx context.Context, c *pgconn.PgConn) error {
+		var b strings.Builder
+		for _, s := range sessionSettings(cfg, fromURL, serverMajor(c)) {
+			// Names are constants above, values digits or "off".
+			fmt.Fprintf(&b, "set %s = '%s';", s.name, s.value)
+		}
+		if b.Len() == 0 {
+			return nil
+		}
+		if _, err := c.Exec(ctx, b.String()).ReadAll(); err != nil {
+			return fmt.Errorf("apply session settings: %w", err)
+		}
+		return nil
+	}
+}
+
+// serverMajor is the server's major version as it reported it at startup,
+// or 0 if unknown.
+func serverMajor(c *pgconn.PgConn) int {
+	v := c.ParameterStatus("server_version")
+	if i := strings.IndexAny(v, ". "); i >= 0 {
+		v = v[:i]
+	}
+	n, _ := strconv.Atoi(v)
+	return n
+}
+
+// setupError is a reason the relay will not lead that reconnecting alone
+// does not fix: it names the cause and what the operator should do. The
+// relay keeps retrying (the server may be promoted, the URL fixed by a
+// restart), logging it once per streak.
+type setupError struct {
+	kind  string // stable: "pooler", "read_only", "pool_wait"
+	cause string
+	fix   string
+}
+
+func (e *setupError) Error() string { return e.cause + "; " + e.fix }
+
+// Kinds of setupError.
+const (
+	setupPooler   = "pooler"
+	setupReadOnly = "read_only"
+	setupPoolWait = "pool_wait"
+)
+
+const poolerFix = "point OUTBOX_DATABASE_URL at PostgreSQL itself or at a session-mode pool " +
+	"(LISTEN and the leader's session advisory lock need a session of their own; writers may use any pooler)"
+
+func poolerError(cause string) error {
+	return &setupError{kind: setupPooler, cause: "the relay's database session is shared: " + cause, fix: poolerFix}
+}
+
+var errReadOnly = &setupError{kind: setupReadOnly,
+	cause: "the database is read-only (a standby, or default_transaction_read_only is on): the relay will not lead",
+	fix: "connect to the primary; with several hosts in OUTBOX_DATABASE_URL add target_session_attrs=read-write; " +
+		"the relay retries and resumes once the server accepts writes"}
+
+// SQLSTATEs the hints below recognise.
+const (
+	sqlstateReadOnly          = "25006" // read_only_sql_transaction
+	sqlstateDuplicatePrepared = "42P05" // duplicate_prepared_statement
+	sqlstateUndefinedPrepared = "26000" // invalid_sql_statement_name
+	sqlstateIdleInTxTimeout   = "25P03" // idle_in_transaction_session_timeout
+)
+
+// withHint adds to a database error what the operator can do about it,
+// where the cause is known: a read-only server, a transaction-mode pooler
+// mixing up prepared statements, a session killed for idling in a
+// transaction.
+func withHint(err error) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Code {
+	case sqlstateReadOnly:
+		return fmt.Errorf("%w (hint: %s)", err, errReadOnly.fix)
+	case sqlstateDuplicatePrepared, sqlstateUndefinedPrepared:
+		return fmt.Errorf("%w (hint: a transaction-mode pooler hands the relay's sessions to others: %s)", err, poolerFix)
+	case sqlstateIdleInTxTimeout:
+		return fmt.Errorf("%w (hint: the server ended a claim's transaction while its confirms were awaited; "+
+			"the relay sets idle_in_transaction_session_timeout for its sessions unless OUTBOX_DATABASE_URL sets it lower)", err)
+	}
+	return err
+}
+
+// probeSession returns the listener's probe (see checkSession): on a
+// session of the pool, it reports that session's backend pid and sends
+// payload on channel.
+func probeSession(pool *pgxpool.Pool) func(ctx context.Context, channel, payload string) (int32, error) {
+	return func(ctx context.Context, channel, payload string) (int32, error) {
+		var pid int32
+		err := pool.QueryRow(ctx, "select pg_backend_pid(), pg_notify($1, $2)", simple, channel, payload).Scan(&pid, nil)
+		return pid, err
+	}
+}

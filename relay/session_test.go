@@ -1,0 +1,65 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+func TestSessionSettingsLeaveWhatTheURLSets(t *testing.T) {
+	cfg := Config{ConfirmTimeout: 10 * time.Second}
+	names := func(ss []sessionSetting) string {
+		var out []string
+		for _, s := range ss {
+			out = append(out, s.name+"="+s.value)
+		}
+		return strings.Join(out, " ")
+	}
+	for _, tc := range []struct {
+		name    string
+		fromURL map[string]string
+		major   int
+		want    string
+	}{
+		{"defaults", nil, 15, "tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 tcp_user_timeout=10000 " +
+			"synchronous_commit=off statement_timeout=30000 lock_timeout=10000 idle_in_transaction_session_timeout=50000"},
+		{"PostgreSQL 17 bounds whole transactions too", nil, 17, "tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 " +
+			"tcp_user_timeout=10000 synchronous_commit=off statement_timeout=30000 lock_timeout=10000 " +
+			"idle_in_transaction_session_timeout=50000 transaction_timeout=80000"},
+		{"URL parameters win", map[string]string{"statement_timeout": "1000", "synchronous_commit": "on"}, 15,
+			"tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 tcp_user_timeout=10000 " +
+				"lock_timeout=10000 idle_in_transaction_session_timeout=50000"},
+		{"options -c and -- win", map[string]string{"options": "-c lock_timeout=5s --tcp_user_timeout=1 -cstatement_timeout=0"}, 15,
+			"tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 synchronous_commit=off " +
+				"idle_in_transaction_session_timeout=50000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := names(sessionSettings(cfg, tc.fromURL, tc.major)); got != tc.want {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestWithHintNamesTheCause(t *testing.T) {
+	for code, want := range map[string]string{
+		sqlstateReadOnly:          "target_session_attrs=read-write",
+		sqlstateDuplicatePrepared: "transaction-mode pooler",
+		sqlstateUndefinedPrepared: "transaction-mode pooler",
+		sqlstateIdleInTxTimeout:   "idle_in_transaction_session_timeout",
+	} {
+		err := withHint(fmt.Errorf("claim: %w", &pgconn.PgError{Code: code, Message: "boom"}))
+		var pe *pgconn.PgError
+		if !strings.Contains(err.Error(), want) || !errors.As(err, &pe) {
+			t.Errorf("%s: %v, want a hint with %q that still wraps the PgError", code, err, want)
+		}
+	}
+	plain := errors.New("plain")
+	if withHint(plain) != plain {
+		t.Error("a non-PostgreSQL error got a hint")
+	}
+}
