@@ -229,13 +229,16 @@ func (r *Relay) Run(ctx context.Context) error {
 // resolveTable waits for the database and the outbox table, so that a relay
 // started before PostgreSQL or before `migrate` comes up on its own.
 func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.Table, err error) {
+	// Simple protocol: behind a transaction-mode pooler, prepared
+	// statements clash, and the listener's check should be what names it.
+	q := simpleQuerier{pool}
 	for attempt := 1; ; attempt++ {
-		t, err = r.cfg.Table.Resolve(ctx, pool)
+		t, err = r.cfg.Table.Resolve(ctx, q)
 		if err == nil {
 			var exists bool
 			// The wake-up flag is the newest object of the schema: with it
 			// present, every migration this relay needs has been applied.
-			err = pool.QueryRow(ctx, "select to_regclass($1) is not null and to_regclass($2) is not null",
+			err = q.QueryRow(ctx, "select to_regclass($1) is not null and to_regclass($2) is not null",
 				t.Ident(), t.Derived("relay_waiting")).Scan(&exists)
 			if err == nil && !exists {
 				err = fmt.Errorf("table %s or its wake-up flag %s does not exist: run `outbox-relay migrate`", t.Ident(), t.Derived("relay_waiting"))
@@ -244,7 +247,7 @@ func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.
 		if err == nil {
 			return t, nil
 		}
-		r.log.Error("database not ready, retrying", tint.Err(err), slog.Int("attempt", attempt))
+		r.log.Error("database not ready, retrying", tint.Err(withHint(err)), slog.Int("attempt", attempt))
 		if !sleep(ctx, retryDelay(attempt)) {
 			return t, ctx.Err()
 		}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -184,4 +185,11 @@ func probeSession(pool *pgxpool.Pool) func(ctx context.Context, channel, payload
 		err := pool.QueryRow(ctx, "select pg_backend_pid(), pg_notify($1, $2)", simple, channel, payload).Scan(&pid, nil)
 		return pid, err
 	}
+}
+
+// simpleQuerier runs QueryRow on the pool without prepared statements.
+type simpleQuerier struct{ pool *pgxpool.Pool }
+
+func (q simpleQuerier) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	return q.pool.QueryRow(ctx, sql, append([]any{simple}, args...)...)
 }
