@@ -10,6 +10,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
 // killWithin spaces the kills: each lands at a random moment within that
@@ -49,53 +51,71 @@ const steadyWindow = 2 * time.Second
 func TestLeaderKilledStandbyTakesOver(t *testing.T) {
 	for _, n := range []int{2, 3} {
 		t.Run(fmt.Sprintf("%d relays", n), func(t *testing.T) {
-			s := newScenario(t, fmt.Sprintf("takeover_%d_relays", n))
-			s.startLoad()
-			relays := make([]*relayProc, n)
-			for i := range relays {
-				relays[i] = s.startRelay(nil)
-			}
-			for _, r := range relays {
-				waitFor(t, startTimeout, r.name+" to be ready", r.ready)
-			}
-			var leader *relayProc
-			waitFor(t, startTimeout, "one relay to report outbox_leader 1", func() bool {
-				leader = findLeader(relays)
-				return leader != nil
-			})
-			s.waitFlowing("first leader")
-			for k := range 2 {
-				s.checkSteadyState(relays, leader)
-				s.checkStatusNamesLeader(leader)
-
-				s.backlog(burst)
-				time.Sleep(rand.N(killWithin)) // a random moment
-				leader.kill()
-				killed, from := time.Now(), s.cons.mark()
-				alive := slices.DeleteFunc(slices.Clone(relays), func(r *relayProc) bool { return r == leader })
-				var next *relayProc
-				led := waitFor(t, recoverTimeout, "a standby to report outbox_leader 1", func() bool {
-					next = findLeader(alive)
-					return next != nil
-				})
-				delivered := s.waitDelivered("takeover", killed, from, recoverTimeout)
-				takeover := max(led.Sub(killed), delivered)
-				s.faults++
-				s.recoveries = append(s.recoveries, takeover)
-				t.Logf("takeover %d: %s became leader %s after the kill, deliveries resumed after %s",
-					k+1, next.name, led.Sub(killed).Round(time.Millisecond), delivered.Round(time.Millisecond))
-				if takeover > maxTakeover {
-					t.Errorf("takeover %d took %s, want at most %s", k+1, takeover.Round(time.Millisecond), maxTakeover)
-				}
-				standby := s.startRelay(nil)
-				waitFor(t, startTimeout, standby.name+" to be ready", standby.ready)
-				relays = append(alive, standby)
-				leader = next
-			}
-			s.checkSteadyState(relays, leader)
-			s.finish(0)
+			killLeaders(t, fmt.Sprintf("takeover_%d_relays", n), n, nil)
 		})
 	}
+}
+
+// TestLeaderKilledBehindSessionPooler is the takeover through PgBouncer in
+// session mode with its default configuration: its server connections
+// outlive the relays' sessions, and the killed leader's lock must not.
+func TestLeaderKilledBehindSessionPooler(t *testing.T) {
+	pb := testenv.StartPgBouncer(t, testenv.PgBouncerOptions{PoolMode: "session"})
+	killLeaders(t, "takeover_pgbouncer_session", 2, map[string]string{"OUTBOX_DATABASE_URL": pb.URL})
+}
+
+// killLeaders runs n relays with the extra environment, kills the leader
+// twice under load and checks each takeover.
+func killLeaders(t *testing.T, name string, n int, extra map[string]string) {
+	s := newScenario(t, name)
+	s.startLoad()
+	relays := make([]*relayProc, n)
+	for i := range relays {
+		relays[i] = s.startRelay(extra)
+	}
+	for _, r := range relays {
+		waitFor(t, startTimeout, r.name+" to be ready", r.ready)
+	}
+	var leader *relayProc
+	waitFor(t, startTimeout, "one relay to report outbox_leader 1", func() bool {
+		leader = findLeader(relays)
+		return leader != nil
+	})
+	s.waitFlowing("first leader")
+	for k := range 2 {
+		s.checkSteadyState(relays, leader)
+		if extra["OUTBOX_DATABASE_URL"] == "" {
+			// Behind a pooler the leader's backend is the pooler's client,
+			// not the relay's: status cannot be matched to a process.
+			s.checkStatusNamesLeader(leader)
+		}
+
+		s.backlog(burst)
+		time.Sleep(rand.N(killWithin)) // a random moment
+		leader.kill()
+		killed, from := time.Now(), s.cons.mark()
+		alive := slices.DeleteFunc(slices.Clone(relays), func(r *relayProc) bool { return r == leader })
+		var next *relayProc
+		led := waitFor(t, recoverTimeout, "a standby to report outbox_leader 1", func() bool {
+			next = findLeader(alive)
+			return next != nil
+		})
+		delivered := s.waitDelivered("takeover", killed, from, recoverTimeout)
+		takeover := max(led.Sub(killed), delivered)
+		s.faults++
+		s.recoveries = append(s.recoveries, takeover)
+		t.Logf("takeover %d: %s became leader %s after the kill, deliveries resumed after %s",
+			k+1, next.name, led.Sub(killed).Round(time.Millisecond), delivered.Round(time.Millisecond))
+		if takeover > maxTakeover {
+			t.Errorf("takeover %d took %s, want at most %s", k+1, takeover.Round(time.Millisecond), maxTakeover)
+		}
+		standby := s.startRelay(extra)
+		waitFor(t, startTimeout, standby.name+" to be ready", standby.ready)
+		relays = append(alive, standby)
+		leader = next
+	}
+	s.checkSteadyState(relays, leader)
+	s.finish(0)
 }
 
 // findLeader returns the one relay whose /metrics shows outbox_leader 1, or
