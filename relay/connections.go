@@ -1,0 +1,163 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/lmittmann/tint"
+)
+
+func (l *loop) listenerLost(err error) {
+	var se *setupError
+	if errors.As(err, &se) {
+		l.listenerFailed(err)
+	} else {
+		l.log.Warn("listener connection lost", tint.Err(err))
+	}
+	l.metrics.connUp.WithLabelValues(connListener).Set(0)
+	l.loseLeadership()
+	l.lisNextTry = time.Time{}
+}
+
+func (l *loop) loseLeadership() {
+	if l.leader {
+		l.log.Warn("leadership lost")
+	}
+	l.leader = false
+	l.store.leaderPID.Store(0)
+	l.prog.setLeader(false)
+	l.waiting = false // re-announce once leader again
+	l.metrics.leader.Set(0)
+}
+
+// ensureListener (re)connects the LISTEN connection, with back-off. It
+// returns true when the connection is up.
+func (l *loop) ensureListener(ctx context.Context) bool {
+	if l.lis.Connected() {
+		return true
+	}
+	l.loseLeadership()
+	if d := time.Until(l.lisNextTry); d > 0 {
+		sleep(ctx, d)
+		return false
+	}
+	if err := l.lis.Connect(ctx); err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		l.lisFailures++
+		l.lisNextTry = time.Now().Add(retryDelay(l.lisFailures))
+		l.listenerFailed(err)
+		return false
+	}
+	l.lisSetupErr = ""
+	l.lisConnects++
+	if l.lisConnects > 1 {
+		l.metrics.reconnects.WithLabelValues(connListener).Inc()
+	}
+	l.log.Info("listener connected", slog.String("channel", l.lis.channel), slog.Int("pid", int(l.lis.PID())))
+	l.lisFailures = 0
+	l.metrics.connUp.WithLabelValues(connListener).Set(1)
+	return true
+}
+
+// listenerFailed logs why the listener could not connect. A *setupError
+// (a pooler, a read-only server, a full session pool) is logged once per
+// streak with its cause and fix; the retries that follow log at debug.
+func (l *loop) listenerFailed(err error) {
+	var se *setupError
+	if !errors.As(err, &se) {
+		l.lisSetupErr = ""
+		l.log.Error("listener connect failed", tint.Err(withHint(err)), slog.Int("attempt", l.lisFailures))
+		return
+	}
+	if se.kind == setupReadOnly {
+		// Sessions opened while the server was read-only stay so: open
+		// new ones once it accepts writes.
+		l.pool.Reset()
+	}
+	if l.lisSetupErr == se.kind {
+		l.log.Debug("relay still cannot lead", slog.String("reason", se.kind), slog.Int("attempt", l.lisFailures))
+		return
+	}
+	l.lisSetupErr = se.kind
+	l.log.Error("relay cannot lead", slog.String("reason", se.kind), slog.String("cause", se.cause),
+		slog.String("fix", se.fix), slog.Int("attempt", l.lisFailures))
+}
+
+// ensureLeader takes the table's leader lock on the listener connection,
+// where it lives exactly as long as the LISTEN. A standby retries every
+// standbyInterval and otherwise just waits.
+func (l *loop) ensureLeader(ctx context.Context) bool {
+	if l.leader {
+		return true
+	}
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	got, err := l.lis.TryLead(lctx, l.store.table.LockKey("leader"))
+	if err != nil {
+		if ctx.Err() == nil {
+			l.listenerLost(err)
+		}
+		return false
+	}
+	if !got {
+		l.wait(ctx, standbyInterval)
+		return false
+	}
+	l.leader = true
+	// The server's pid of the LISTEN session, not the startup data's: a
+	// pooler fills that with a number of its own.
+	l.store.leaderPID.Store(l.lis.PID())
+	l.prog.setLeader(true)
+	l.metrics.leader.Set(1)
+	l.log.Info("leadership gained")
+	// A leader killed while it waited leaves the flag set, and writers
+	// would notify nobody until it is cleared. This one claims next.
+	l.setWaiting(ctx, false)
+	return true
+}
+
+// ensurePublisher (re)connects to the broker, with back-off.
+func (l *loop) ensurePublisher(ctx context.Context) bool {
+	if l.pub.Connected() {
+		return true
+	}
+	l.metrics.connUp.WithLabelValues(connAMQP).Set(0)
+	if err := l.pub.Connect(ctx); err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		l.amqpFailures++
+		l.log.Error("broker connect failed", tint.Err(err), slog.Int("attempt", l.amqpFailures))
+		sleep(ctx, retryDelay(l.amqpFailures))
+		return false
+	}
+	l.amqpFailures = 0
+	l.amqpConnects++
+	if l.amqpConnects > 1 {
+		l.metrics.reconnects.WithLabelValues(connAMQP).Inc()
+	}
+	l.metrics.connUp.WithLabelValues(connAMQP).Set(1)
+	return true
+}
+
+// retryDelay is the capped exponential back-off, with jitter, between
+// attempts to reach a server: 100ms doubling up to 10s.
+func retryDelay(attempt int) time.Duration {
+	return backoff(attempt, 100*time.Millisecond, 10*time.Second)
+}
+
+// sleep waits for d or until ctx is done, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
