@@ -112,6 +112,21 @@ func (v *vacuumer) vacuum(ctx context.Context) (bool, error) {
 	if !allowed {
 		return false, nil
 	}
+	// The session's statement_timeout bounds the relay's short statements;
+	// a VACUUM of a large table may take longer, bounded by ctx instead.
+	var saved string
+	if err := conn.QueryRow(ctx, "select current_setting('statement_timeout')").Scan(&saved); err != nil {
+		return true, fmt.Errorf("read statement_timeout: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "set statement_timeout = 0"); err != nil {
+		return true, fmt.Errorf("lift statement_timeout: %w", err)
+	}
+	defer func() {
+		if _, err := conn.Exec(ctx, "select set_config('statement_timeout', $1, false)", saved); err != nil {
+			// Not given back to the pool without its bound.
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		}
+	}()
 	begin := time.Now()
 	// TRUNCATE false: giving the emptied pages at the end of the table back
 	// to the file system takes an ACCESS EXCLUSIVE lock, which would stop
