@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,6 +20,9 @@ const listenerPingInterval = 5 * time.Second
 // notification (see checkSession); a real session gets it in milliseconds.
 const sessionCheckTimeout = 5 * time.Second
 
+// connectTimeout bounds opening the LISTEN session.
+const connectTimeout = 10 * time.Second
+
 // pgListener owns the dedicated LISTEN connection, which also holds the
 // leader lock. It lives outside the pool (a pooled connection could be
 // handed to someone else with LISTEN still active) and is used by one
@@ -29,13 +33,15 @@ type pgListener struct {
 	// probe runs on another session (the pool): it returns that session's
 	// backend pid and sends payload on channel.
 	probe    func(ctx context.Context, channel, payload string) (int32, error)
+	waits    acquireTracer // logs a slow connect
 	conn     *pgx.Conn
 	pid      int32 // the server's pg_backend_pid() of conn
 	lastPing time.Time
 }
 
-func newListener(cfg *pgx.ConnConfig, channel string, probe func(context.Context, string, string) (int32, error)) *pgListener {
-	return &pgListener{config: cfg, channel: channel, probe: probe}
+func newListener(cfg *pgx.ConnConfig, channel string, probe func(context.Context, string, string) (int32, error),
+	waits acquireTracer) *pgListener {
+	return &pgListener{config: cfg, channel: channel, probe: probe, waits: waits}
 }
 
 // Connected reports whether the LISTEN connection is up.
@@ -55,13 +61,24 @@ var simple = pgx.QueryExecModeSimpleProtocol
 // was down are lost, so the caller claims right after.
 func (l *pgListener) Connect(ctx context.Context) error {
 	l.Close(ctx)
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second+sessionCheckTimeout)
+	w := l.waits.watch(func() []any {
+		return []any{slog.String("connection", "listener"),
+			slog.String("cause", "opening a connection is slow: a session pooler whose pool is full waits for a free server connection")}
+	})
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(cctx, l.config)
+	l.waits.done(w, err)
 	if err != nil {
+		if cctx.Err() != nil && ctx.Err() == nil {
+			return poolWaitError(fmt.Sprintf("opening the LISTEN session took over %s", connectTimeout))
+		}
 		return fmt.Errorf("connect listener: %w", err)
 	}
-	if err := l.setUp(cctx, conn); err != nil {
+	// Three round trips and two waits of at most sessionCheckTimeout.
+	sctx, scancel := context.WithTimeout(ctx, connectTimeout+2*sessionCheckTimeout)
+	defer scancel()
+	if err := l.setUp(sctx, conn); err != nil {
 		_ = conn.Close(context.WithoutCancel(ctx))
 		l.pid = 0
 		return err
@@ -108,10 +125,7 @@ func (l *pgListener) checkSession(ctx context.Context, conn *pgx.Conn) error {
 	other, err := l.probe(pctx, l.channel, token)
 	switch {
 	case err != nil && pctx.Err() != nil:
-		return &setupError{kind: setupPoolWait,
-			cause: fmt.Sprintf("no second database session within %s", sessionCheckTimeout),
-			fix: "if OUTBOX_DATABASE_URL points at a session-mode pool, make its pool large enough: " +
-				"each relay holds up to 6 sessions (its LISTEN session and a pool of 5)"}
+		return poolWaitError(fmt.Sprintf("no second database session within %s", sessionCheckTimeout))
 	case err != nil:
 		return fmt.Errorf("check session: %w", withHint(err))
 	case other == l.pid:

@@ -110,3 +110,30 @@ func TestRelayRefusesTransactionPooler(t *testing.T) {
 		})
 	}
 }
+
+// A session pool too small for the relay's sessions: the relay says that it
+// waits, and why it will not lead, instead of waiting without a word.
+func TestRelaySaysWhenSessionPoolIsFull(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	pb := testenv.StartPgBouncer(t, testenv.PgBouncerOptions{PoolMode: "session", PoolSize: 1})
+	buf, log := b.logged(t)
+	reg := prometheus.NewRegistry()
+	cfg := b.config(t)
+	cfg.DatabaseURL, cfg.Logger, cfg.Registerer = pb.URL, log, reg
+	start(t, cfg)
+	testenv.WaitFor(t, 60*time.Second, "the pool_wait error", func() bool {
+		return strings.Contains(buf.String(), "reason=pool_wait")
+	})
+	for _, want := range []string{"waiting for a database connection", "opening the LISTEN session took over", "6 sessions"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	if v := value(gather(t, reg)["outbox_db_acquire_waits_total"]); v < 1 {
+		t.Errorf("outbox_db_acquire_waits_total = %v, want at least 1", v)
+	}
+	if v := value(gather(t, reg)["outbox_leader"]); v != 0 {
+		t.Errorf("outbox_leader = %v", v)
+	}
+}

@@ -138,7 +138,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			return backoff(n, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
 		}),
 		pub:  newPublisher(r.cfg, r.appName),
-		lis:  newListener(r.lisCfg, table.Channel(), probeSession(pool)),
+		lis:  newListener(r.lisCfg, table.Channel(), probeSession(pool), acquireTracer{log: r.log, metrics: r.metrics}),
 		vac:  newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
 		idle: make(chan struct{}, 1),
 		pool: pool,

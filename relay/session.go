@@ -142,6 +142,12 @@ func poolerError(cause string) error {
 	return &setupError{kind: setupPooler, cause: "the relay's database session is shared: " + cause, fix: poolerFix}
 }
 
+func poolWaitError(cause string) error {
+	return &setupError{kind: setupPoolWait, cause: cause,
+		fix: "if OUTBOX_DATABASE_URL points at a session-mode pool, make its pool large enough: " +
+			"each relay holds up to 6 sessions (its LISTEN session and a pool of 5)"}
+}
+
 var errReadOnly = &setupError{kind: setupReadOnly,
 	cause: "the database is read-only (a standby, or default_transaction_read_only is on): the relay will not lead",
 	fix: "connect to the primary; with several hosts in OUTBOX_DATABASE_URL add target_session_attrs=read-write; " +

@@ -160,29 +160,40 @@ func (acquireTracer) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEnd
 
 // TraceAcquireStart implements pgxpool.AcquireTracer.
 func (t acquireTracer) TraceAcquireStart(ctx context.Context, pool *pgxpool.Pool, _ pgxpool.TraceAcquireStartData) context.Context {
-	w := &acquireWait{begin: time.Now()}
-	w.timer = time.AfterFunc(acquireWarnAfter, func() {
-		w.fired.Store(true)
-		t.metrics.acquireWaits.Inc()
+	w := t.watch(func() []any {
 		st := pool.Stat()
 		cause := "all of the relay's connections are busy"
 		if st.TotalConns() < st.MaxConns() {
 			cause = "opening a connection is slow: a session pooler whose pool is full waits for a free server connection"
 		}
-		t.log.Warn("waiting for a database connection", slog.Duration("waited", acquireWarnAfter),
-			slog.Int("open", int(st.TotalConns())), slog.Int("max", int(st.MaxConns())), slog.String("cause", cause))
+		return []any{slog.Int("open", int(st.TotalConns())), slog.Int("max", int(st.MaxConns())), slog.String("cause", cause)}
 	})
 	return context.WithValue(ctx, acquireKey{}, w)
 }
 
 // TraceAcquireEnd implements pgxpool.AcquireTracer.
 func (t acquireTracer) TraceAcquireEnd(ctx context.Context, _ *pgxpool.Pool, data pgxpool.TraceAcquireEndData) {
-	w, ok := ctx.Value(acquireKey{}).(*acquireWait)
-	if !ok {
-		return
+	if w, ok := ctx.Value(acquireKey{}).(*acquireWait); ok {
+		t.done(w, data.Err)
 	}
+}
+
+// watch starts timing a wait for a database connection: past
+// acquireWarnAfter it is logged, with attrs, and counted.
+func (t acquireTracer) watch(attrs func() []any) *acquireWait {
+	w := &acquireWait{begin: time.Now()}
+	w.timer = time.AfterFunc(acquireWarnAfter, func() {
+		w.fired.Store(true)
+		t.metrics.acquireWaits.Inc()
+		t.log.Warn("waiting for a database connection", append([]any{slog.Duration("waited", acquireWarnAfter)}, attrs()...)...)
+	})
+	return w
+}
+
+// done ends a wait started with watch.
+func (t acquireTracer) done(w *acquireWait, err error) {
 	w.timer.Stop()
-	if w.fired.Load() && data.Err == nil {
+	if w.fired.Load() && err == nil {
 		t.log.Info("database connection acquired", slog.Duration("waited", time.Since(w.begin).Round(time.Millisecond)))
 	}
 }
