@@ -208,6 +208,20 @@ func (l *pgListener) Wait(ctx context.Context, timeout time.Duration) (bool, err
 	return false, fmt.Errorf("wait for notification: %w", err)
 }
 
+// Ping checks that the session answers, and is still the same backend;
+// if not, it closes it and says why.
+func (l *pgListener) Ping(ctx context.Context) error {
+	if !l.Connected() {
+		return errors.New("listener not connected")
+	}
+	if err := l.ping(ctx); err != nil {
+		l.Close(ctx)
+		return err
+	}
+	l.lastPing = time.Now()
+	return nil
+}
+
 // ping checks that the session answers, and is still the same backend.
 func (l *pgListener) ping(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)

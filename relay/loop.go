@@ -63,10 +63,21 @@ func (l *loop) run(ctx, work context.Context) {
 		}
 		if err != nil {
 			l.dbFailures++
-			l.log.Error("batch failed", tint.Err(withHint(err)), slog.Int("rows", n))
+			msg := "batch failed"
+			if n == 0 {
+				msg = "claim failed"
+			}
+			l.log.Error(msg, tint.Err(withHint(err)), slog.Int("rows", n))
 			if !l.pub.Connected() {
 				l.log.Warn("broker connection lost")
 				l.metrics.connUp.WithLabelValues(connAMQP).Set(0)
+			}
+			// The database may be gone (a failover, a restart) while the
+			// listener, read only while the relay waits, has not noticed:
+			// ask it now, so that leadership and readiness say so and the
+			// next claim does not trust a pid of another server.
+			if err := l.lis.Ping(ctx); err != nil && ctx.Err() == nil {
+				l.listenerLost(err)
 			}
 			sleep(ctx, retryDelay(l.dbFailures))
 			continue

@@ -52,7 +52,14 @@ type scenario struct {
 // with startLoad.
 func newScenario(t *testing.T, name string) *scenario {
 	t.Helper()
-	e := testenv.New(t)
+	return newScenarioOn(t, name, testenv.New(t))
+}
+
+// newScenarioOn is newScenario on an environment set up by the caller, e.g.
+// on servers of the test's own (testenv.PGPair.Env); its relays connect to
+// e.URL.
+func newScenarioOn(t *testing.T, name string, e *testenv.Env) *scenario {
+	t.Helper()
 	s := &scenario{t: t, name: name, env: e}
 	s.exchange, s.queue = declareTopology(t, e.Name)
 	w, err := outbox.NewWriter(e.Table.String())
@@ -117,7 +124,7 @@ func (s *scenario) startLoad() {
 // variable).
 func (s *scenario) relayEnv(extra map[string]string) map[string]string {
 	env := map[string]string{
-		"OUTBOX_DATABASE_URL":     testenv.DatabaseURL(),
+		"OUTBOX_DATABASE_URL":     s.env.URL,
 		"OUTBOX_AMQP_URL":         testenv.AMQPURL(),
 		"OUTBOX_TABLE":            s.env.Table.String(),
 		"OUTBOX_METRICS_ADDR":     testenv.FreeAddr(s.t),
