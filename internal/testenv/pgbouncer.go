@@ -7,9 +7,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -75,29 +73,14 @@ func StartPgBouncer(t testing.TB, o PgBouncerOptions) *PgBouncer {
 		}
 	}
 
-	// t.TempDir is under a 0700 root-owned directory that the PgBouncer user
-	// cannot enter, so the files live in a directory of their own.
-	dir, err := os.MkdirTemp("", "testenv-pgbouncer-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	var args []string
-	var owner *user.User
-	if os.Geteuid() == 0 {
-		// PgBouncer refuses to run as root ("PgBouncer should not run as
-		// root"); -u makes it switch to the postgres user.
-		if owner, err = user.Lookup("postgres"); err != nil {
-			t.Fatalf("pgbouncer cannot run as root and there is no postgres user to run it as: %v", err)
-		}
-		args = append(args, "-u", owner.Username)
-	}
+	// PgBouncer refuses to run as root ("PgBouncer should not run as root").
+	dir, cred := serverDir(t, "testenv-pgbouncer-", "pgbouncer")
 
 	users := filepath.Join(dir, "users.txt")
 	// auth_type trust still looks the user up in auth_file ("trust"
 	// authentication failed otherwise); the password is the one PgBouncer
 	// gives PostgreSQL if asked.
-	writeOwned(t, users, fmt.Sprintf("%q %q\n", db.User, db.Password), owner)
+	writeOwned(t, users, fmt.Sprintf("%q %q\n", db.User, db.Password), cred)
 
 	// A race for the port makes PgBouncer exit ("nowhere to listen on"):
 	// try again on another one.
@@ -105,11 +88,14 @@ func StartPgBouncer(t testing.TB, o PgBouncerOptions) *PgBouncer {
 		addr := FreeAddr(t)
 		_, port, _ := net.SplitHostPort(addr)
 		ini := filepath.Join(dir, "pgbouncer.ini")
-		writeOwned(t, ini, pgBouncerINI(o, db, port, users), owner)
+		writeOwned(t, ini, pgBouncerINI(o, db, port, users), cred)
 
 		b := &PgBouncer{Output: &Buffer{}, exited: make(chan struct{})}
-		b.cmd = exec.Command(bin, append(args, ini)...)
+		b.cmd = exec.Command(bin, ini)
 		b.cmd.Stdout, b.cmd.Stderr = b.Output, b.Output
+		if cred != nil {
+			b.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		}
 		if err := b.cmd.Start(); err != nil {
 			t.Fatalf("start pgbouncer: %v", err)
 		}
@@ -159,25 +145,6 @@ func pgBouncerINI(o PgBouncerOptions, db *pgconn.Config, port, authFile string) 
 		fmt.Fprintf(&s, "default_pool_size = %d\n", o.PoolSize)
 	}
 	return s.String()
-}
-
-// writeOwned writes a file that owner, when not nil, can read: PgBouncer
-// reads its files again after switching to that user.
-func writeOwned(t testing.TB, path, content string, owner *user.User) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if owner == nil {
-		return
-	}
-	uid, _ := strconv.Atoi(owner.Uid)
-	gid, _ := strconv.Atoi(owner.Gid)
-	for _, p := range []string{path, filepath.Dir(path)} {
-		if err := os.Chown(p, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 func (b *PgBouncer) hasExited() bool {

@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -75,30 +74,9 @@ type pgServer struct {
 func StartPrimaryStandby(t testing.TB) *PGPair {
 	t.Helper()
 	p := &PGPair{bin: pgBinDir(t)}
-	var owner *user.User
-	if os.Geteuid() == 0 {
-		var err error
-		if owner, err = user.Lookup("postgres"); err != nil {
-			t.Fatalf("PostgreSQL refuses to run as root and there is no postgres user to run it as: %v", err)
-		}
-		uid, _ := strconv.ParseUint(owner.Uid, 10, 32)
-		gid, _ := strconv.ParseUint(owner.Gid, 10, 32)
-		p.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
-	// Not t.TempDir: it is under a 0700 directory of root's that the
-	// postgres user cannot enter.
-	dir, err := os.MkdirTemp("", "testenv-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.dir = dir
-	if p.cred != nil {
-		if err := os.Chown(dir, int(p.cred.Uid), int(p.cred.Gid)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.primary = &pgServer{name: "primary", data: filepath.Join(dir, "primary"), log: filepath.Join(dir, "primary.log")}
-	p.standby = &pgServer{name: "standby", data: filepath.Join(dir, "standby"), log: filepath.Join(dir, "standby.log")}
+	p.dir, p.cred = serverDir(t, "testenv-pg-", "PostgreSQL")
+	p.primary = &pgServer{name: "primary", data: filepath.Join(p.dir, "primary"), log: filepath.Join(p.dir, "primary.log")}
+	p.standby = &pgServer{name: "standby", data: filepath.Join(p.dir, "standby"), log: filepath.Join(p.dir, "standby.log")}
 	t.Cleanup(func() { p.cleanup(t) })
 
 	p.run(t, "initdb", "-D", p.primary.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
@@ -108,7 +86,7 @@ func StartPrimaryStandby(t testing.TB) *PGPair {
 		// fsync is off because nothing here survives the test; a server
 		// killed by stop -m immediate still leaves its writes in the OS.
 		_, err = fmt.Fprintf(conf, "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n"+
-			"wal_level = replica\nmax_wal_senders = 5\nwal_keep_size = '256MB'\nhot_standby = on\nfsync = off\n", dir)
+			"wal_level = replica\nmax_wal_senders = 5\nwal_keep_size = '256MB'\nhot_standby = on\nfsync = off\n", p.dir)
 		err = errors.Join(err, conf.Close())
 	}
 	if err != nil {
