@@ -74,7 +74,12 @@
 //     bytes) or hold a NUL (jsonb cannot);
 //   - values encoding/json cannot encode (channels, functions, cycles);
 //   - keys, at any depth, that are empty or longer than the 255 bytes of an
-//     AMQP short string.
+//     AMQP short string;
+//   - objects and arrays nested more than 32 levels below the headers, or
+//     holding more than 8192 entries (the headers themselves included;
+//     nil values in an object are left out and do not count): consumers
+//     using amqp091-go (v1.16 and later) cannot read them, and would drop
+//     their connection over the message each time it is delivered.
 //
 // # Table
 //

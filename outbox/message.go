@@ -18,7 +18,8 @@ type Message struct {
 	RoutingKey string
 	// PartitionKey orders messages: rows with the same key are published in
 	// the order they were inserted. Use an aggregate id such as "order-42".
-	// Empty means unordered (SQL null).
+	// Empty means unordered (SQL null). At most 1024 bytes
+	// (schema.MaxPartitionKey): the key must fit an index entry.
 	PartitionKey string
 	// MessageID becomes the AMQP message-id, stable across re-publishes so
 	// that consumers can de-duplicate. The zero value lets the database

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 // Errors that Enqueue reports, inside a *MessageError, for a message it
@@ -21,8 +23,9 @@ var (
 	ErrEmptyRoutingKey = errors.New("outbox: empty routing key")
 	// ErrInvalidField means a text field cannot be stored or published:
 	// Exchange, RoutingKey or ContentType is longer than the 255 bytes of an
-	// AMQP short string, or a field is not valid UTF-8 or holds a NUL byte
-	// (which PostgreSQL text cannot hold).
+	// AMQP short string, PartitionKey is longer than the table allows
+	// (schema.MaxPartitionKey, 1024 bytes), or a field is not valid UTF-8 or
+	// holds a NUL byte (which PostgreSQL text cannot hold).
 	ErrInvalidField = errors.New("outbox: invalid field")
 	// ErrInvalidHeader means a header key or value cannot survive the trip
 	// through jsonb to an AMQP headers table; see "Headers" in the package
@@ -63,10 +66,21 @@ func invalidf(kind error, format string, args ...any) error {
 // routing keys, content types and header names.
 const maxShortstr = 255
 
-// maxDepth bounds how deeply header values nest. It mirrors the depth at
-// which encoding/json starts looking for cycles, and stops checkValue from
-// recursing forever on a map that contains itself.
-const maxDepth = 1000
+// What consumers can read. amqp091-go, from v1.16 (read.go: maxFieldDepth,
+// maxContainerElements), refuses a table or array nested more than 32
+// levels below the headers table, or holding more than 8192 entries (the
+// headers included). It closes the consumer's connection over such a
+// message, and the broker delivers it again, forever (with auto-ack, it is
+// lost instead): a poison message. The relay refuses to publish one
+// (relay/readable.go) and parks it dead; refusing it here tells the writer
+// instead. Entries are counted as the relay counts them: a null in an
+// object is left out of the table and does not count, a null in an array
+// is a void and does. The depth bound also stops checkValue from recursing
+// forever on a map that contains itself.
+const (
+	maxFieldDepth   = 32
+	maxFieldEntries = 8192
+)
 
 // checkFields checks m's text fields.
 func (m *Message) checkFields() error {
@@ -78,6 +92,9 @@ func (m *Message) checkFields() error {
 	}
 	if err := checkText("routing key", m.RoutingKey, true); err != nil {
 		return err
+	}
+	if len(m.PartitionKey) > schema.MaxPartitionKey {
+		return invalidf(ErrInvalidField, "partition key is %d bytes, the table allows %d", len(m.PartitionKey), schema.MaxPartitionKey)
 	}
 	if err := checkText("partition key", m.PartitionKey, false); err != nil {
 		return err
@@ -104,13 +121,21 @@ func encodeHeaders(h map[string]any) (string, error) {
 	if h == nil {
 		return "", nil
 	}
+	entries := 0
 	for _, k := range slices.Sorted(maps.Keys(h)) {
 		if err := checkKey(k, k); err != nil {
 			return "", err
 		}
-		if err := checkValue(k, h[k], 1); err != nil {
+		null, err := checkValue(k, h[k], 1)
+		if err != nil {
 			return "", err
 		}
+		if !null {
+			entries++
+		}
+	}
+	if entries > maxFieldEntries {
+		return "", invalidf(ErrInvalidHeader, "headers have %d entries, amqp091-go consumers read at most %d", entries, maxFieldEntries)
 	}
 	b, err := json.Marshal(h)
 	if err != nil { // checkValue let through something encoding/json refuses
@@ -142,64 +167,85 @@ func checkString(path, what, s string) error {
 	return nil
 }
 
-// checkValue checks that v, found at path, arrives at the consumer as the
-// value it is: the relay publishes JSON strings as strings, integral numbers
-// as int64, other numbers as float64, booleans, objects as tables and
-// arrays as arrays, and leaves nulls out.
-func checkValue(path string, v any, depth int) error {
-	if depth > maxDepth {
-		return invalidf(ErrInvalidHeader, "header %.64q: nested more than %d levels deep", path, maxDepth)
-	}
+// checkValue checks that v, found at path depth levels below the headers
+// table, arrives at the consumer as the value it is: the relay publishes
+// JSON strings as strings, integral numbers as int64, other numbers as
+// float64, booleans, objects as tables and arrays as arrays, and leaves
+// nulls out of tables. It reports whether v is a null.
+func checkValue(path string, v any, depth int) (null bool, err error) {
 	switch v := v.(type) {
-	case nil, bool, int, int8, int16, int32, int64, uint8, uint16, uint32:
-		return nil
+	case nil:
+		return true, nil
+	case bool, int, int8, int16, int32, int64, uint8, uint16, uint32:
+		return false, nil
 	case string:
-		return checkString(path, "value", v)
+		return false, checkString(path, "value", v)
 	case uint:
-		return checkUint(path, uint64(v))
+		return false, checkUint(path, uint64(v))
 	case uint64:
-		return checkUint(path, v)
+		return false, checkUint(path, v)
 	case uintptr:
-		return checkUint(path, uint64(v))
+		return false, checkUint(path, uint64(v))
 	case float32:
-		return checkFloat(path, float64(v))
+		return false, checkFloat(path, float64(v))
 	case float64:
-		return checkFloat(path, v)
+		return false, checkFloat(path, v)
 	case json.Number:
-		return checkNumber(path, v)
+		return false, checkNumber(path, v)
 	case map[string]any:
+		if depth > maxFieldDepth {
+			return false, tooDeep(path)
+		}
+		entries := 0
 		for _, k := range slices.Sorted(maps.Keys(v)) {
 			p := path + "." + k
 			if err := checkKey(p, k); err != nil {
-				return err
+				return false, err
 			}
-			if err := checkValue(p, v[k], depth+1); err != nil {
-				return err
+			null, err := checkValue(p, v[k], depth+1)
+			if err != nil {
+				return false, err
+			}
+			if !null {
+				entries++
 			}
 		}
-		return nil
+		if entries > maxFieldEntries {
+			return false, invalidf(ErrInvalidHeader, "header %.64q: object of %d entries, amqp091-go consumers read at most %d", path, entries, maxFieldEntries)
+		}
+		return false, nil
 	case []any:
+		if depth > maxFieldDepth {
+			return false, tooDeep(path)
+		}
+		if len(v) > maxFieldEntries {
+			return false, invalidf(ErrInvalidHeader, "header %.64q: array of %d elements, amqp091-go consumers read at most %d", path, len(v), maxFieldEntries)
+		}
 		for i, e := range v {
-			if err := checkValue(path+"["+strconv.Itoa(i)+"]", e, depth+1); err != nil {
-				return err
+			if _, err := checkValue(path+"["+strconv.Itoa(i)+"]", e, depth+1); err != nil {
+				return false, err
 			}
 		}
-		return nil
+		return false, nil
 	default:
 		// Structs, typed maps and slices, named types, json.Marshaler and
 		// encoding.TextMarshaler: check what encoding/json makes of them.
 		b, err := json.Marshal(v)
 		if err != nil {
-			return invalidf(ErrInvalidHeader, "header %.64q: %v", path, err)
+			return false, invalidf(ErrInvalidHeader, "header %.64q: %v", path, err)
 		}
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.UseNumber()
 		var x any
 		if err := dec.Decode(&x); err != nil {
-			return invalidf(ErrInvalidHeader, "header %.64q: %v", path, err)
+			return false, invalidf(ErrInvalidHeader, "header %.64q: %v", path, err)
 		}
 		return checkValue(path, x, depth)
 	}
+}
+
+func tooDeep(path string) error {
+	return invalidf(ErrInvalidHeader, "header %.64q: nested more than %d levels deep, amqp091-go consumers read at most %d", path, maxFieldDepth, maxFieldDepth)
 }
 
 // checkUint rejects what does not fit int64: the relay would publish it as

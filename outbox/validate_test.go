@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -97,7 +98,34 @@ func TestNewBatchRefuses(t *testing.T) {
 		{name: "uint64 in a struct", msgs: []Message{withHeader("s", struct{ N uint64 }{math.MaxUint64})},
 			kind: ErrInvalidHeader, want: `outbox: message 0: header "s.N": integer 18446744073709551615 does not fit int64`},
 		{name: "cycle", msgs: []Message{withHeader("self", cyclic)},
-			kind: ErrInvalidHeader, want: `outbox: message 0: header "` + strings.Repeat("self.", 13)[:64] + `": nested more than 1000 levels deep`},
+			kind: ErrInvalidHeader, want: `outbox: message 0: header "` + strings.Repeat("self.", 13)[:64] + `": nested more than 32 levels deep, amqp091-go consumers read at most 32`},
+
+		// What amqp091-go consumers can read (relay/limits.go agrees).
+		{name: "partition key of 1024 bytes", msgs: []Message{{RoutingKey: "rk", PartitionKey: strings.Repeat("é", 512)}}},
+		{name: "partition key too long", msgs: []Message{{RoutingKey: "rk", PartitionKey: strings.Repeat("p", 1025)}},
+			kind: ErrInvalidField, want: "outbox: message 0: partition key is 1025 bytes, the table allows 1024"},
+		{name: "objects 32 levels below the headers", msgs: []Message{{RoutingKey: "rk", Headers: nest(32, object)}}},
+		{name: "objects 33 levels below the headers", msgs: []Message{{RoutingKey: "rk", Headers: nest(33, object)}},
+			kind: ErrInvalidHeader, want: `outbox: message 0: header "` + ("h" + strings.Repeat(".a", 32))[:64] + `": nested more than 32 levels deep, amqp091-go consumers read at most 32`},
+		{name: "arrays 32 levels below the headers", msgs: []Message{{RoutingKey: "rk", Headers: nest(32, array)}}},
+		{name: "arrays 33 levels below the headers", msgs: []Message{{RoutingKey: "rk", Headers: nest(33, array)}},
+			kind: ErrInvalidHeader, want: `outbox: message 0: header "h` + strings.Repeat("[0]", 21)[:63] + `": nested more than 32 levels deep, amqp091-go consumers read at most 32`},
+		{name: "typed slice 33 levels below the headers", msgs: []Message{{RoutingKey: "rk", Headers: nest(33, func(v any) any {
+			if _, ok := v.(int); ok {
+				return []string{"x"}
+			}
+			return array(v)
+		})}}, kind: ErrInvalidHeader, want: `outbox: message 0: header "h` + strings.Repeat("[0]", 21)[:63] + `": nested more than 32 levels deep, amqp091-go consumers read at most 32`},
+		{name: "8192 headers", msgs: []Message{{RoutingKey: "rk", Headers: entries(8192)}}},
+		{name: "8193 headers", msgs: []Message{{RoutingKey: "rk", Headers: entries(8193)}},
+			kind: ErrInvalidHeader, want: "outbox: message 0: headers have 8193 entries, amqp091-go consumers read at most 8192"},
+		{name: "8193 headers, one nil", msgs: []Message{{RoutingKey: "rk", Headers: withNil(entries(8193))}}},
+		{name: "object of 8193 entries", msgs: []Message{withHeader("o", []any{entries(8193)})},
+			kind: ErrInvalidHeader, want: `outbox: message 0: header "o[0]": object of 8193 entries, amqp091-go consumers read at most 8192`},
+		{name: "typed map of 8193 entries, one nil pointer", msgs: []Message{withHeader("o", typedEntries(8193))}},
+		{name: "array of 8192 nils", msgs: []Message{withHeader("a", make([]any, 8192))}},
+		{name: "array of 8193 nils", msgs: []Message{withHeader("a", make([]any, 8193))},
+			kind: ErrInvalidHeader, want: `outbox: message 0: header "a": array of 8193 elements, amqp091-go consumers read at most 8192`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -143,4 +171,42 @@ func TestEncodeHeaders(t *testing.T) {
 			t.Errorf("encodeHeaders(%v) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
 	}
+}
+
+// nest returns headers whose value "h" is 1 wrapped depth times by wrap.
+func nest(depth int, wrap func(any) any) map[string]any {
+	var v any = 1
+	for range depth {
+		v = wrap(v)
+	}
+	return map[string]any{"h": v}
+}
+
+func object(v any) any { return map[string]any{"a": v} }
+func array(v any) any  { return []any{v} }
+
+// entries returns a map of n int entries.
+func entries(n int) map[string]any {
+	m := make(map[string]any, n)
+	for i := range n {
+		m[strconv.Itoa(i)] = i
+	}
+	return m
+}
+
+// withNil sets one of m's values to nil: the relay leaves it out.
+func withNil(m map[string]any) map[string]any {
+	m["0"] = nil
+	return m
+}
+
+// typedEntries returns a typed map of n entries, one a nil pointer, which
+// encoding/json writes as null.
+func typedEntries(n int) map[string]*int {
+	m := make(map[string]*int, n)
+	for i := range n {
+		m[strconv.Itoa(i)] = &i
+	}
+	m["0"] = nil
+	return m
 }
