@@ -16,13 +16,14 @@ import (
 // Defaults for Config fields left at their zero value.
 const (
 	BatchSizeDefault       = 500
+	BatchBytesDefault      = 8 << 20
 	PollIntervalDefault    = time.Second
 	MaxAttemptsDefault     = 10
 	RetryBackoffDefault    = time.Second
 	RetryBackoffMaxDefault = 5 * time.Minute
 	ShutdownTimeoutDefault = 30 * time.Second
 	ConfirmTimeoutDefault  = 30 * time.Second
-	MaxMessageSizeDefault  = 128 << 20 // RabbitMQ's default max_message_size
+	MaxMessageSizeDefault  = 16 << 20 // RabbitMQ 4's default max_message_size
 	VacuumEveryDefault     = 100_000
 	DatabaseURLDefault     = "postgres://postgres@localhost:5432/postgres"
 	AMQPURLDefault         = "amqp://guest:guest@localhost:5672/"
@@ -47,6 +48,13 @@ type Config struct {
 	Table schema.Table
 	// BatchSize is how many rows one claim takes. Defaults to 500.
 	BatchSize int
+	// BatchBytes bounds the payload bytes of one batch; a row larger than
+	// that goes out in a batch of its own. The relay holds the payloads of
+	// one batch at a time (batches on the wire have dropped theirs), so
+	// its memory follows BatchBytes and the largest row, not the backlog.
+	// Claims ask for fewer rows than BatchSize when recent rows were
+	// large. Defaults to 8 MiB.
+	BatchBytes int
 	// PollInterval is how often the relay claims when no NOTIFY wakes it.
 	// Defaults to 1s.
 	PollInterval time.Duration
@@ -65,9 +73,10 @@ type Config struct {
 	// ShutdownTimeout bounds how long Run waits, once its context is done,
 	// for in-flight confirms to arrive and be settled. Defaults to 30s.
 	ShutdownTimeout time.Duration
-	// MaxMessageSize is the largest body the relay publishes; larger rows
-	// fail without being sent. Set it to the broker's max_message_size.
-	// Defaults to 128 MiB, RabbitMQ's default.
+	// MaxMessageSize is the largest body the relay publishes, in bytes;
+	// larger rows fail without being sent. Set it to the broker's
+	// max_message_size. Defaults to 16 MiB, the default of RabbitMQ 4
+	// (RabbitMQ 3 allowed 128 MiB).
 	MaxMessageSize int
 	// VacuumEvery is how many rows the relay deletes between its own
 	// VACUUMs of the table, which keep the claim cheap while a large
@@ -94,6 +103,7 @@ func (c Config) withDefaults() Config {
 		c.Table.Name = schema.TableDefault
 	}
 	c.BatchSize = cmp.Or(c.BatchSize, BatchSizeDefault)
+	c.BatchBytes = cmp.Or(c.BatchBytes, BatchBytesDefault)
 	c.PollInterval = cmp.Or(c.PollInterval, PollIntervalDefault)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
 	c.RetryBackoff = cmp.Or(c.RetryBackoff, RetryBackoffDefault)
@@ -113,6 +123,9 @@ func (c Config) validate() error {
 	var errs []error
 	if c.BatchSize < 1 || c.BatchSize > 100_000 {
 		errs = append(errs, fmt.Errorf("BatchSize %d: want 1 to 100000", c.BatchSize))
+	}
+	if c.BatchBytes < 1 {
+		errs = append(errs, fmt.Errorf("BatchBytes %d: want at least 1", c.BatchBytes))
 	}
 	if c.PollInterval < time.Millisecond {
 		errs = append(errs, fmt.Errorf("PollInterval %s: want at least 1ms", c.PollInterval))

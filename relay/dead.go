@@ -20,23 +20,25 @@ type DeadFilter struct {
 	OlderThan time.Duration // only rows parked at least this long ago
 }
 
-func (f DeadFilter) where() (string, []any, error) {
+// where returns the condition that selects f's rows, its column names
+// prefixed with alias (e.g. "o.", or ""), and its arguments.
+func (f DeadFilter) where(alias string) (string, []any, error) {
 	if len(f.IDs) == 0 && !f.All {
 		return "", nil, errors.New("name dead rows by id, or select all of them")
 	}
-	cond := "dead_at is not null"
+	cond := alias + "dead_at is not null"
 	var args []any
 	if len(f.IDs) > 0 {
 		args = append(args, f.IDs)
-		cond += fmt.Sprintf(" and id = any($%d::bigint[])", len(args))
+		cond += fmt.Sprintf(" and %sid = any($%d::bigint[])", alias, len(args))
 	}
 	if f.Exchange != nil {
 		args = append(args, *f.Exchange)
-		cond += fmt.Sprintf(" and exchange = $%d", len(args))
+		cond += fmt.Sprintf(" and %sexchange = $%d", alias, len(args))
 	}
 	if f.OlderThan > 0 {
 		args = append(args, f.OlderThan.Seconds())
-		cond += fmt.Sprintf(" and dead_at <= now() - make_interval(secs => $%d)", len(args))
+		cond += fmt.Sprintf(" and %sdead_at <= now() - make_interval(secs => $%d)", alias, len(args))
 	}
 	return cond, args, nil
 }
@@ -60,7 +62,7 @@ func ListDead(ctx context.Context, db Querier, t schema.Table, f DeadFilter, lim
 	if len(f.IDs) == 0 {
 		f.All = true
 	}
-	cond, args, err := f.where()
+	cond, args, err := f.where("")
 	if err != nil {
 		return nil, err
 	}
@@ -85,40 +87,67 @@ type Execer interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
+// RetryResult is what RetryDead did.
+type RetryResult struct {
+	// IDs are the rows made available again.
+	IDs []int64
+	// Skipped are the rows left dead because reviving them would break one
+	// of the table's checks, grouped by check, in the order of the checks'
+	// names. A row that breaks two checks is in both groups.
+	Skipped []Skipped
+}
+
+// Skipped are rows that RetryDead left dead because of one check.
+type Skipped struct {
+	Check  string  // the check's name, e.g. outbox_routing_key_size
+	Reason string  // its comment, e.g. "routing_key longer than 255 bytes", else its condition
+	IDs    []int64 // the rows, in id order
+}
+
 // RetryDead makes the dead rows f selects available again now, with their
 // attempts reset (last_error is kept until the next attempt), and wakes the
-// relay with a NOTIFY. It returns the ids it revived.
-func RetryDead(ctx context.Context, db Execer, t schema.Table, f DeadFilter) ([]int64, error) {
-	cond, args, err := f.where()
+// relay with a NOTIFY. Rows that a check of the table would refuse once
+// revived (dead rows are exempt from migration 003's size checks, and
+// migration 004 parks rows that break them) are left dead and reported in
+// Skipped: fix them or purge them. The rest are revived.
+func RetryDead(ctx context.Context, db Execer, t schema.Table, f DeadFilter) (RetryResult, error) {
+	cond, args, err := f.where("")
 	if err != nil {
-		return nil, err
+		return RetryResult{}, err
 	}
-	var ids []int64
+	var res RetryResult
 	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `update `+t.Ident()+`
-   set dead_at = null, attempts = 0, available_at = now()
- where `+cond+` returning id`, args...)
+		skipped, skip, err := breaking(ctx, tx, t, f)
 		if err != nil {
 			return err
 		}
-		if ids, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
+		res.Skipped = skipped
+		if skip == nil {
+			skip = []int64{} // not NULL: id <> all(NULL) is null for every row
+		}
+		rows, err := tx.Query(ctx, `update `+t.Ident()+` set `+revivedSet()+`
+ where `+cond+fmt.Sprintf(` and id <> all($%d::bigint[]) returning id`, len(args)+1), append(args, skip)...)
+		if err != nil {
 			return err
 		}
-		if len(ids) > 0 {
+		if res.IDs, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
+			return err
+		}
+		if len(res.IDs) > 0 {
 			// Sent at commit, whether or not the relay says it waits.
 			_, err = tx.Exec(ctx, "select pg_notify($1, '')", t.Channel())
 		}
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("retry dead rows: %w", err)
+		return RetryResult{}, fmt.Errorf("retry dead rows: %w", err)
 	}
-	return ids, nil
+	return res, nil
 }
 
 // PurgeDead deletes the dead rows f selects and returns their ids.
 func PurgeDead(ctx context.Context, db Querier, t schema.Table, f DeadFilter) ([]int64, error) {
-	cond, args, err := f.where()
+	cond, args, err := f.where("")
 	if err != nil {
 		return nil, err
 	}

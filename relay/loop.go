@@ -165,15 +165,15 @@ func (l *loop) observe(results []Result, st settled) {
 	}
 	if failures > 0 {
 		l.log.Warn("publish failed", slog.Int("rows", failures), slog.Int64("id", firstErr.Row.ID),
-			slog.String("message_id", firstErr.Row.MessageID), slog.String("exchange", firstErr.Row.Exchange),
-			slog.String("routing_key", firstErr.Row.RoutingKey), slog.Int("attempt", firstErr.Row.Attempts+1),
+			slog.String("message_id", firstErr.Row.MessageID), rowAttr("exchange", firstErr.Row.Exchange),
+			rowAttr("routing_key", firstErr.Row.RoutingKey), slog.Int("attempt", firstErr.Row.Attempts+1),
 			slog.String("reason", firstErr.Reason), tint.Err(firstErr.Err))
 	}
 	for _, id := range st.dead {
 		for _, res := range results {
 			if res.Row.ID == id {
 				l.log.Warn("row parked dead", slog.Int64("id", id), slog.String("message_id", res.Row.MessageID),
-					slog.String("exchange", res.Row.Exchange), slog.String("routing_key", res.Row.RoutingKey),
+					rowAttr("exchange", res.Row.Exchange), rowAttr("routing_key", res.Row.RoutingKey),
 					slog.Int("attempt", res.Row.Attempts+1), tint.Err(res.Err))
 			}
 		}

@@ -9,8 +9,8 @@ import (
 
 // drain claims, publishes and settles batches back to back until a claim
 // comes back short of a full batch or stop is done, and returns how many
-// rows it claimed. ctx bounds the work itself (see Run: it outlives stop by
-// the shutdown timeout).
+// rows it claimed and loaded. ctx bounds the work itself (see Run: it
+// outlives stop by the shutdown timeout).
 //
 // It keeps two batches on the wire, so that the broker always has one to
 // work on: while batch k+1 is being confirmed, batch k is settled and batch
@@ -29,6 +29,21 @@ import (
 //   - a row of k+1 that the broker refuses after it was sent (nack, return)
 //     can be followed by a later row of its key in k+2 that succeeds: that
 //     is an order break, counted in outbox_order_breaks_total.
+//
+// Memory is bounded by bytes. A claim loads the payloads of at most
+// BatchBytes (or of its first row alone), and the rows past that bound come
+// back deferred: locked, without their payload, held back like rows behind
+// a failed one, and claimed again once their batch is settled. A payload
+// over MaxMessageSize is never loaded: its row fails unread. A batch drops
+// its payloads once sent, so the batches on the wire cost no payload
+// memory: the payloads of one batch are alive at a time.
+//
+// No claim is made while a batch that stays on the wire holds rows back
+// (see holdsBack): the claim would pass over them, take later rows of their
+// keys and hold those back in turn, and batch after batch a deferred row
+// and the rows of its key would keep each other unsent until the drain
+// ended. Once that batch is settled, the next claim takes its rows and the
+// ones they held back, in id order, with no batch on the wire before them.
 func (l *loop) drain(stop, ctx context.Context) (int, error) {
 	c, err := l.claim(ctx)
 	if err != nil || len(c.rows) == 0 {
@@ -45,7 +60,7 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 		total    int
 		wire     []sentBatch // sent, not yet awaited, oldest first
 		last     []Result    // the results of the batch awaited last
-		lastFull bool        // the last claim took a whole batch
+		lastFull bool        // the last claim left rows waiting
 		broken   bool        // stop claiming: something failed
 		errs     []error
 	)
@@ -55,23 +70,42 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 			s.f.heldKeys(held)
 		}
 		f := l.pub.Send(ctx, c.rows, held, wd)
+		dropPayloads(c.rows)
 		wire = append(wire, sentBatch{c: c, f: f})
-		total += len(c.rows)
-		lastFull = len(c.rows) == l.cfg.BatchSize
+		total += c.loaded
+		lastFull = c.full
 		broken = broken || f.err != nil
 	}
-	claimMore := func() bool { return lastFull && !broken && stop.Err() == nil }
-
-	send(c)
-	if claimMore() {
-		c, err := l.claim(ctx)
-		switch {
-		case err != nil:
-			errs, broken = append(errs, err), true
-		case len(c.rows) > 0:
+	// mayClaim reports whether to claim now, with the batches in wire
+	// staying on the wire.
+	mayClaim := func() bool {
+		if !lastFull || broken || stop.Err() != nil {
+			return false
+		}
+		for _, s := range wire {
+			if holdsBack(s.f) {
+				return false
+			}
+		}
+		return true
+	}
+	// fill claims ahead until two batches are on the wire.
+	fill := func() {
+		for len(wire) < 2 && mayClaim() {
+			c, err := l.claim(ctx)
+			if err != nil {
+				errs, broken = append(errs, err), true
+				return
+			}
+			if len(c.rows) == 0 {
+				return
+			}
 			send(c)
 		}
 	}
+
+	send(c)
+	fill()
 	for len(wire) > 0 {
 		oldest := wire[0]
 		wire = wire[1:]
@@ -82,7 +116,7 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 		l.countOrderBreaks(last, results)
 		last = results
 		next := 0
-		if claimMore() {
+		if mayClaim() {
 			next = l.cfg.BatchSize
 		}
 		c, err := l.settle(ctx, oldest.c, results, next)
@@ -91,9 +125,31 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 		}
 		if c != nil && len(c.rows) > 0 {
 			send(c)
+			fill()
 		}
 	}
 	return total, errors.Join(errs...)
+}
+
+// dropPayloads lets go of the payloads of a sent batch. Send has written
+// them to the socket before it returns, and settling needs none of them;
+// rows not sent are read again when claimed again.
+func dropPayloads(rows []Row) {
+	for i := range rows {
+		rows[i].Payload = nil
+	}
+}
+
+// holdsBack reports whether a batch on the wire left rows unsent behind an
+// earlier row of their key (its own deferred rows do not count): they are
+// claimed again once the batch is settled.
+func holdsBack(f *inflight) bool {
+	for i, r := range f.results {
+		if f.confirms[i] == nil && r.Reason == reasonHeld && !r.Row.deferred {
+			return true
+		}
+	}
+	return false
 }
 
 // countOrderBreaks counts the rows of a batch that the broker confirmed
@@ -118,10 +174,10 @@ func (l *loop) claim(ctx context.Context) (*claim, error) {
 	return c, err
 }
 
-// claimed records the size of a claimed batch.
+// claimed records the size of a claimed batch: the rows it loaded.
 func (l *loop) claimed(c *claim) {
-	if c != nil && len(c.rows) > 0 {
-		l.metrics.batchSize.Observe(float64(len(c.rows)))
+	if c != nil && c.loaded > 0 {
+		l.metrics.batchSize.Observe(float64(c.loaded))
 	}
 	if c != nil {
 		l.prog.claimed(len(c.rows))

@@ -132,17 +132,19 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	store := newStore(pool, table, r.cfg.MaxAttempts, func(n int) time.Duration {
+		return backoff(n, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
+	})
+	store.maxBytes, store.maxRowBytes = int64(r.cfg.BatchBytes), int64(r.cfg.MaxMessageSize)
 	l := &loop{
 		Relay: r,
-		store: newStore(pool, table, r.cfg.MaxAttempts, func(n int) time.Duration {
-			return backoff(n, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
-		}),
-		pub:  newPublisher(r.cfg, r.appName),
-		lis:  newListener(r.lisCfg, table.Channel(), probeSession(pool), acquireTracer{log: r.log, metrics: r.metrics}),
-		vac:  newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
-		idle: make(chan struct{}, 1),
-		pool: pool,
-		prog: &progress{},
+		store: store,
+		pub:   newPublisher(r.cfg, r.appName),
+		lis:   newListener(r.lisCfg, table.Channel(), probeSession(pool), acquireTracer{log: r.log, metrics: r.metrics}),
+		vac:   newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
+		idle:  make(chan struct{}, 1),
+		pool:  pool,
+		prog:  &progress{},
 	}
 	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
 		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval))

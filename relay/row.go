@@ -24,6 +24,13 @@ type Row struct {
 	Payload      []byte
 	CreatedAt    time.Time
 	Attempts     int
+
+	// deferred marks a row claimed without its payload (see claimQuery):
+	// past the batch's byte bound, it is not published with this batch
+	// and is claimed again when the batch is settled; larger than
+	// MaxMessageSize, it fails unread.
+	deferred bool
+	size     int // bytes of the payload, loaded or not
 }
 
 // Outcome is what became of one published row.
@@ -148,7 +155,7 @@ func toField(v any) (any, error) {
 		}
 		f, err := v.Float64()
 		if err != nil || math.IsInf(f, 0) {
-			return nil, &headerError{msg: "number " + truncate(v.String(), 40) + " out of range"}
+			return nil, &headerError{msg: "number " + Clip(v.String(), 40) + " out of range"}
 		}
 		return f, nil
 	case map[string]any:
@@ -176,7 +183,7 @@ type headerError struct {
 }
 
 func (e *headerError) Error() string {
-	return fmt.Sprintf("header %q: %s", truncate(e.path, 40), e.msg)
+	return fmt.Sprintf("header %q: %s", Clip(e.path, 40), e.msg)
 }
 
 // within prefixes the path of a headerError with the key or index it was
@@ -206,11 +213,4 @@ func jsonKind(v any) string {
 		return "an array"
 	}
 	return fmt.Sprintf("%T", v)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

@@ -25,6 +25,15 @@ type pgStore struct {
 
 	claimSQL, promoteSQL, deleteSQL, failSQL, waitingSQL string
 
+	// maxBytes bounds the payload bytes a claim loads, and maxRowBytes
+	// the payload of a row it loads at all (see claimQuery); 0 is no
+	// bound.
+	maxBytes, maxRowBytes int64
+	// rowBytes estimates the payload bytes of a row, from recent claims;
+	// 0 while there is no estimate. With maxBytes it sets how many rows a
+	// claim asks for (see rowLimit). Only the loop's goroutine claims.
+	rowBytes float64
+
 	// leaderPID is the backend pid of the session holding the leader lock
 	// for this relay (its LISTEN connection); 0 claims without the check.
 	leaderPID atomic.Int32
@@ -46,50 +55,7 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		maxAttempts: maxAttempts,
 		backoff:     backoff,
 		live:        make(map[*claim]struct{}),
-		// Rows are taken in id order, never after a "last id seen" cursor
-		// (ids are not assigned in commit order): the available rows with
-		// the lowest ids, in one walk of claim_idx that locks as it goes
-		// and stops at $1 rows. FOR UPDATE SKIP LOCKED passes over the
-		// rows of batches still in flight, so the claim made while a batch
-		// is on the wire takes the rows behind it; the claim locks no row
-		// it does not return. Locks are held until the batch is settled, so
-		// a second claimer never takes the same rows. $5 lists the rows this
-		// relay holds: passing over them by id is a few times cheaper than
-		// trying each one's lock.
-		//
-		// A row of claim_idx (available_at = created_at) asked for no delay,
-		// so the claim does not compare available_at with now(): now() is
-		// when this transaction began, and a row committed since with a
-		// later created_at would have been passed over while a later row
-		// of its key was taken.
-		//
-		// Rows delayed or backing off live in delayed_idx instead, and
-		// promoteSQL moves them into claim_idx once due. A row waits while
-		// an earlier row of its partition_key is still in delayed_idx (not
-		// due, or due and not yet promoted); dead rows do not hold their
-		// key back.
-		claimSQL: `select id, exchange, routing_key, partition_key, message_id::text,
-       content_type, headers, payload, created_at, attempts
-  from ` + tbl + ` o
- where dead_at is null
-   and available_at = created_at
-   and id not in (select unnest($5::bigint[]))
-   and (partition_key is null or not exists (
-        select 1 from ` + tbl + ` e
-         where e.partition_key = o.partition_key
-           and e.id < o.id
-           and e.dead_at is null
-           and e.available_at <> e.created_at))
-   -- Only while this relay's LISTEN session ($2) holds the leader lock: a
-   -- leader that lost it stops at its next claim, not when it next idles.
-   and ($2 = 0 or exists (
-        select 1 from pg_locks
-         where locktype = 'advisory' and granted and objsubid = 1 and pid = $2
-           and classid = $3::bigint::oid and objid = $4::bigint::oid
-           and database = (select oid from pg_database where datname = current_database())))
- order by id
- limit $1
-   for update skip locked`,
+		claimSQL:    claimQuery(tbl),
 		// Due rows of delayed_idx (delayed by their writer, backing off
 		// after a failure, or retried by an operator) go back to claim_idx:
 		// available_at = created_at reads "available", and the claim stays
@@ -142,33 +108,6 @@ returning o.id, o.dead_at is not null`,
 	}
 }
 
-// claim is one claimed batch: the rows, and the connection whose open
-// transaction holds their locks until Settle.
-type claim struct {
-	conn *pgxpool.Conn
-	rows []Row
-}
-
-// Claim begins a transaction and locks up to limit available rows, in one
-// round trip. With no rows it returns an empty claim that holds nothing.
-//
-// The transaction is driven by hand rather than with pgx.Tx so that BEGIN,
-// the claim and later the settle and COMMIT share round trips. After a
-// failed round trip the connection is closed (see discard).
-func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
-	}
-	b := &pgx.Batch{}
-	rows := s.queueClaim(b, limit)
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		discard(conn)
-		return nil, fmt.Errorf("claim: %w", err)
-	}
-	return s.hold(ctx, conn, *rows)
-}
-
 // discard closes a connection whose round trip failed, with whatever
 // transaction it has open. Given back to the pool, it would be closed in
 // the background, and until the server ended that transaction its row
@@ -179,63 +118,6 @@ func discard(conn *pgxpool.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_ = conn.Hijack().Close(ctx)
-}
-
-// queueClaim queues BEGIN, the promotion of due rows and the claim of up to
-// limit rows, and returns where the claimed rows will be.
-func (s *pgStore) queueClaim(b *pgx.Batch, limit int) *[]Row {
-	b.Queue("begin")
-	b.Queue(s.promoteSQL, limit)
-	batch := make([]Row, 0, min(limit, 1024))
-	classid, objid := lockParts(s.table.LockKey("leader"))
-	b.Queue(s.claimSQL, limit, s.leaderPID.Load(), classid, objid, s.heldIDs()).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var r Row
-			if err := rows.Scan(&r.ID, &r.Exchange, &r.RoutingKey, &r.PartitionKey, &r.MessageID,
-				&r.ContentType, &r.Headers, &r.Payload, &r.CreatedAt, &r.Attempts); err != nil {
-				return fmt.Errorf("scan row: %w", err)
-			}
-			batch = append(batch, r)
-		}
-		return rows.Err()
-	})
-	return &batch
-}
-
-// hold makes a claim of rows whose transaction is open on conn. With no
-// rows it ends the transaction and gives conn back instead.
-func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, rows []Row) (*claim, error) {
-	if len(rows) == 0 {
-		// Nothing claimed: end the transaction now rather than hold it,
-		// keeping what the promotion moved.
-		if _, err := conn.Exec(ctx, "commit"); err != nil {
-			discard(conn)
-			return nil, fmt.Errorf("claim: end empty transaction: %w", err)
-		}
-		conn.Release()
-		return &claim{}, nil
-	}
-	c := &claim{conn: conn, rows: rows}
-	s.mu.Lock()
-	s.live[c] = struct{}{}
-	s.mu.Unlock()
-	return c, nil
-}
-
-// heldIDs returns the ids of the rows of live claims. Claims are not made
-// while another claim of this store is being settled: a row released by a
-// commit after this list is read would be passed over while a later row of
-// its key is taken.
-func (s *pgStore) heldIDs() []int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ids := []int64{}
-	for c := range s.live {
-		for i := range c.rows {
-			ids = append(ids, c.rows[i].ID)
-		}
-	}
-	return ids
 }
 
 // settled reports what Settle did, for logs and metrics.
@@ -303,9 +185,9 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 		committed = true
 		return nil
 	})
-	var rows *[]Row
+	var cl *claiming
 	if next > 0 {
-		rows = s.queueClaim(batch, next)
+		cl = s.queueClaim(batch, next)
 	}
 	err := conn.SendBatch(ctx, batch).Close()
 	switch {
@@ -315,11 +197,11 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 	case err != nil:
 		discard(conn)
 		return st, nil, nil, fmt.Errorf("claim: %w", err)
-	case rows == nil:
+	case cl == nil:
 		conn.Release()
 		return st, nil, nil, nil
 	}
-	nc, claimErr = s.hold(ctx, conn, *rows)
+	nc, claimErr = s.hold(ctx, conn, cl)
 	return st, nc, nil, claimErr
 }
 
@@ -344,10 +226,5 @@ func lastError(r Result) string {
 	if r.Err != nil {
 		msg = r.Err.Error()
 	}
-	msg = strings.ToValidUTF8(msg, "?")
-	if len(msg) > maxLastError {
-		msg = msg[:maxLastError]
-		msg = strings.ToValidUTF8(msg, "")
-	}
-	return msg
+	return Clip(strings.ToValidUTF8(msg, "?"), maxLastError)
 }

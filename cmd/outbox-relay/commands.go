@@ -129,7 +129,7 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 			if name == "" {
 				name = "(default)"
 			}
-			fmt.Fprintf(w, "%s\t%d\t%d\t%s\n", name, x.Pending, x.Dead, formatAge(x.OldestPendingAgeSeconds))
+			fmt.Fprintf(w, "%s\t%d\t%d\t%s\n", cell(name), x.Pending, x.Dead, formatAge(x.OldestPendingAgeSeconds))
 		}
 	}
 	return w.Flush()

@@ -29,12 +29,13 @@ type config struct {
 	AMQPPasswordFile string        `envconfig:"AMQP_PASSWORD_FILE" desc:"file holding the broker password or OAuth2 token, re-read at every reconnect; overrides the URL's"`
 	Table            string        `envconfig:"TABLE" default:"outbox" desc:"outbox table, optionally schema-qualified (schema.table; double-quote odd names)"`
 	BatchSize        int           `envconfig:"BATCH_SIZE" default:"500" desc:"rows claimed and published per batch (1-100000)"`
+	BatchBytes       int           `envconfig:"BATCH_BYTES" default:"8388608" desc:"payload bytes claimed per batch, at most; a larger row goes alone. The relay's memory follows it and the largest row, not the backlog"`
 	PollInterval     time.Duration `envconfig:"POLL_INTERVAL" default:"1s" desc:"claim this often when no NOTIFY arrives"`
 	MaxAttempts      int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"failed publishes after which a row is parked as dead"`
 	RetryBackoff     time.Duration `envconfig:"RETRY_BACKOFF" default:"1s" desc:"delay after a row's first failed publish; doubles per attempt, with jitter"`
 	RetryBackoffMax  time.Duration `envconfig:"RETRY_BACKOFF_MAX" default:"5m" desc:"longest delay between a row's attempts"`
 	ConfirmTimeout   time.Duration `envconfig:"CONFIRM_TIMEOUT" default:"30s" desc:"longest wait for a batch's publisher confirms before reconnecting"`
-	MaxMessageSize   int           `envconfig:"MAX_MESSAGE_SIZE" default:"134217728" desc:"largest payload in bytes published; set to the broker's max_message_size"`
+	MaxMessageSize   int           `envconfig:"MAX_MESSAGE_SIZE" default:"16777216" desc:"largest payload in bytes published; set to the broker's max_message_size (16 MiB in RabbitMQ 4, 128 MiB in 3)"`
 	VacuumEvery      int           `envconfig:"VACUUM_EVERY" default:"100000" desc:"rows deleted between the relay's own VACUUMs of the table, which keep claims cheap while a backlog drains (needs table ownership); 0 leaves it to autovacuum"`
 	Mandatory        bool          `envconfig:"MANDATORY" default:"true" desc:"publish with the mandatory flag: unroutable messages are retried, then parked dead"`
 	MetricsAddr      string        `envconfig:"METRICS_ADDR" default:":9464" desc:"listen address of /metrics, /healthz and /readyz; empty turns it off"`
@@ -122,6 +123,8 @@ func (c *config) validate() error {
 	switch {
 	case c.BatchSize < 1 || c.BatchSize > 100_000:
 		return &configError{"BATCH_SIZE", "must be between 1 and 100000"}
+	case c.BatchBytes < 1:
+		return &configError{"BATCH_BYTES", "must be at least 1"}
 	case c.PollInterval < time.Millisecond:
 		return &configError{"POLL_INTERVAL", "must be at least 1ms"}
 	case c.MaxAttempts < 1:
@@ -171,6 +174,7 @@ func (c *config) relayConfig(log *slog.Logger) relay.Config {
 		AMQPPasswordFile: c.AMQPPasswordFile,
 		Table:            c.table,
 		BatchSize:        c.BatchSize,
+		BatchBytes:       c.BatchBytes,
 		PollInterval:     c.PollInterval,
 		MaxAttempts:      c.MaxAttempts,
 		RetryBackoff:     c.RetryBackoff,

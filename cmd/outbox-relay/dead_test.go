@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
@@ -92,5 +93,48 @@ func TestDeadCommands(t *testing.T) {
 	}
 	if _, dead := e.Pending(t); dead != 0 {
 		t.Errorf("%d dead rows left", dead)
+	}
+}
+
+// Rows a check would refuse once revived (here, parked by migration 004
+// for a routing key AMQP cannot carry) are listed, clipped, and left dead
+// by `dead retry`, which says why; the others are retried.
+func TestDeadRetrySkipsRowsThatBreakChecks(t *testing.T) {
+	t.Parallel()
+	e := testenv.New(t)
+	ctx := context.Background()
+	env := baseEnv(e)
+	long := strings.Repeat("é", 20000) // 40000 bytes
+	var good, bad1, bad2 int64
+	for _, r := range []struct {
+		id  *int64
+		key string
+	}{{&good, "k"}, {&bad1, long}, {&bad2, long}} {
+		err := e.Pool.QueryRow(ctx, `insert into `+e.Table.Ident()+` (routing_key, payload, attempts, last_error, dead_at)
+			values ($1, 'x', 3, 'routing_key is 40000 bytes; AMQP allows 255 (parked by migration 004)', now()) returning id`, r.key).Scan(r.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	stdout, stderr, code := runBin(t, env, "dead", "list")
+	if code != 0 {
+		t.Fatalf("dead list: exit %d: %s", code, stderr)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		if len(line) > 400 || !utf8.ValidString(line) {
+			t.Errorf("dead list: a line of %d bytes (valid UTF-8: %t): %.200q", len(line), utf8.ValidString(line), line)
+		}
+	}
+
+	stdout, stderr, code = runBin(t, env, "dead", "retry", "-all")
+	want := fmt.Sprintf("retried 1 dead row(s): %d; they are available now\n"+
+		"2 row(s) not retried: routing_key longer than 255 bytes (check %s_routing_key_size): %d, %d; fix or purge them\n",
+		good, e.Table.Name, bad1, bad2)
+	if code != 0 || stdout != want {
+		t.Errorf("dead retry -all: exit %d\n got %q\nwant %q\n%s", code, stdout, want, stderr)
+	}
+	if live, dead := e.Pending(t); live != 1 || dead != 2 {
+		t.Errorf("after retry: %d live, %d dead rows; want 1 and 2", live, dead)
 	}
 }

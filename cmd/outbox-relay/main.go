@@ -24,6 +24,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
@@ -48,10 +50,45 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
+	// In a container with a memory limit, let the collector work harder as
+	// the heap nears it rather than the kernel kill the relay: a soft Go
+	// memory limit of 80% of the container's, leaving room for what the Go
+	// runtime does not count. GOMEMLIMIT, when set, still decides.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		if limit, ok := cgroupMemoryLimit(cgroupMemoryFiles...); ok {
+			debug.SetMemoryLimit(limit / 5 * 4)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// cgroupMemoryFiles hold the memory limit of the process's cgroup: cgroup
+// v2, then v1.
+var cgroupMemoryFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
+
+// cgroupMemoryLimit returns the memory limit in bytes read from the first
+// of files that exists, if that file sets one.
+func cgroupMemoryLimit(files ...string) (int64, bool) {
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil {
+			return parseMemoryLimit(string(b))
+		}
+	}
+	return 0, false
+}
+
+// parseMemoryLimit parses a cgroup memory limit: a number of bytes, where
+// cgroup v2 writes "max" for none and cgroup v1 a number near 2^63.
+func parseMemoryLimit(s string) (int64, bool) {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 || n >= 1<<50 {
+		return 0, false
+	}
+	return n, true
 }
 
 // run runs one command with args (without the program name), writing command

@@ -1,0 +1,60 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// splitURLs splits a comma-separated list of broker URLs.
+func splitURLs(s string) []string {
+	var urls []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return urls
+}
+
+// RedactAMQPURI formats uri without its password, for logs and errors. The
+// password shows as "xxxxx" ("guest:@" read as an empty password).
+func RedactAMQPURI(uri amqp.URI) string {
+	if uri.Password != "" {
+		uri.Password = "xxxxx"
+	}
+	return uri.String()
+}
+
+// RedactURIError keeps only the kind of parse error: url.Parse errors echo
+// the URL, password included. amqp091-go's URI errors are unexported, so the
+// kind is read from the text, as a last resort.
+func RedactURIError(err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "scheme"):
+		return errors.New("scheme must be amqp:// or amqps://")
+	case strings.Contains(msg, "whitespace"):
+		return errors.New("URL must not contain whitespace")
+	}
+	return errors.New("malformed URL (want amqp://user:password@host:port/vhost)")
+}
+
+// describeDialError makes the broker's terse refusals say what to check. The
+// broker reports both a bad vhost and bad credentials as ACCESS_REFUSED and
+// tells them apart only in its reply text.
+func describeDialError(err error, uri amqp.URI) error {
+	var ae *amqp.Error
+	if !errors.As(err, &ae) {
+		return err
+	}
+	switch {
+	case strings.Contains(ae.Reason, "vhost") || ae.Code == amqp.NotAllowed:
+		return fmt.Errorf("%w (check that vhost %q exists and user %q may use it)", err, uri.Vhost, uri.Username)
+	case ae.Code == amqp.AccessRefused:
+		return fmt.Errorf("%w (check user %q and its password)", err, uri.Username)
+	}
+	return err
+}

@@ -1,0 +1,221 @@
+package relay
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"math"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// claimQuery returns the claim of table tbl.
+//
+// Rows are taken in id order, never after a "last id seen" cursor (ids are
+// not assigned in commit order): the available rows with the lowest ids, in
+// one walk of claim_idx that locks as it goes and stops at $1 rows. FOR
+// UPDATE SKIP LOCKED passes over the rows of batches still in flight, so
+// the claim made while a batch is on the wire takes the rows behind it; the
+// claim locks no row it does not return. Locks are held until the batch is
+// settled, so a second claimer never takes the same rows. $5 lists the rows
+// this relay holds: passing over them by id is a few times cheaper than
+// trying each one's lock.
+//
+// A row of claim_idx (available_at = created_at) asked for no delay, so the
+// claim does not compare available_at with now(): now() is when this
+// transaction began, and a row committed since with a later created_at
+// would have been passed over while a later row of its key was taken.
+//
+// Rows delayed or backing off live in delayed_idx instead, and promoteSQL
+// moves them into claim_idx once due. A row waits while an earlier row of
+// its partition_key is still in delayed_idx (not due, or due and not yet
+// promoted); dead rows do not hold their key back.
+//
+// Payloads are bounded by bytes ($6) as well as rows: the outer query
+// returns the payloads of the rows within that budget (the first row's
+// always, however large) and null past it. The rows past it are locked all
+// the same and come back marked not loaded, with their size. So does a row
+// larger than any message may be ($7, MaxMessageSize), wherever it is: it
+// fails without its payload ever being read, which could be far more than
+// the relay's memory. PostgreSQL forbids window
+// functions beside FOR UPDATE in one query level, hence the subquery; the
+// walk inside is unchanged. octet_length reads the size of a TOASTed
+// payload from its pointer, and the sort the window needs (the locked rows
+// are not known to be in order) moves pointers too: the payloads past the
+// budget are never read (TestClaimReadsOnlyPayloadsWithinBudget counts the
+// pages). The budget is used above the walk only, so the plan is the same
+// for every value of it and stays generic.
+func claimQuery(tbl string) string {
+	return `select id, exchange, routing_key, partition_key, message_id,
+       content_type, headers, case when loaded then payload end as payload, size, created_at, attempts, loaded
+  from (select c.*, octet_length(c.payload) as size,
+               octet_length(c.payload) <= $7::bigint
+               and coalesce(sum(octet_length(c.payload)) over w + octet_length(c.payload) <= $6::bigint, true) as loaded
+          from (
+select id, exchange, routing_key, partition_key, message_id::text,
+       content_type, headers, payload, created_at, attempts
+  from ` + tbl + ` o
+ where dead_at is null
+   and available_at = created_at
+   and id not in (select unnest($5::bigint[]))
+   and (partition_key is null or not exists (
+        select 1 from ` + tbl + ` e
+         where e.partition_key = o.partition_key
+           and e.id < o.id
+           and e.dead_at is null
+           and e.available_at <> e.created_at))
+   -- Only while this relay's LISTEN session ($2) holds the leader lock: a
+   -- leader that lost it stops at its next claim, not when it next idles.
+   and ($2 = 0 or exists (
+        select 1 from pg_locks
+         where locktype = 'advisory' and granted and objsubid = 1 and pid = $2
+           and classid = $3::bigint::oid and objid = $4::bigint::oid
+           and database = (select oid from pg_database where datname = current_database())))
+ order by id
+ limit $1
+   for update skip locked) c
+        window w as (order by c.id rows between unbounded preceding and 1 preceding)) b
+ order by id`
+}
+
+// claim is one claimed batch: the rows, and the connection whose open
+// transaction holds their locks until Settle.
+type claim struct {
+	conn *pgxpool.Conn
+	rows []Row
+	// loaded counts the rows claimed with their payload; the others, past
+	// the byte bound, are deferred (see Row).
+	loaded int
+	// full says that more rows wait: the claim took as many rows as it
+	// asked for, or deferred some.
+	full bool
+}
+
+// deferred reports whether the claim holds rows it must not publish.
+func (c *claim) deferred() bool { return c.loaded < len(c.rows) }
+
+// Claim begins a transaction and locks up to limit available rows, in one
+// round trip. With no rows it returns an empty claim that holds nothing.
+// Payloads are bounded by maxBytes: the claim asks for fewer rows when
+// recent rows were large (see rowLimit), and rows past the bound come back
+// deferred, without their payload.
+//
+// The transaction is driven by hand rather than with pgx.Tx so that BEGIN,
+// the claim and later the settle and COMMIT share round trips. After a
+// failed round trip the connection is closed (see discard).
+func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	b := &pgx.Batch{}
+	cl := s.queueClaim(b, limit)
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		discard(conn)
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	return s.hold(ctx, conn, cl)
+}
+
+// claiming is a claim queued in a batch: the rows once it has run, how
+// many it asked for, and the payload bytes of all of them, loaded or not.
+type claiming struct {
+	rows  []Row
+	asked int
+	bytes int64
+}
+
+// queueClaim queues BEGIN, the promotion of due rows and the claim of up to
+// limit rows (fewer, see rowLimit), and returns where the claimed rows will
+// be.
+func (s *pgStore) queueClaim(b *pgx.Batch, limit int) *claiming {
+	limit = s.rowLimit(limit)
+	b.Queue("begin")
+	b.Queue(s.promoteSQL, limit)
+	cl := &claiming{rows: make([]Row, 0, min(limit, 1024)), asked: limit}
+	budget, largest := cmp.Or(s.maxBytes, math.MaxInt64), cmp.Or(s.maxRowBytes, math.MaxInt64)
+	classid, objid := lockParts(s.table.LockKey("leader"))
+	b.Queue(s.claimSQL, limit, s.leaderPID.Load(), classid, objid, s.heldIDs(), budget, largest).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var r Row
+			var loaded bool
+			if err := rows.Scan(&r.ID, &r.Exchange, &r.RoutingKey, &r.PartitionKey, &r.MessageID,
+				&r.ContentType, &r.Headers, &r.Payload, &r.size, &r.CreatedAt, &r.Attempts, &loaded); err != nil {
+				return fmt.Errorf("scan row: %w", err)
+			}
+			r.deferred = !loaded
+			cl.rows = append(cl.rows, r)
+			cl.bytes += int64(r.size)
+		}
+		return rows.Err()
+	})
+	return cl
+}
+
+// rowLimit returns how many rows a claim asks for: limit, or fewer when
+// the recent rows' payloads make limit of them larger than maxBytes. Rows
+// past maxBytes would be locked and sent later; asking for about as many
+// as fit keeps a claim of large rows from locking a whole batch of them
+// to send a few.
+func (s *pgStore) rowLimit(limit int) int {
+	if s.maxBytes <= 0 || s.rowBytes <= 0 {
+		return limit
+	}
+	n := float64(s.maxBytes) / s.rowBytes
+	if n >= float64(limit) {
+		return limit
+	}
+	return max(1, int(n))
+}
+
+// hold makes a claim of the rows of cl, whose transaction is open on conn.
+// With no rows it ends the transaction and gives conn back instead.
+func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, cl *claiming) (*claim, error) {
+	rows := cl.rows
+	if len(rows) == 0 {
+		// Nothing claimed: end the transaction now rather than hold it,
+		// keeping what the promotion moved.
+		if _, err := conn.Exec(ctx, "commit"); err != nil {
+			discard(conn)
+			return nil, fmt.Errorf("claim: end empty transaction: %w", err)
+		}
+		conn.Release()
+		return &claim{}, nil
+	}
+	// The estimate moves halfway to what this claim saw, so it follows a
+	// change of row sizes within a few claims without swinging with each.
+	avg := float64(cl.bytes) / float64(len(rows))
+	if s.rowBytes == 0 {
+		s.rowBytes = avg
+	} else {
+		s.rowBytes = (s.rowBytes + avg) / 2
+	}
+	c := &claim{conn: conn, rows: rows}
+	for i := range rows {
+		if !rows[i].deferred {
+			c.loaded++
+		}
+	}
+	c.full = len(rows) >= cl.asked || c.deferred()
+	s.mu.Lock()
+	s.live[c] = struct{}{}
+	s.mu.Unlock()
+	return c, nil
+}
+
+// heldIDs returns the ids of the rows of live claims. Claims are not made
+// while another claim of this store is being settled: a row released by a
+// commit after this list is read would be passed over while a later row of
+// its key is taken.
+func (s *pgStore) heldIDs() []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := []int64{}
+	for c := range s.live {
+		for i := range c.rows {
+			ids = append(ids, c.rows[i].ID)
+		}
+	}
+	return ids
+}
