@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -59,24 +60,34 @@ select id, exchange, routing_key, partition_key, message_id::text,
  where dead_at is null
    and available_at = created_at
    and id not in (select unnest($5::bigint[]))
-   and (partition_key is null or not exists (
-        select 1 from ` + tbl + ` e
-         where e.partition_key = o.partition_key
-           and e.id < o.id
-           and e.dead_at is null
-           and e.available_at <> e.created_at))
+   and ` + keyFree(tbl, "o") + `
    -- Only while this relay's LISTEN session ($2) holds the leader lock: a
    -- leader that lost it stops at its next claim, not when it next idles.
-   and ($2 = 0 or exists (
+   -- And only while no new leader fences off the claims before its own
+   -- (see Fence): the shared "in flight" lock, held until the settle.
+   and ($2 = 0 or (exists (
         select 1 from pg_locks
          where locktype = 'advisory' and granted and objsubid = 1 and pid = $2
            and classid = $3::bigint::oid and objid = $4::bigint::oid
-           and database = (select oid from pg_database where datname = current_database())))
+           and database = (select oid from pg_database where datname = current_database()))
+        and (select pg_try_advisory_xact_lock_shared($8::bigint))))
  order by id
  limit $1
    for update skip locked) c
         window w as (order by c.id rows between unbounded preceding and 1 preceding)) b
  order by id`
+}
+
+// keyFree is the claim's per-key order rule, for the row aliased alias of
+// table tbl: it has no key, or no earlier row of its key waits in
+// delayed_idx (delayed, or backing off). Dead rows do not hold it back.
+func keyFree(tbl, alias string) string {
+	return `(` + alias + `.partition_key is null or not exists (
+        select 1 from ` + tbl + ` e
+         where e.partition_key = ` + alias + `.partition_key
+           and e.id < ` + alias + `.id
+           and e.dead_at is null
+           and e.available_at <> e.created_at))`
 }
 
 // claim is one claimed batch: the rows, and the connection whose open
@@ -90,6 +101,8 @@ type claim struct {
 	// full says that more rows wait: the claim took as many rows as it
 	// asked for, or deferred some.
 	full bool
+	// at is when the claim's transaction began.
+	at time.Time
 }
 
 // deferred reports whether the claim holds rows it must not publish.
@@ -121,6 +134,7 @@ func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
 // claiming is a claim queued in a batch: the rows once it has run, how
 // many it asked for, and the payload bytes of all of them, loaded or not.
 type claiming struct {
+	at    time.Time
 	rows  []Row
 	asked int
 	bytes int64
@@ -133,10 +147,11 @@ func (s *pgStore) queueClaim(b *pgx.Batch, limit int) *claiming {
 	limit = s.rowLimit(limit)
 	b.Queue("begin")
 	b.Queue(s.promoteSQL, limit)
-	cl := &claiming{rows: make([]Row, 0, min(limit, 1024)), asked: limit}
+	cl := &claiming{at: time.Now(), rows: make([]Row, 0, min(limit, 1024)), asked: limit}
 	budget, largest := cmp.Or(s.maxBytes, math.MaxInt64), cmp.Or(s.maxRowBytes, math.MaxInt64)
 	classid, objid := lockParts(s.table.LockKey("leader"))
-	b.Queue(s.claimSQL, limit, s.leaderPID.Load(), classid, objid, s.heldIDs(), budget, largest).Query(func(rows pgx.Rows) error {
+	b.Queue(s.claimSQL, limit, s.leaderPID.Load(), classid, objid, s.heldIDs(), budget, largest,
+		s.table.LockKey("inflight")).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var r Row
 			var loaded bool
@@ -191,7 +206,7 @@ func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, cl *claiming) (*
 	} else {
 		s.rowBytes = (s.rowBytes + avg) / 2
 	}
-	c := &claim{conn: conn, rows: rows}
+	c := &claim{conn: conn, rows: rows, at: cl.at}
 	for i := range rows {
 		if !rows[i].deferred {
 			c.loaded++

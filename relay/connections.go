@@ -107,6 +107,20 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 		l.wait(ctx, standbyInterval)
 		return false
 	}
+	// Before its first claim, wait for the claims of the leader before it
+	// to settle or die (see pgStore.Fence): a deposed leader may still
+	// have batches on the wire, and publishing later rows of their keys
+	// first would reorder them.
+	begin := time.Now()
+	if err := l.store.Fence(ctx, fenceWait(l.cfg)); err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("previous leader's claims did not settle in time; trying again", tint.Err(withHint(err)))
+		}
+		return false
+	}
+	if d := time.Since(begin); d > 100*time.Millisecond {
+		l.log.Info("waited for the previous leader's batches in flight", slog.Duration("waited", d.Round(time.Millisecond)))
+	}
 	l.leader = true
 	// The server's pid of the LISTEN session, not the startup data's: a
 	// pooler fills that with a number of its own.
@@ -119,6 +133,10 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 	l.setWaiting(ctx, false)
 	return true
 }
+
+// fenceWait bounds a new leader's wait for the claims before it: a claim's
+// transaction lasts at most that long (see sessionSettings).
+func fenceWait(cfg Config) time.Duration { return 2*cfg.ConfirmTimeout + dbTimeout }
 
 // ensurePublisher (re)connects to the broker, with back-off.
 func (l *loop) ensurePublisher(ctx context.Context) bool {

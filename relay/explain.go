@@ -17,7 +17,7 @@ func Queries(t schema.Table, batchSize, maxAttempts int) []Query {
 	g := newGaugeQueries(t)
 	return []Query{
 		{"promote due rows", s.promoteSQL, []any{batchSize}},
-		{"claim", s.claimSQL, []any{batchSize, 0, 0, 0, []int64{1, 2, 3}, BatchBytesDefault, MaxMessageSizeDefault}},
+		{"claim", s.claimSQL, []any{batchSize, 0, 0, 0, []int64{1, 2, 3}, BatchBytesDefault, MaxMessageSizeDefault, 0}},
 		{"delete acked", s.deleteSQL, []any{[]int64{1, 2, 3}}},
 		{"record failure", s.failSQL, []any{[]int64{1}, []string{"example"}, []int64{1000}, maxAttempts}},
 		{"gauges", g.gauges, nil},

@@ -40,7 +40,7 @@ func sessionSettings(cfg Config, fromURL map[string]string, serverMajor int) []s
 	// A claim's transaction stays open for up to two batches' confirms (see
 	// drain), each bounded by ConfirmTimeout without progress, plus a
 	// settle.
-	txIdle := 2*cfg.ConfirmTimeout + dbTimeout
+	txIdle := fenceWait(cfg)
 	all := []sessionSetting{
 		// A relay that vanishes from the network must lose its leader lock
 		// and row locks in bounded time: the server probes its sessions

@@ -60,12 +60,7 @@ func stallQuery(table string) string {
   from ` + table + ` o
  where dead_at is null
    and available_at = created_at
-   and (partition_key is null or not exists (
-        select 1 from ` + table + ` e
-         where e.partition_key = o.partition_key
-           and e.id < o.id
-           and e.dead_at is null
-           and e.available_at <> e.created_at))
+   and ` + keyFree(table, "o") + `
  order by id
  limit 1`
 }

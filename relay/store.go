@@ -228,3 +228,35 @@ func lastError(r Result) string {
 	}
 	return Clip(strings.ToValidUTF8(msg, "?"), maxLastError)
 }
+
+// Fence waits until every claim transaction made on the table before it,
+// by whichever relay, has ended: settled, or died with its session. A new
+// leader calls it before its first claim. Every claim takes the table's
+// "in flight" advisory lock shared, for its transaction; Fence takes it
+// exclusively, which waits for those. A deposed leader still settling what
+// it has on the wire therefore delays the new leader instead of being
+// overtaken by it: the new leader never publishes a row of a key while an
+// earlier row of that key is unsettled at the old one. Its claims made
+// meanwhile find the lock requested and claim nothing (a shared try-lock
+// gives way to a waiting exclusive request), so the two never deadlock.
+//
+// The wait is bounded by wait (lock_timeout and statement_timeout for this
+// transaction); an error says it did not end in time.
+func (s *pgStore) Fence(ctx context.Context, wait time.Duration) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("fence: %w", err)
+	}
+	b := &pgx.Batch{}
+	b.Queue("begin")
+	b.Queue(fmt.Sprintf("set local lock_timeout = %d", wait.Milliseconds()))
+	b.Queue(fmt.Sprintf("set local statement_timeout = %d", wait.Milliseconds()+1000))
+	b.Queue("select pg_advisory_xact_lock($1)", s.table.LockKey("inflight"))
+	b.Queue("commit")
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		discard(conn)
+		return fmt.Errorf("fence: wait for earlier claims to settle: %w", err)
+	}
+	conn.Release()
+	return nil
+}

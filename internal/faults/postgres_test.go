@@ -90,23 +90,7 @@ func TestLeaderLockLostWhileBusy(t *testing.T) {
 	if !s.busy(lockBacklog / 2) {
 		t.Fatalf("the leader drained half the backlog before the fault; raise lockBacklog")
 	}
-	ports, err := a.localPorts(dbPort(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	var pid int32
-	err = s.env.Pool.QueryRow(ctx, `select l.pid
-  from pg_locks l join pg_stat_activity a on a.pid = l.pid
- where l.locktype = 'advisory' and l.granted and a.client_port = any($1)
- limit 1`, ports).Scan(&pid)
-	if err != nil {
-		t.Fatalf("find the session holding relay-1's leader lock: %v", err)
-	}
-	var ok bool
-	if err := s.env.Pool.QueryRow(ctx, "select pg_terminate_backend($1)", pid).Scan(&ok); err != nil || !ok {
-		t.Fatalf("terminate the leader's lock session %d: %v", pid, err)
-	}
+	s.terminateLockSession(a)
 	lost, from := time.Now(), s.cons.mark()
 	// relay-1 must notice at its next claim, not when the backlog is gone.
 	waitFor(t, lockLostWatch, "relay-1 to notice that it lost the leader lock", func() bool {
@@ -133,4 +117,31 @@ func TestLeaderLockLostWhileBusy(t *testing.T) {
 	}
 	s.recovered("leader lock lost under load", lost, from)
 	s.finish(0)
+}
+
+// terminateLockSession terminates the session in which relay r holds the
+// leader lock (its LISTEN session), and only that one.
+func (s *scenario) terminateLockSession(r *relayProc) {
+	t := s.t
+	t.Helper()
+	ports, err := r.localPorts(dbPort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var pid int32
+	// The leader lock, not the "in flight" lock its claims hold.
+	key := uint64(s.env.Table.LockKey("leader"))
+	err = s.env.Pool.QueryRow(ctx, `select l.pid
+  from pg_locks l join pg_stat_activity a on a.pid = l.pid
+ where l.locktype = 'advisory' and l.granted and a.client_port = any($1)
+   and l.classid = $2::bigint::oid and l.objid = $3::bigint::oid and l.objsubid = 1
+ limit 1`, ports, int64(key>>32), int64(key&0xffffffff)).Scan(&pid)
+	if err != nil {
+		t.Fatalf("find the session holding %s's leader lock: %v", r.name, err)
+	}
+	var ok bool
+	if err := s.env.Pool.QueryRow(ctx, "select pg_terminate_backend($1)", pid).Scan(&ok); err != nil || !ok {
+		t.Fatalf("terminate %s's lock session %d: %v", r.name, pid, err)
+	}
 }

@@ -1,0 +1,87 @@
+package relay
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
+)
+
+// leadWith makes b's store claim as a leader whose lock session is a
+// connection of the test's own.
+func (b *storeBundle) leadWith(t *testing.T) {
+	t.Helper()
+	conn := testenv.Conn(t)
+	var pid int32
+	if err := conn.QueryRow(context.Background(), "select pg_advisory_lock($1), pg_backend_pid()",
+		b.env.Table.LockKey("leader")).Scan(nil, &pid); err != nil {
+		t.Fatal(err)
+	}
+	b.store.leaderPID.Store(pid)
+}
+
+// A new leader's fence waits for every claim made before it to settle; a
+// deposed leader's claims made meanwhile take nothing, so it cannot add to
+// what the new leader waits for, nor deadlock with it.
+func TestFenceWaitsForEarlierClaims(t *testing.T) {
+	t.Parallel()
+	b := setupStore(t)
+	b.leadWith(t)
+	b.exec(t, `insert into {{t}} (exchange, routing_key, payload)
+		select '', 'r.' || lpad(i::text, 3, '0'), '\x00' from generate_series(1, 10) i`)
+	old, got := b.claimKeys(t, 4)
+	if !slices.Equal(got, keys(1, 4)) {
+		t.Fatalf("old leader claimed %v", got)
+	}
+
+	fence := make(chan error, 1)
+	next := newStore(b.env.Pool, b.env.Table, 10, nil)
+	go func() { fence <- next.Fence(context.Background(), 10*time.Second) }()
+	testenv.WaitFor(t, 5*time.Second, "the fence to wait for the lock", func() bool {
+		var waiting bool
+		err := b.env.Pool.QueryRow(context.Background(), `select exists (select 1 from pg_locks
+			where locktype = 'advisory' and not granted and mode = 'ExclusiveLock')`).Scan(&waiting)
+		return err == nil && waiting
+	})
+	select {
+	case err := <-fence:
+		t.Fatalf("fence returned while a claim was unsettled: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	// The old leader still has rows available, but claims none now.
+	if _, got := b.claimKeys(t, 4); len(got) != 0 {
+		t.Fatalf("a claim during the fence took %v", got)
+	}
+	b.settle(t, old, 0)
+	select {
+	case err := <-fence:
+		if err != nil {
+			t.Fatalf("fence: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("fence did not return after the claim settled")
+	}
+	if _, got := b.claimKeys(t, 4); !slices.Equal(got, keys(5, 8)) {
+		t.Fatalf("after the fence the leader claimed %v, want %v", got, keys(5, 8))
+	}
+}
+
+// A fence whose earlier claim never settles gives up after its bound.
+func TestFenceGivesUp(t *testing.T) {
+	t.Parallel()
+	b := setupStore(t)
+	b.leadWith(t)
+	b.exec(t, `insert into {{t}} (exchange, routing_key, payload) values ('', 'r.001', '\x00')`)
+	b.claimKeys(t, 1)
+	next := newStore(b.env.Pool, b.env.Table, 10, nil)
+	begin := time.Now()
+	if err := next.Fence(context.Background(), 200*time.Millisecond); err == nil {
+		t.Fatal("fence returned nil with a claim unsettled")
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("fence gave up after %s, want about 200ms", d)
+	}
+}
