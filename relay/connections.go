@@ -134,8 +134,9 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 	return true
 }
 
-// fenceWait bounds a new leader's wait for the claims before it: a claim's
-// transaction lasts at most that long (see sessionSettings).
+// fenceWait bounds one try of a new leader's wait for the claims before
+// it; it logs and tries again after that. The old leader's batches settle
+// within two confirm timeouts unless its broker is blocked or crawling.
 func fenceWait(cfg Config) time.Duration { return 2*cfg.ConfirmTimeout + dbTimeout }
 
 // ensurePublisher (re)connects to the broker, with back-off.

@@ -41,8 +41,10 @@ func TestFenceWaitsForEarlierClaims(t *testing.T) {
 	go func() { fence <- next.Fence(context.Background(), 10*time.Second) }()
 	testenv.WaitFor(t, 5*time.Second, "the fence to wait for the lock", func() bool {
 		var waiting bool
+		classid, objid := lockParts(b.env.Table.LockKey("inflight"))
 		err := b.env.Pool.QueryRow(context.Background(), `select exists (select 1 from pg_locks
-			where locktype = 'advisory' and not granted and mode = 'ExclusiveLock')`).Scan(&waiting)
+			where locktype = 'advisory' and not granted and mode = 'ExclusiveLock'
+			  and classid = $1::bigint::oid and objid = $2::bigint::oid)`, classid, objid).Scan(&waiting)
 		return err == nil && waiting
 	})
 	select {

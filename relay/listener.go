@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // listenerPingInterval is how often an idle listener connection is pinged so
@@ -20,7 +21,8 @@ const listenerPingInterval = 5 * time.Second
 // notification (see checkSession); a real session gets it in milliseconds.
 const sessionCheckTimeout = 5 * time.Second
 
-// connectTimeout bounds opening the LISTEN session.
+// connectTimeout bounds opening the LISTEN session, per host of the URL
+// (the dialer gives up on one after 5s).
 const connectTimeout = 10 * time.Second
 
 // pgListener owns the dedicated LISTEN connection, which also holds the
@@ -32,16 +34,18 @@ type pgListener struct {
 	channel string
 	// probe runs on another session (the pool): it returns that session's
 	// backend pid and sends payload on channel.
-	probe    func(ctx context.Context, channel, payload string) (int32, error)
-	waits    acquireTracer // logs a slow connect
+	probe func(ctx context.Context, channel, payload string) (int32, error)
+	waits acquireTracer // logs a slow connect
+	// own runs on the session once checkSession proved it the relay's own.
+	own      func(ctx context.Context, c *pgconn.PgConn) error
 	conn     *pgx.Conn
 	pid      int32 // the server's pg_backend_pid() of conn
 	lastPing time.Time
 }
 
 func newListener(cfg *pgx.ConnConfig, channel string, probe func(context.Context, string, string) (int32, error),
-	waits acquireTracer) *pgListener {
-	return &pgListener{config: cfg, channel: channel, probe: probe, waits: waits}
+	waits acquireTracer, own func(context.Context, *pgconn.PgConn) error) *pgListener {
+	return &pgListener{config: cfg, channel: channel, probe: probe, waits: waits, own: own}
 }
 
 // Connected reports whether the LISTEN connection is up.
@@ -61,24 +65,14 @@ var simple = pgx.QueryExecModeSimpleProtocol
 // was down are lost, so the caller claims right after.
 func (l *pgListener) Connect(ctx context.Context) error {
 	l.Close(ctx)
-	w := l.waits.watch(func() []any {
-		return []any{slog.String("connection", "listener"),
-			slog.String("cause", "opening a connection is slow: a session pooler whose pool is full waits for a free server connection")}
-	})
-	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
-	defer cancel()
-	conn, err := pgx.ConnectConfig(cctx, l.config)
-	l.waits.done(w, err)
+	conn, readOnly, err := l.open(ctx)
 	if err != nil {
-		if cctx.Err() != nil && ctx.Err() == nil {
-			return poolWaitError(fmt.Sprintf("opening the LISTEN session took over %s", connectTimeout))
-		}
-		return fmt.Errorf("connect listener: %w", err)
+		return err
 	}
 	// Three round trips and two waits of at most sessionCheckTimeout.
-	sctx, scancel := context.WithTimeout(ctx, connectTimeout+2*sessionCheckTimeout)
-	defer scancel()
-	if err := l.setUp(sctx, conn); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, connectTimeout+2*sessionCheckTimeout)
+	defer cancel()
+	if err := l.setUp(sctx, conn, readOnly); err != nil {
 		_ = conn.Close(context.WithoutCancel(ctx))
 		l.pid = 0
 		return err
@@ -88,19 +82,50 @@ func (l *pgListener) Connect(ctx context.Context) error {
 	return nil
 }
 
-func (l *pgListener) setUp(ctx context.Context, conn *pgx.Conn) error {
+// open connects and asks the server for the session's pid and whether it
+// is read-only. That first query is where a session pooler whose pool is
+// full makes a client wait (it answers the login itself), so a slow open
+// is logged, and one over its bound reported as such.
+func (l *pgListener) open(ctx context.Context) (*pgx.Conn, bool, error) {
+	w := l.waits.watch(func() []any {
+		return []any{slog.String("connection", "listener"),
+			slog.String("cause", "a session pooler whose pool is full waits for a free server connection, or a server does not answer")}
+	})
+	// Each host of a multi-host URL gets its own connectTimeout.
+	budget := connectTimeout * time.Duration(1+len(l.config.Fallbacks))
+	cctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
 	var readOnly bool
-	if err := conn.QueryRow(ctx, "select pg_backend_pid(), current_setting('transaction_read_only') = 'on'", simple).
-		Scan(&l.pid, &readOnly); err != nil {
-		return fmt.Errorf("check listener session: %w", err)
+	conn, err := pgx.ConnectConfig(cctx, l.config)
+	if err == nil {
+		err = conn.QueryRow(cctx, "select pg_backend_pid(), current_setting('transaction_read_only') = 'on'", simple).
+			Scan(&l.pid, &readOnly)
+		if err != nil {
+			_ = conn.Close(context.WithoutCancel(ctx))
+		}
 	}
+	l.waits.done(w, err)
+	switch {
+	case err != nil && cctx.Err() != nil && ctx.Err() == nil:
+		return nil, false, poolWaitError(fmt.Sprintf("opening the LISTEN session took over %s (a session pool that is full, "+
+			"or a server that does not answer)", budget))
+	case err != nil:
+		return nil, false, fmt.Errorf("connect listener: %w", err)
+	}
+	return conn, readOnly, nil
+}
+
+func (l *pgListener) setUp(ctx context.Context, conn *pgx.Conn, readOnly bool) error {
 	if readOnly {
 		return errReadOnly
 	}
 	if _, err := conn.Exec(ctx, "listen "+pgx.Identifier{l.channel}.Sanitize(), simple); err != nil {
 		return fmt.Errorf("listen %q: %w", l.channel, withHint(err))
 	}
-	return l.checkSession(ctx, conn)
+	if err := l.checkSession(ctx, conn); err != nil {
+		return err
+	}
+	return l.own(ctx, conn.PgConn())
 }
 
 // checkSession proves that conn is a server session of its own, as LISTEN

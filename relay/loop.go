@@ -44,12 +44,15 @@ func (l *loop) run(ctx, work context.Context) {
 			continue
 		}
 		if !l.ensurePublisher(ctx) {
+			l.prog.noBroker.Store(true)
 			continue
 		}
 		if l.pub.Blocked() {
+			l.prog.noBroker.Store(true)
 			sleep(ctx, 200*time.Millisecond)
 			continue
 		}
+		l.prog.noBroker.Store(false)
 
 		l.prog.draining.Store(true)
 		n, err := l.drain(ctx, work)

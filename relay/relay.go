@@ -38,8 +38,13 @@ type Relay struct {
 	poolCfg  *pgxpool.Config
 	lisCfg   *pgx.ConnConfig
 	amqpURIs []amqp.URI
-	appName  string // application_name and AMQP connection name: Name@hostname
+	appName  string            // application_name and AMQP connection name: Name@hostname
+	fromURL  map[string]string // runtime parameters the database URL sets
 	ready    atomic.Bool
+	// sessionsOwn says the listener proved that the relay's database
+	// sessions are its own (not a transaction pooler's): the pool's
+	// sessions get the relay's settings from then on.
+	sessionsOwn atomic.Bool
 }
 
 // New checks cfg and returns a relay. It connects to nothing: Run does.
@@ -65,20 +70,25 @@ func New(cfg Config) (*Relay, error) {
 	// PgBouncer accepts.
 	fromURL := maps.Clone(poolCfg.ConnConfig.RuntimeParams)
 	poolCfg.ConnConfig.RuntimeParams["application_name"] = appName
-	after := applySessionSettings(cfg, fromURL)
-	if prev := poolCfg.ConnConfig.AfterConnect; prev != nil {
-		poolCfg.ConnConfig.AfterConnect = func(ctx context.Context, c *pgconn.PgConn) error {
+	r := &Relay{fromURL: fromURL}
+	// The listener's session gets them once it proved to be the relay's
+	// own; the pool's, from then on (see applySessionSettings).
+	lisCfg := poolCfg.ConnConfig.Copy()
+	prev := poolCfg.ConnConfig.AfterConnect
+	poolCfg.ConnConfig.AfterConnect = func(ctx context.Context, c *pgconn.PgConn) error {
+		if prev != nil {
 			if err := prev(ctx, c); err != nil {
 				return err
 			}
-			return after(ctx, c)
 		}
-	} else {
-		poolCfg.ConnConfig.AfterConnect = after
+		if !r.sessionsOwn.Load() {
+			return nil
+		}
+		return applySessionSettings(ctx, c, fromURL)
 	}
 	m := newMetrics(cfg.Registerer)
 	poolCfg.ConnConfig.Tracer = acquireTracer{log: cfg.Logger, metrics: m}
-	poolCfg.ConnConfig.DialFunc = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 5 * time.Second}).DialContext
+	poolCfg.ConnConfig.DialFunc = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 5 * time.Second}).DialContext
 
 	// A drain holds two, one per batch on the wire (the next claim reuses
 	// the settled batch's); then the gauges, a VACUUM and the wake-up flag.
@@ -87,7 +97,7 @@ func New(cfg Config) (*Relay, error) {
 	// at every poll of an idle relay, a round trip for nothing. A broken
 	// connection fails the claim instead, which is retried.
 	poolCfg.ShouldPing = func(_ context.Context, p pgxpool.ShouldPingParams) bool { return p.IdleDuration > time.Minute }
-	lisCfg := poolCfg.ConnConfig.Copy()
+	lisCfg.Tracer, lisCfg.DialFunc = poolCfg.ConnConfig.Tracer, poolCfg.ConnConfig.DialFunc
 	// On the pool's connections, a query whose context ends is cancelled by
 	// asking the server, and the socket is broken only if the server has
 	// not answered 3s later. pgx's default breaks the socket at once: when
@@ -110,8 +120,8 @@ func New(cfg Config) (*Relay, error) {
 	if len(uris) == 0 {
 		return nil, errors.New("AMQP URL: empty")
 	}
-	return &Relay{cfg: cfg, log: cfg.Logger, metrics: m, poolCfg: poolCfg, lisCfg: lisCfg,
-		amqpURIs: uris, appName: appName}, nil
+	r.cfg, r.log, r.metrics, r.poolCfg, r.lisCfg, r.amqpURIs, r.appName = cfg, cfg.Logger, m, poolCfg, lisCfg, uris, appName
+	return r, nil
 }
 
 // Run relays rows until ctx is done. Then it stops claiming, waits up to
@@ -140,11 +150,17 @@ func (r *Relay) Run(ctx context.Context) error {
 		Relay: r,
 		store: store,
 		pub:   newPublisher(r.cfg, r.appName),
-		lis:   newListener(r.lisCfg, table.Channel(), probeSession(pool), acquireTracer{log: r.log, metrics: r.metrics}),
-		vac:   newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
-		idle:  make(chan struct{}, 1),
-		pool:  pool,
-		prog:  &progress{},
+		lis: newListener(r.lisCfg, table.Channel(), probeSession(pool), acquireTracer{log: r.log, metrics: r.metrics},
+			func(ctx context.Context, c *pgconn.PgConn) error {
+				if !r.sessionsOwn.Swap(true) {
+					pool.Reset() // sessions opened before it have no settings
+				}
+				return applySessionSettings(ctx, c, r.fromURL)
+			}),
+		vac:  newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
+		idle: make(chan struct{}, 1),
+		pool: pool,
+		prog: &progress{},
 	}
 	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
 		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval))

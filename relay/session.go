@@ -36,11 +36,14 @@ const lockTimeout = 10 * time.Second
 
 // sessionSettings returns the settings for the relay's sessions, given the
 // runtime parameters the URL set, and the server's major version.
-func sessionSettings(cfg Config, fromURL map[string]string, serverMajor int) []sessionSetting {
-	// A claim's transaction stays open for up to two batches' confirms (see
-	// drain), each bounded by ConfirmTimeout without progress, plus a
-	// settle.
-	txIdle := fenceWait(cfg)
+//
+// No server-side bound on the relay's transactions: a claim's stays open
+// while its batch's confirms arrive, which a slow or blocked broker (a
+// resource alarm) can stretch for minutes; a server that killed it would
+// make the relay publish the batch again, and drop its fence lock while the
+// batch is on the wire. The relay bounds them itself (the confirm timeout),
+// and a relay that hangs holds its leader lock anyway.
+func sessionSettings(fromURL map[string]string, serverMajor int) []sessionSetting {
 	all := []sessionSetting{
 		// A relay that vanishes from the network must lose its leader lock
 		// and row locks in bounded time: the server probes its sessions
@@ -58,10 +61,17 @@ func sessionSettings(cfg Config, fromURL map[string]string, serverMajor int) []s
 		{"synchronous_commit", "off"},
 		{"statement_timeout", ms(dbTimeout)},
 		{"lock_timeout", ms(lockTimeout)},
-		{"idle_in_transaction_session_timeout", ms(txIdle)},
+		{"idle_in_transaction_session_timeout", "0"},
+		// The LISTEN session idles between notifications, the pool's
+		// sessions between batches: a server that ended idle sessions
+		// would depose the leader again and again.
+		{"idle_session_timeout", "0"},
+		// The claim relies on read committed: each statement sees what
+		// committed before it, and no serialization failure.
+		{"default_transaction_isolation", "read committed"},
 	}
 	if serverMajor >= 17 {
-		all = append(all, sessionSetting{"transaction_timeout", ms(txIdle + dbTimeout)})
+		all = append(all, sessionSetting{"transaction_timeout", "0"})
 	}
 	var out []sessionSetting
 	for _, s := range all {
@@ -85,24 +95,26 @@ func urlSets(params map[string]string, name string) bool {
 		strings.Contains(opts, "--"+name+"=")
 }
 
-// applySessionSettings is the connections' AfterConnect hook: it sets the
-// relay's session settings in one round trip (simple protocol: no prepared
-// statement, which a transaction-mode pooler would mix up).
-func applySessionSettings(cfg Config, fromURL map[string]string) pgconn.AfterConnectFunc {
-	return func(ctx context.Context, c *pgconn.PgConn) error {
-		var b strings.Builder
-		for _, s := range sessionSettings(cfg, fromURL, serverMajor(c)) {
-			// Names are constants above, values digits or "off".
-			fmt.Fprintf(&b, "set %s = '%s';", s.name, s.value)
-		}
-		if b.Len() == 0 {
-			return nil
-		}
-		if _, err := c.Exec(ctx, b.String()).ReadAll(); err != nil {
-			return fmt.Errorf("apply session settings: %w", err)
-		}
+// applySessionSettings sets the relay's session settings on c in one round
+// trip (simple protocol: no prepared statement). It runs only on sessions
+// known to be the relay's own: behind a transaction-mode pooler, a SET would
+// stay on a server connection that the pooler hands to the application
+// next (synchronous_commit off for its commits), so the relay sets nothing
+// until its listener has proved it has sessions of its own (see
+// pgListener.checkSession and Relay.sessionsOwn).
+func applySessionSettings(ctx context.Context, c *pgconn.PgConn, fromURL map[string]string) error {
+	var b strings.Builder
+	for _, s := range sessionSettings(fromURL, serverMajor(c)) {
+		// Names are constants above, values digits or words.
+		fmt.Fprintf(&b, "set %s = '%s';", s.name, s.value)
+	}
+	if b.Len() == 0 {
 		return nil
 	}
+	if _, err := c.Exec(ctx, b.String()).ReadAll(); err != nil {
+		return fmt.Errorf("apply session settings: %w", err)
+	}
+	return nil
 }
 
 // serverMajor is the server's major version as it reported it at startup,

@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
 func TestSessionSettingsLeaveWhatTheURLSets(t *testing.T) {
-	cfg := Config{ConfirmTimeout: 10 * time.Second}
 	names := func(ss []sessionSetting) string {
 		var out []string
 		for _, s := range ss {
@@ -19,26 +17,24 @@ func TestSessionSettingsLeaveWhatTheURLSets(t *testing.T) {
 		}
 		return strings.Join(out, " ")
 	}
+	const keepalives = "tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 tcp_user_timeout=10000 "
+	const idle = "idle_in_transaction_session_timeout=0 idle_session_timeout=0 default_transaction_isolation=read committed"
 	for _, tc := range []struct {
 		name    string
 		fromURL map[string]string
 		major   int
 		want    string
 	}{
-		{"defaults", nil, 15, "tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 tcp_user_timeout=10000 " +
-			"synchronous_commit=off statement_timeout=30000 lock_timeout=10000 idle_in_transaction_session_timeout=50000"},
-		{"PostgreSQL 17 bounds whole transactions too", nil, 17, "tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 " +
-			"tcp_user_timeout=10000 synchronous_commit=off statement_timeout=30000 lock_timeout=10000 " +
-			"idle_in_transaction_session_timeout=50000 transaction_timeout=80000"},
+		{"defaults", nil, 15, keepalives + "synchronous_commit=off statement_timeout=30000 lock_timeout=10000 " + idle},
+		{"PostgreSQL 17 has transaction_timeout too", nil, 17,
+			keepalives + "synchronous_commit=off statement_timeout=30000 lock_timeout=10000 " + idle + " transaction_timeout=0"},
 		{"URL parameters win", map[string]string{"statement_timeout": "1000", "synchronous_commit": "on"}, 15,
-			"tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 tcp_user_timeout=10000 " +
-				"lock_timeout=10000 idle_in_transaction_session_timeout=50000"},
+			keepalives + "lock_timeout=10000 " + idle},
 		{"options -c and -- win", map[string]string{"options": "-c lock_timeout=5s --tcp_user_timeout=1 -cstatement_timeout=0"}, 15,
-			"tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 synchronous_commit=off " +
-				"idle_in_transaction_session_timeout=50000"},
+			"tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 synchronous_commit=off " + idle},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := names(sessionSettings(cfg, tc.fromURL, tc.major)); got != tc.want {
+			if got := names(sessionSettings(tc.fromURL, tc.major)); got != tc.want {
 				t.Errorf("got  %s\nwant %s", got, tc.want)
 			}
 		})

@@ -22,6 +22,7 @@ const stallAfter = 10 * time.Second
 type progress struct {
 	leaderSince atomic.Int64 // unix ns; 0 while not leader
 	draining    atomic.Bool  // a batch is in flight: the confirm timeout bounds it
+	noBroker    atomic.Bool  // no broker connection, or publishing blocked: logged as such
 	lastRows    atomic.Int64 // unix ns of the last claim that returned rows
 	lastClaim   atomic.Int64 // unix ns of the last claim
 	lastClaimN  atomic.Int64 // rows it returned
@@ -66,7 +67,8 @@ func stallQuery(table string) string {
 }
 
 // checkStall runs after a gauge refresh that found the lag at lag. On a
-// leader that has claimed no row for stallAfter while not in a batch, with
+// leader that has claimed no row for stallAfter while not in a batch nor
+// without a broker (which has its own logs and metrics), with
 // rows that old waiting, it asks the database whether a claimable row
 // exists and, if one does, sets outbox_stalled and warns (once per stall)
 // with what it knows.
@@ -81,7 +83,7 @@ func (r *Relay) checkStall(ctx context.Context, pool *pgxpool.Pool, q string, le
 		}
 	}()
 	ls := p.leaderSince.Load()
-	if ls == 0 || p.draining.Load() || lag < stallAfter.Seconds() ||
+	if ls == 0 || p.draining.Load() || p.noBroker.Load() || lag < stallAfter.Seconds() ||
 		since(ls) < stallAfter || since(p.lastRows.Load()) < stallAfter {
 		return nil
 	}
@@ -140,9 +142,9 @@ type acquireTracer struct {
 type acquireKey struct{}
 
 type acquireWait struct {
-	begin time.Time
-	timer *time.Timer
-	fired atomic.Bool
+	begin  time.Time
+	timer  *time.Timer
+	warned chan struct{} // closed once the warning is logged
 }
 
 // TraceQueryStart implements pgx.QueryTracer; it does nothing.
@@ -176,9 +178,9 @@ func (t acquireTracer) TraceAcquireEnd(ctx context.Context, _ *pgxpool.Pool, dat
 // watch starts timing a wait for a database connection: past
 // acquireWarnAfter it is logged, with attrs, and counted.
 func (t acquireTracer) watch(attrs func() []any) *acquireWait {
-	w := &acquireWait{begin: time.Now()}
+	w := &acquireWait{begin: time.Now(), warned: make(chan struct{})}
 	w.timer = time.AfterFunc(acquireWarnAfter, func() {
-		w.fired.Store(true)
+		defer close(w.warned)
 		t.metrics.acquireWaits.Inc()
 		t.log.Warn("waiting for a database connection", append([]any{slog.Duration("waited", acquireWarnAfter)}, attrs()...)...)
 	})
@@ -187,8 +189,11 @@ func (t acquireTracer) watch(attrs func() []any) *acquireWait {
 
 // done ends a wait started with watch.
 func (t acquireTracer) done(w *acquireWait, err error) {
-	w.timer.Stop()
-	if w.fired.Load() && err == nil {
+	if w.timer.Stop() {
+		return // never warned
+	}
+	<-w.warned // the warning comes first
+	if err == nil {
 		t.log.Info("database connection acquired", slog.Duration("waited", time.Since(w.begin).Round(time.Millisecond)))
 	}
 }

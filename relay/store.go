@@ -243,6 +243,8 @@ func lastError(r Result) string {
 // The wait is bounded by wait (lock_timeout and statement_timeout for this
 // transaction); an error says it did not end in time.
 func (s *pgStore) Fence(ctx context.Context, wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, wait+dbTimeout)
+	defer cancel()
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("fence: %w", err)
