@@ -3,7 +3,6 @@ package relay_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -256,11 +255,11 @@ func TestRelayRereadsPasswordFileOnReconnect(t *testing.T) {
 	if err := os.WriteFile(pwFile, []byte("first-Pa55\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &testenv.Buffer{}
+	logs, logger := testenv.BufferedLogger(t)
 	cfg := b.config(t)
 	cfg.AMQPURL = "amqp://" + user + "@127.0.0.1:5672/"
 	cfg.AMQPPasswordFile = pwFile
-	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, testWriter{t}), nil))
+	cfg.Logger = logger
 	start(t, cfg)
 
 	insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "before", payload: []byte("1")})
@@ -335,12 +334,4 @@ func readStatus(t *testing.T, b *testBundle) relay.Status {
 		t.Fatal(err)
 	}
 	return st
-}
-
-// testWriter sends a logger's lines to t.Log.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }

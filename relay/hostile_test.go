@@ -3,7 +3,6 @@ package relay_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -39,10 +38,10 @@ func (b *testBundle) alterDatabase(t *testing.T, name, value string) {
 	}
 }
 
-// logged returns a config whose logs go to t.Log and to the returned buffer.
+// logged returns a logger for the test's relay whose lines go to t.Log and
+// to the returned buffer.
 func (b *testBundle) logged(t *testing.T) (*testenv.Buffer, *slog.Logger) {
-	buf := &testenv.Buffer{}
-	return buf, slog.New(slog.NewTextHandler(io.MultiWriter(buf, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return testenv.BufferedLogger(t)
 }
 
 // insertBacklog commits n rows in one statement and returns nothing: the

@@ -3,8 +3,6 @@ package relay_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -90,11 +88,11 @@ func TestRelayRunsAsRoleWithREADMEGrants(t *testing.T) {
 	}
 	u.User = url.User(role)
 
-	logs := &testenv.Buffer{}
+	logs, logger := testenv.BufferedLogger(t)
 	cfg := b.config(t)
 	cfg.DatabaseURL = u.String()
 	cfg.VacuumEvery = 10
-	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, testWriter{t}), nil))
+	cfg.Logger = logger
 	stop := start(t, cfg)
 
 	insertN(t, b, 30)
