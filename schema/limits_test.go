@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -258,44 +257,7 @@ func TestLimitsMigrationWaitsForClaimWithoutStallingWriters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	claim, err := e.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer claim.Rollback(ctx)
-	if _, err := claim.Exec(ctx, "select id from "+e.Table.Ident()+" for update skip locked"); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	conn := testenv.Conn(t)
-	go func() {
-		_, err := schema.Migrate(ctx, conn, e.Table)
-		done <- err
-	}()
-	for i := range 3 {
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := e.Pool.Exec(wctx, "insert into "+e.Table.Ident()+" (routing_key, payload) values ('k', 'x')")
-		cancel()
-		if err != nil {
-			t.Fatalf("writer %d stalled behind the migration: %v", i, err)
-		}
-	}
-	select {
-	case err := <-done:
-		t.Fatalf("migration finished while a claim held the table: %v", err)
-	default:
-	}
-	if err := claim.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("migrate: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("migration did not finish after the claim ended")
-	}
+	migrateBehindClaim(t, e)
 	var dead bool
 	if err := e.Pool.QueryRow(ctx, "select dead_at is not null from "+e.Table.Ident()+" where id = $1", bad).Scan(&dead); err != nil || !dead {
 		t.Errorf("row over the limit: dead %t, %v; want parked", dead, err)

@@ -36,7 +36,19 @@ func TestMigrateWaitsForLockWithoutStallingWriters(t *testing.T) {
 		}
 	}
 
-	// A claim held open, as a relay's.
+	migrateBehindClaim(t, e)
+	if w, err := schema.RelayWaiting(ctx, e.Pool, e.Table); err != nil || w {
+		t.Errorf("after migration 002: RelayWaiting = %v, %v", w, err)
+	}
+}
+
+// migrateBehindClaim runs Migrate on e's table while a claim, as a relay's,
+// holds its rows locked: writers must get through between the migration's
+// attempts, the migration must wait for the claim, and finish once the
+// claim ends.
+func migrateBehindClaim(t *testing.T, e *testenv.Env) {
+	t.Helper()
+	ctx := context.Background()
 	claim, err := e.Pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -51,9 +63,7 @@ func TestMigrateWaitsForLockWithoutStallingWriters(t *testing.T) {
 		_, err := schema.Migrate(ctx, conn, e.Table)
 		done <- err
 	}()
-
-	// Writers get through between the migration's attempts.
-	for i := 0; i < 3; i++ {
+	for i := range 3 {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := e.Pool.Exec(wctx, "insert into "+e.Table.Ident()+" (routing_key, payload) values ('k', 'x')")
 		cancel()
@@ -63,7 +73,7 @@ func TestMigrateWaitsForLockWithoutStallingWriters(t *testing.T) {
 	}
 	select {
 	case err := <-done:
-		t.Fatalf("migration finished while the table was locked: %v", err)
+		t.Fatalf("migration finished while a claim held the table: %v", err)
 	default:
 	}
 	if err := claim.Rollback(ctx); err != nil {
@@ -74,10 +84,7 @@ func TestMigrateWaitsForLockWithoutStallingWriters(t *testing.T) {
 		if err != nil {
 			t.Fatalf("migrate: %v", err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(15 * time.Second):
 		t.Fatal("migration did not finish after the claim ended")
-	}
-	if w, err := schema.RelayWaiting(ctx, e.Pool, e.Table); err != nil || w {
-		t.Errorf("after migration 002: RelayWaiting = %v, %v", w, err)
 	}
 }
