@@ -1,0 +1,84 @@
+// Package relay is the engine of outbox-relay: it moves committed rows of an
+// outbox table to RabbitMQ with publisher confirms, and deletes a row only
+// after the broker confirmed it. New checks a Config; Run relays until its
+// context ends.
+//
+// The package is split by seam: the store (PostgreSQL: claim, settle, the
+// wake-up flag, the fence; store.go, claim.go), the listener (the LISTEN
+// session, which also holds the leader lock; listener.go, session.go), the
+// publisher (AMQP: connection, send and await, watchdog; publisher.go,
+// send.go, watchdog.go) and the loop that joins them (loop.go,
+// connections.go, pipeline.go).
+//
+// # States
+//
+//	connecting ──listener up, session proven──▶ standby ──leader lock, fence──▶ leader
+//	    ▲                                          │                             │
+//	    └──────────── listener lost ───────────────┴──── lock or listener lost ──┘
+//
+// A leader is idle (asleep on LISTEN), lingering (polling briefly after its
+// last rows) or busy (draining batches back to back). Without a broker
+// connection, or while the broker blocks publishing, it claims nothing. On
+// shutdown it stops claiming, waits up to ShutdownTimeout for the batches
+// on the wire, settles them and returns.
+//
+// # Sessions
+//
+// The listener's session must be a PostgreSQL session of the relay's own:
+// LISTEN and the session advisory lock die with it. After connecting, the
+// listener reads its backend pid, has a pool session report its own pid and
+// send a test notification, and waits for it (checkSession). A transaction
+// pooler fails that whatever server connection it picks; a read-only server
+// is refused too. Only then do the relay's sessions get their settings
+// (keepalives, timeouts; see sessionSettings), so that nothing leaks into a
+// pooler's shared connections.
+//
+// # Leadership and the fence
+//
+// One relay per table leads: the one whose LISTEN session holds the
+// table's leader lock. Every claim checks, in the same statement, that the
+// lock is still held by that session's pid, so a deposed leader stops at
+// its next claim. Every claim also holds the table's "in flight" lock
+// shared until its batch is settled, and a new leader takes it exclusively
+// before its first claim (pgStore.Fence): it waits for the batches of the
+// leader before it, so a failover cannot reorder a key.
+//
+// # Wake-up
+//
+// A writer's insert trigger notifies only while the relay's wake-up flag
+// (a sequence) says it sleeps on LISTEN. The relay clears the flag while
+// busy, and after its last rows polls a few times (lingerSteps) before it
+// sets the flag again, then claims once more before it sleeps. The poll
+// interval is a safety net.
+//
+// # Claim, publish, settle
+//
+// A claim takes the available rows with the lowest ids, FOR UPDATE SKIP
+// LOCKED, in one walk of claim_idx; rows delayed or backing off are
+// promoted into it once due. Payloads are loaded up to BatchBytes (a larger
+// row alone); rows past that come back deferred and are claimed again.
+// Two batches are kept on the wire: while one is confirmed, the one before
+// it is settled and the next claimed in a single round trip (drain). Acked
+// rows are deleted; rows the broker refused (nack, return, missing
+// exchange, a value AMQP cannot carry) get an attempt and a back-off, and
+// are parked dead after MaxAttempts. Connection trouble is never the row's
+// fault: unconfirmed rows are simply published again.
+//
+// # Per-key order
+//
+// Rows of a partition_key go out in id order: a row waits while an earlier
+// row of its key is delayed or backing off (keyFree), rows behind a row that
+// failed before it was sent are held back in the batch and the next, and a
+// batch that holds rows back lets no later claim overtake it. A row
+// refused after it was sent can be overtaken by later rows of its key
+// already on the wire: that is counted in outbox_order_breaks_total.
+//
+// # Failures
+//
+// Every wait is bounded: the watchdog breaks a broker connection that
+// confirms nothing for ConfirmTimeout, statements have a deadline, and
+// connections are rebuilt with capped exponential back-off. A leader that
+// claims nothing while rows wait says so (outbox_stalled), and a failed
+// batch makes the leader check its listener at once, so a lost database is
+// reported as lost leadership, not hidden behind retries.
+package relay
