@@ -29,14 +29,14 @@ type config struct {
 	AMQPPasswordFile string        `envconfig:"AMQP_PASSWORD_FILE" desc:"file holding the broker password or OAuth2 token, re-read at every reconnect; overrides the URL's"`
 	Table            string        `envconfig:"TABLE" default:"outbox" desc:"outbox table, optionally schema-qualified (schema.table; double-quote odd names)"`
 	BatchSize        int           `envconfig:"BATCH_SIZE" default:"500" desc:"rows claimed and published per batch (1-100000)"`
-	BatchBytes       int           `envconfig:"BATCH_BYTES" default:"8388608" desc:"payload bytes claimed per batch, at most; a larger row goes alone. The relay's memory follows it and the largest row, not the backlog"`
+	BatchBytes       int           `envconfig:"BATCH_BYTES" default:"8388608" desc:"payload bytes loaded per batch, at most; a larger row goes alone. The relay's memory follows it and the largest row, not the backlog"`
 	PollInterval     time.Duration `envconfig:"POLL_INTERVAL" default:"1s" desc:"claim this often when no NOTIFY arrives"`
 	MaxAttempts      int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"failed publishes after which a row is parked as dead"`
 	RetryBackoff     time.Duration `envconfig:"RETRY_BACKOFF" default:"1s" desc:"delay after a row's first failed publish; doubles per attempt, with jitter"`
 	RetryBackoffMax  time.Duration `envconfig:"RETRY_BACKOFF_MAX" default:"5m" desc:"longest delay between a row's attempts"`
 	ConfirmTimeout   time.Duration `envconfig:"CONFIRM_TIMEOUT" default:"30s" desc:"longest wait for a batch's publisher confirms before reconnecting"`
-	MaxMessageSize   int           `envconfig:"MAX_MESSAGE_SIZE" default:"16777216" desc:"largest payload in bytes published; set to the broker's max_message_size (16 MiB in RabbitMQ 4, 128 MiB in 3)"`
-	VacuumEvery      int           `envconfig:"VACUUM_EVERY" default:"100000" desc:"rows deleted between the relay's own VACUUMs of the table, which keep claims cheap while a backlog drains (needs table ownership); 0 leaves it to autovacuum"`
+	MaxMessageSize   int           `envconfig:"MAX_MESSAGE_SIZE" default:"16777216" desc:"largest payload in bytes published; set to the broker's max_message_size (16 MiB in RabbitMQ 4, 128 MiB in 3.x)"`
+	VacuumEvery      int           `envconfig:"VACUUM_EVERY" default:"100000" desc:"rows deleted between the relay's own VACUUMs of the table, which keep claims cheap while a backlog drains (needs table ownership, or MAINTAIN on PostgreSQL 17); 0 leaves it to autovacuum"`
 	Mandatory        bool          `envconfig:"MANDATORY" default:"true" desc:"publish with the mandatory flag: unroutable messages are retried, then parked dead"`
 	MetricsAddr      string        `envconfig:"METRICS_ADDR" default:":9464" desc:"listen address of /metrics, /healthz and /readyz; empty turns it off"`
 	LogLevel         string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
