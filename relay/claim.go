@@ -66,10 +66,8 @@ select id, exchange, routing_key, partition_key, message_id::text,
    -- And only while no new leader fences off the claims before its own
    -- (see Fence): the shared "in flight" lock, held until the settle.
    and ($2 = 0 or (exists (
-        select 1 from pg_locks
-         where locktype = 'advisory' and granted and objsubid = 1 and pid = $2
-           and classid = $3::bigint::oid and objid = $4::bigint::oid
-           and database = (select oid from pg_database where datname = current_database()))
+        select 1 from pg_locks l
+         where ` + heldLock("l", "$3", "$4") + ` and l.pid = $2)
         and (select pg_try_advisory_xact_lock_shared($8::bigint))))
  order by id
  limit $1
@@ -88,6 +86,16 @@ func keyFree(tbl, alias string) string {
            and e.id < ` + alias + `.id
            and e.dead_at is null
            and e.available_at <> e.created_at))`
+}
+
+// heldLock matches, in pg_locks aliased alias, the granted session
+// advisory lock of this database whose 64-bit key is split (see lockParts)
+// into the parameters classid and objid.
+func heldLock(alias, classid, objid string) string {
+	a := alias + "."
+	return a + `locktype = 'advisory' and ` + a + `granted and ` + a + `objsubid = 1
+           and ` + a + `classid = ` + classid + `::bigint::oid and ` + a + `objid = ` + objid + `::bigint::oid
+           and ` + a + `database = (select oid from pg_database where datname = current_database())`
 }
 
 // claim is one claimed batch: the rows, and the connection whose open

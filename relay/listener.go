@@ -172,12 +172,8 @@ func (l *pgListener) checkSession(ctx context.Context, conn *pgx.Conn) error {
 			break
 		}
 	}
-	var pid int32
-	if err := conn.QueryRow(ctx, "select pg_backend_pid()", simple).Scan(&pid); err != nil {
+	if err := l.samePID(ctx, conn); err != nil {
 		return fmt.Errorf("check session: %w", err)
-	}
-	if pid != l.pid {
-		return poolerError(fmt.Sprintf("the LISTEN connection moved from server backend %d to %d", l.pid, pid))
 	}
 	return nil
 }
@@ -251,9 +247,19 @@ func (l *pgListener) Ping(ctx context.Context) error {
 func (l *pgListener) ping(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	var pid int32
-	if err := l.conn.QueryRow(pctx, "select pg_backend_pid()", simple).Scan(&pid); err != nil {
+	if err := l.samePID(pctx, l.conn); err != nil {
 		return fmt.Errorf("ping listener: %w", err)
+	}
+	return nil
+}
+
+// samePID checks that conn is still served by the backend l.pid: a
+// pooler may move a client to another server connection between
+// transactions.
+func (l *pgListener) samePID(ctx context.Context, conn *pgx.Conn) error {
+	var pid int32
+	if err := conn.QueryRow(ctx, "select pg_backend_pid()", simple).Scan(&pid); err != nil {
+		return err
 	}
 	if pid != l.pid {
 		return poolerError(fmt.Sprintf("the LISTEN connection moved from server backend %d to %d", l.pid, pid))

@@ -54,10 +54,7 @@ func since(unixNano int64) time.Duration { return time.Since(time.Unix(0, unixNa
 // says which backend holds the leader lock.
 func stallQuery(table string) string {
 	return `select o.id, extract(epoch from now() - o.created_at)::float8,
-       (select pid from pg_locks
-         where locktype = 'advisory' and granted and objsubid = 1
-           and classid = $1::bigint::oid and objid = $2::bigint::oid
-           and database = (select oid from pg_database where datname = current_database()) limit 1)
+       (select l.pid from pg_locks l where ` + heldLock("l", "$1", "$2") + ` limit 1)
   from ` + table + ` o
  where dead_at is null
    and available_at = created_at

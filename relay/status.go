@@ -84,9 +84,7 @@ func ReadStatus(ctx context.Context, db Querier, t schema.Table) (Status, error)
 	var addr *string
 	err = db.QueryRow(ctx, `select a.pid, a.application_name, host(a.client_addr), a.backend_start
   from pg_locks l join pg_stat_activity a on a.pid = l.pid
- where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-   and l.database = (select oid from pg_database where datname = current_database())
-   and l.classid = $1::bigint::oid and l.objid = $2::bigint::oid
+ where `+heldLock("l", "$1", "$2")+`
  limit 1`, classid, objid).Scan(&ld.PID, &ld.ApplicationName, &addr, &ld.Since)
 	switch {
 	case err == pgx.ErrNoRows:
