@@ -128,8 +128,8 @@ func decodeHeaders(raw []byte) (amqp.Table, error) {
 func toTable(obj map[string]any) (amqp.Table, error) {
 	t := make(amqp.Table, len(obj))
 	for k, v := range obj {
-		if len(k) > 255 {
-			return nil, &headerError{path: k, msg: "key longer than 255 bytes"}
+		if len(k) > maxShortstr {
+			return nil, &headerError{path: k, msg: fmt.Sprintf("key longer than %d bytes", maxShortstr)}
 		}
 		if v == nil {
 			continue
