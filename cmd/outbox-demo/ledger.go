@@ -1,203 +1,147 @@
 package main
 
 import (
-	"math/bits"
-	"strconv"
+	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
-// consumerID numbers the demo's consumers; it is also their bit in a mask.
-type consumerID int
-
-const (
-	consumerAPI   consumerID = 0 // then web-1 .. web-N
-	webInstances             = 3
-	consumerAudit            = consumerID(1 + webInstances) // the poison episode's consumer
-	consumerCount            = consumerAudit + 1
+// The consumers, by the name their lines carry.
+var (
+	webInstances = []string{"web-1", "web-2", "web-3"}
+	consumers    = append(append([]string{"api"}, webInstances...), "audit")
 )
 
-// webConsumer is web instance i, from 1 to webInstances.
-func webConsumer(i int) consumerID { return consumerID(i) }
-
-// consumerName is the prefix of c's lines, e.g. "api", "web-2" or "audit".
-func consumerName(c consumerID) string {
-	switch c {
-	case consumerAPI:
-		return "api"
-	case consumerAudit:
-		return "audit"
-	}
-	return "web-" + strconv.Itoa(int(c))
-}
-
-// kind is what an event announces, which decides who must receive it.
-type kind uint8
-
-const (
-	kindStarted   kind = iota // job.started on the jobs exchange
-	kindCompleted             // job.completed on the jobs exchange
-	kindBroadcast             // job.completed on the broadcast exchange
-	kindBulk                  // job.bulk on the jobs exchange, in bursts
-	kindAudit                 // audit.job on the audit exchange: the poison row
-	kindCount
-)
-
-// targets is the mask of consumers that must receive an event of kind k.
-func (k kind) targets() uint8 {
-	switch k {
-	case kindBroadcast:
-		return uint8(1<<(webInstances+1)-1) &^ 1 // every web instance
-	case kindAudit:
-		return 1 << consumerAudit
-	}
-	return 1 << consumerAPI
-}
-
-type state uint8
-
-const (
-	stateInFlight   state = iota // enqueued in a transaction not yet ended
-	stateCommitted               // must arrive
-	stateRolledBack              // must never arrive
-)
-
-type entry struct {
-	kind  kind
-	state state
-	got   uint8 // consumers that received it
-}
-
-// ledger records every event the demo enqueues and every delivery its
-// consumers see, keyed by message id, so that the summary can say what was
-// lost or should not have come. An event costs about 50 bytes: an hour of
-// the default demo (about 370,000 events) holds some 20 MB.
-//
-// Producers register an event before its transaction ends, so a delivery
-// always finds it, however fast the relay is.
+// ledger records every event the demo enqueues, who it is for and how its
+// transaction ended, and every delivery each consumer sees, by message id:
+// the final check compares the two. An event is entered before its
+// transaction ends, so that no delivery can beat it there.
 type ledger struct {
-	mu      sync.Mutex
-	entries map[outbox.MessageID]*entry
-	s       tally
-	// changed gets a value (if it has room) whenever a delivery arrives.
-	changed chan struct{}
+	mu       sync.Mutex
+	events   map[outbox.MessageID]*event
+	leftover int // deliveries of events an earlier run enqueued
 }
 
-// tally is the ledger's counts.
-type tally struct {
-	committed          [kindCount]int
-	bursts             int
-	rolledBack         int
-	received           [consumerCount]int // distinct events of this run
-	duplicates         [consumerCount]int // redeliveries (at-least-once)
-	foreign            [consumerCount]int // events of an earlier run
-	rolledBackReceived int
-	missing            int // committed events times consumers still waiting for them
+type event struct {
+	to        []string       // the consumers it is for
+	committed bool           // its transaction committed
+	ended     bool           // its transaction committed or rolled back
+	got       map[string]int // deliveries per consumer
 }
 
-// committedTotal is the number of committed events of every kind.
-func (t *tally) committedTotal() int {
-	n := 0
-	for _, c := range t.committed {
-		n += c
+func newLedger() *ledger { return &ledger{events: map[outbox.MessageID]*event{}} }
+
+// enqueued enters events about to be written in a transaction.
+func (l *ledger) enqueued(ids []outbox.MessageID, to []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		l.events[id] = &event{to: to, got: map[string]int{}}
 	}
-	return n
 }
 
-// expected is how many events consumer c must receive.
-func (t *tally) expected(c consumerID) int {
-	n := 0
-	for k := range kindCount {
-		if k.targets()&(1<<c) != 0 {
-			n += t.committed[k]
+// ended records how the transaction that wrote ids ended.
+func (l *ledger) ended(ids []outbox.MessageID, committed bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		l.events[id].committed, l.events[id].ended = committed, true
+	}
+}
+
+// received records that consumer c got the event id, and reports whether
+// it is this run's and the first time c got it.
+func (l *ledger) received(c string, id outbox.MessageID) (first bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.events[id]
+	if e == nil {
+		l.leftover++
+		return false
+	}
+	e.got[c]++
+	return e.got[c] == 1
+}
+
+// arrived reports whether every consumer that the events ids are for has
+// them; with no ids, every committed event.
+func (l *ledger) arrived(ids ...outbox.MessageID) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(ids) == 0 {
+		for id, e := range l.events {
+			if e.committed {
+				ids = append(ids, id)
+			}
 		}
 	}
-	return n
-}
-
-// newLedger returns an empty ledger.
-func newLedger() *ledger {
-	return &ledger{entries: make(map[outbox.MessageID]*entry), changed: make(chan struct{}, 1)}
-}
-
-// enqueued registers events about to be written in a transaction.
-func (l *ledger) enqueued(msgs []outbox.Message, kinds []kind) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for i, m := range msgs {
-		l.entries[m.MessageID] = &entry{kind: kinds[i]}
-	}
-}
-
-// ended records the outcome of the transaction that enqueued msgs.
-func (l *ledger) ended(msgs []outbox.Message, committed bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if committed && len(msgs) > 0 && l.entries[msgs[0].MessageID].kind == kindBulk {
-		l.s.bursts++
-	}
-	for _, m := range msgs {
-		e := l.entries[m.MessageID]
-		if committed {
-			e.state = stateCommitted
-			l.s.committed[e.kind]++
-			l.s.missing += bits.OnesCount8(e.kind.targets() &^ e.got)
-		} else {
-			e.state = stateRolledBack
-			l.s.rolledBack++
-			l.s.rolledBackReceived += bits.OnesCount8(e.got)
+	for _, id := range ids {
+		for _, c := range l.events[id].to {
+			if l.events[id].got[c] == 0 {
+				return false
+			}
 		}
 	}
+	return true
 }
 
-// receipt says what a delivery was.
-type receipt struct {
-	ours  bool // enqueued by this run
-	first bool // the first time c got it
-}
-
-// received records that consumer c got the event with message id id.
-func (l *ledger) received(c consumerID, id outbox.MessageID) receipt {
+// check prints the summary and reports whether the demo kept its promises:
+// every committed event reached every consumer it was for, no rolled-back
+// event reached anyone, and the relay exited 0 each time it was stopped.
+// Duplicates are allowed (delivery is at-least-once) and counted.
+func (d *demo) check() bool {
+	l := d.ledger
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	defer func() {
-		select {
-		case l.changed <- struct{}{}:
-		default:
+	var committed, rolledBack int
+	type tally struct{ want, got, dups, bad int }
+	per := map[string]*tally{}
+	for _, c := range consumers {
+		per[c] = &tally{}
+	}
+	for _, e := range l.events {
+		switch {
+		case e.committed:
+			committed++
+			for _, c := range e.to {
+				per[c].want++
+			}
+		case e.ended:
+			rolledBack++
 		}
-	}()
-	e, ok := l.entries[id]
-	if !ok {
-		l.s.foreign[c]++
-		return receipt{}
+		for c, n := range e.got {
+			if e.committed {
+				per[c].got, per[c].dups = per[c].got+1, per[c].dups+n-1
+			} else {
+				per[c].bad++
+			}
+		}
 	}
-	bit := uint8(1) << c
-	if e.got&bit != 0 {
-		l.s.duplicates[c]++
-		return receipt{ours: true}
+	d.say("check", "events committed: %d; rolled back: %d", committed, rolledBack)
+	var failures []string
+	for _, c := range consumers {
+		t := per[c]
+		d.say("check", "%-6s received %d of the %d committed events for it (+%d duplicates), %d rolled-back", c, t.got, t.want, t.dups, t.bad)
+		if t.got < t.want || t.bad > 0 {
+			failures = append(failures, fmt.Sprintf("%s missed %d committed and received %d rolled-back events", c, t.want-t.got, t.bad))
+		}
 	}
-	e.got |= bit
-	l.s.received[c]++
-	switch {
-	case e.state == stateCommitted && e.kind.targets()&bit != 0:
-		l.s.missing--
-	case e.state == stateRolledBack:
-		l.s.rolledBackReceived++
+	if l.leftover > 0 {
+		d.say("check", "also received %d events an earlier run left behind (not counted)", l.leftover)
 	}
-	return receipt{ours: true, first: true}
-}
-
-// outstanding is the number of deliveries of committed events still missing.
-func (l *ledger) outstanding() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.s.missing
-}
-
-// snapshot returns a copy of the counts.
-func (l *ledger) snapshot() tally {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.s
+	d.say("check", "the relay exited: %s", strings.Join(d.relayExits, ", "))
+	if d.relayFailed || len(d.relayExits) == 0 {
+		failures = append(failures, "the relay did not exit 0 each time it was stopped")
+	}
+	if committed == 0 {
+		failures = append(failures, "nothing was committed")
+	}
+	if len(failures) > 0 {
+		d.say("check", "FAIL: %s", strings.Join(failures, "; "))
+		return false
+	}
+	d.say("check", "OK: every committed event reached every consumer it was for; no rolled-back event arrived")
+	return true
 }

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+// subscriber is one consumer, with a connection of its own as a separate
+// process would have.
+type subscriber struct {
+	name       string
+	conn       *amqp.Connection
+	queue      string
+	deliveries <-chan amqp.Delivery
+}
+
+// setupBroker declares the jobs exchange and every consumer's queue before
+// the relay starts: it publishes with the mandatory flag, so an event that
+// no queue takes would be returned, retried and parked dead.
+//
+//   - api: the durable queue <prefix>.api, bound to job.completed. A real
+//     service's queue outlives it: events wait there while it is down.
+//   - web-1..3: instances of one scaled-out server. Each needs every event,
+//     to push it to the browsers connected to it, so each has a queue of its
+//     own (server-named, deleted with it) bound to job.*: the exchange puts
+//     a copy of each event in every bound queue.
+//   - audit: a queue bound to nothing until the poison row's exchange exists.
+func (d *demo) setupBroker() error {
+	conn, err := d.dial("setup")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close() }()
+	ch, err := conn.Channel()
+	if err == nil {
+		err = ch.ExchangeDeclare(d.jobsExchange, amqp.ExchangeTopic, true, false, false, false, nil)
+	}
+	if err == nil {
+		// An earlier run declared it: without it, the poison row is poison.
+		err = ch.ExchangeDelete(d.auditExchange, false, false)
+	}
+	if err != nil {
+		return fmt.Errorf("declare exchanges: %w", err)
+	}
+	for _, name := range consumers {
+		s, err := d.subscribe(name, func(ch *amqp.Channel) (string, error) {
+			if name == "api" {
+				q := d.opts.prefix + ".api"
+				if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+					return "", err
+				}
+				n, err := ch.QueuePurge(q, false)
+				if n > 0 {
+					d.say("setup", "purged %d events an earlier run left in %s", n, q)
+				}
+				if err == nil {
+					err = ch.QueueBind(q, "job.completed", d.jobsExchange, false, nil)
+				}
+				return q, err
+			}
+			q, err := ch.QueueDeclare("", false, true, true, false, nil)
+			if err != nil || name == "audit" {
+				return q.Name, err
+			}
+			return q.Name, ch.QueueBind(q.Name, "job.*", d.jobsExchange, false, nil)
+		})
+		if err != nil {
+			return err
+		}
+		d.subs = append(d.subs, s)
+	}
+	d.say("setup", "exchange %s (topic): queue %s.api bound to job.completed; web-1, web-2 and web-3 each a queue of its own bound to job.*",
+		d.jobsExchange, d.opts.prefix)
+	return nil
+}
+
+// subscribe connects consumer name, lets declare set up its queue and
+// starts consuming from it. Deliveries wait until d.consume takes them.
+func (d *demo) subscribe(name string, declare func(*amqp.Channel) (string, error)) (*subscriber, error) {
+	conn, err := d.dial(name)
+	if err != nil {
+		return nil, err
+	}
+	s := &subscriber{name: name, conn: conn}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = ch.Qos(200, 0, false)
+	}
+	if err == nil {
+		s.queue, err = declare(ch)
+	}
+	if err == nil {
+		s.deliveries, err = ch.Consume(s.queue, name, false, false, false, false, nil)
+	}
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("%s: set up its queue: %w", name, err)
+	}
+	return s, nil
+}
+
+// dial connects to the broker as the relay does (the first of a
+// comma-separated OUTBOX_AMQP_URL, the password from
+// OUTBOX_AMQP_PASSWORD_FILE if set), as a connection RabbitMQ names
+// "outbox-demo <name>". Its errors never hold the password.
+func (d *demo) dial(name string) (*amqp.Connection, error) {
+	first, _, _ := strings.Cut(d.opts.amqpURL, ",")
+	uri, err := amqp.ParseURI(strings.TrimSpace(first))
+	if err != nil {
+		return nil, fmt.Errorf("OUTBOX_AMQP_URL: %w", relay.RedactURIError(err))
+	}
+	cfg := amqp.Config{Properties: amqp.NewConnectionProperties(), Dial: amqp.DefaultDial(10 * time.Second)}
+	cfg.Properties.SetClientConnectionName("outbox-demo " + name)
+	if f := d.opts.amqpPwFile; f != "" {
+		pw, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("OUTBOX_AMQP_PASSWORD_FILE: %w", err)
+		}
+		cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: uri.Username, Password: strings.TrimSpace(string(pw))}}
+	}
+	conn, err := amqp.DialConfig(uri.String(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to RabbitMQ (OUTBOX_AMQP_URL) as %s: %w", name, err)
+	}
+	return conn, nil
+}
+
+// fixAudit is the operator's fix for the poison row: declare its exchange
+// and bind the audit queue to it, through the audit service's connection
+// (the queue is exclusive to it).
+func (d *demo) fixAudit() error {
+	s := d.subs[len(d.subs)-1]
+	ch, err := s.conn.Channel()
+	if err == nil {
+		defer func() { _ = ch.Close() }()
+		err = ch.ExchangeDeclare(d.auditExchange, amqp.ExchangeFanout, true, false, false, false, nil)
+	}
+	if err == nil {
+		err = ch.QueueBind(s.queue, "", d.auditExchange, false, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("declare %s and bind the audit queue: %w", d.auditExchange, err)
+	}
+	return nil
+}
+
+// consume records, shows and acknowledges s's deliveries until ctx is done
+// (unacknowledged ones go back to the queue) or the broker ends them.
+func (d *demo) consume(ctx context.Context, s *subscriber) error {
+	defer func() { _ = s.conn.Close() }()
+	for {
+		var m amqp.Delivery
+		var ok bool
+		select {
+		case m, ok = <-s.deliveries:
+		case <-ctx.Done():
+			return nil
+		}
+		if !ok {
+			return fmt.Errorf("%s: the broker closed the consumer", s.name)
+		}
+		if id, err := outbox.ParseMessageID(m.MessageId); err == nil && d.ledger.received(s.name, id) {
+			d.show(s.name, m)
+		}
+		if err := m.Ack(false); err != nil {
+			return fmt.Errorf("%s: ack: %w", s.name, err)
+		}
+	}
+}
+
+// show prints what consumer c does with the first delivery of event m.
+func (d *demo) show(c string, m amqp.Delivery) {
+	took := "?"
+	if us, ok := m.Headers[headerCommittedAt].(int64); ok {
+		took = fmt.Sprintf("%.1fms", float64(time.Since(time.UnixMicro(us)))/float64(time.Millisecond))
+	}
+	var ev jobEvent
+	_ = json.Unmarshal(m.Body, &ev) // a bad payload shows as job 0
+	switch {
+	case m.RoutingKey == "job.progress": // 500 lines would hide the rest
+	case c == "api":
+		d.say(c, "job %d completed (result=%d): pushed %s after COMMIT, no polling", ev.JobID, ev.Result, took)
+	case c == "audit":
+		d.say(c, "received %s, %s after COMMIT: it waited in the table until its exchange existed", m.RoutingKey, took)
+	default:
+		d.say(c, "job %d completed -> pushed to the browsers connected to %s (%s after COMMIT)", ev.JobID, c, took)
+	}
+}

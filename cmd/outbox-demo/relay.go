@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/outbox-relay/outbox-relay/internal/harness"
+)
+
+// newRelay prepares the relay binary as internal/harness runs it: its log
+// shows as [relay]; it inherits the demo's environment (the URLs reach it
+// there, never on its command line where ps shows them), plus the demo's
+// table and metrics address, and quick retries so that the poison row is
+// parked dead within seconds, unless the environment says otherwise.
+func (d *demo) newRelay() error {
+	bin, err := harness.FindRelay(d.opts.relayPath)
+	if err != nil {
+		return fmt.Errorf("-relay: %w", err)
+	}
+	d.relay = harness.Relay{Bin: bin, Output: prefixed{d.out, "[relay]  "}, Env: map[string]string{
+		"OUTBOX_DATABASE_URL": d.opts.dbURL, "OUTBOX_AMQP_URL": d.opts.amqpURL,
+		"OUTBOX_TABLE": d.opts.table.String(), "OUTBOX_METRICS_ADDR": d.opts.metricsAddr, "OUTBOX_LOG_FORMAT": "text",
+	}}
+	for k, v := range map[string]string{"OUTBOX_MAX_ATTEMPTS": "3", "OUTBOX_RETRY_BACKOFF": "1s"} {
+		if os.Getenv(k) == "" {
+			d.relay.Env[k] = v
+		}
+	}
+	d.say("demo", "outbox table %s, relay %s; its log shows as [relay]", d.opts.table, bin)
+	return nil
+}
+
+// startRelay starts `outbox-relay run` and waits until it leads the table
+// (outbox_leader 1 on its /metrics). Only stopRelay stops it, not ctx: the
+// demo stops it last, once the consumers have what it published.
+func (d *demo) startRelay(ctx context.Context) error {
+	p, err := d.relay.Start(context.WithoutCancel(ctx))
+	if err != nil {
+		return err
+	}
+	d.proc = p
+	d.say("demo", "started `outbox-relay run` (pid %d)", p.Pid())
+	return poll(ctx, waitTimeout, "the relay to lead", func() (bool, error) {
+		if p.Exited() {
+			return false, p.Err()
+		}
+		v, ok := p.Metric("outbox_leader")
+		return ok && v == 1, nil
+	})
+}
+
+// stopRelay sends SIGTERM to the running relay, if any, and records how it
+// exited: with status 0 once it has settled what it sent.
+func (d *demo) stopRelay(why string) error {
+	if d.proc == nil {
+		return nil
+	}
+	d.say("demo", "%s: SIGTERM to the relay", why)
+	err := d.proc.Stop()
+	st := "killed"
+	if s := d.proc.State(); s != nil {
+		st = s.String()
+	}
+	d.relayExits, d.relayFailed, d.proc = append(d.relayExits, st), d.relayFailed || err != nil, nil
+	d.say("demo", "the relay stopped: %s", st)
+	return err
+}
+
+// relayCommand runs `outbox-relay args...` as an operator would, its
+// output shown as [who].
+func (d *demo) relayCommand(ctx context.Context, who string, args ...string) error {
+	d.say(who, "$ outbox-relay %s", strings.Join(args, " "))
+	r := d.relay
+	r.Output = prefixed{d.out, fmt.Sprintf("%-8s ", "["+who+"]")}
+	_, err := r.Command(ctx, args...)
+	return err
+}
+
+// reportLag prints the relay's view from its /metrics once it has counted
+// published events (it counts them when it deletes their rows, which may
+// be a moment after the consumers have them).
+func (d *demo) reportLag(ctx context.Context, published float64) error {
+	var m harness.Metrics
+	err := poll(ctx, waitTimeout, "the relay to count what it published", func() (bool, error) {
+		var err error
+		m, err = d.proc.Metrics(ctx)
+		n, _ := m.Value("outbox_published_total")
+		return err == nil && n >= published, nil
+	})
+	if err != nil {
+		return err
+	}
+	v := func(series string) float64 { x, _ := m.Value(series); return x }
+	n := v("outbox_delivery_latency_seconds_count")
+	d.say("lag", "the relay's /metrics: outbox_published_total %.0f, outbox_pending_rows %.0f, outbox_lag_seconds %.3f;",
+		v("outbox_published_total"), v("outbox_pending_rows"), v("outbox_lag_seconds"))
+	d.say("lag", "   outbox_delivery_latency_seconds (row created to broker ack): %.1fms on average over %.0f events",
+		1000*v("outbox_delivery_latency_seconds_sum")/max(n, 1), n)
+	return nil
+}
+
+// prefixed writes each line it is given (the harness gives whole lines)
+// after a prefix.
+type prefixed struct {
+	w      io.Writer
+	prefix string
+}
+
+func (p prefixed) Write(b []byte) (int, error) {
+	if _, err := p.w.Write(append([]byte(p.prefix), b...)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/harness"
+	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+// Time limits.
+const (
+	setupTimeout = 30 * time.Second // connect, migrate, declare
+	waitTimeout  = 30 * time.Second // for an event, the relay's lead, a dead row
+	drainTimeout = 10 * time.Second // at the end, for the last deliveries
+)
+
+// demo is one run: what it set up, and what it saw.
+type demo struct {
+	opts          *options
+	out           *syncWriter
+	ledger        *ledger
+	pool          *pgxpool.Pool
+	writer        *outbox.Writer
+	jobsTable     string // quoted, in the outbox table's schema
+	jobsExchange  string
+	auditExchange string
+	subs          []*subscriber // as in consumers: api, web-1..3, audit
+	relay         harness.Relay
+	proc          *harness.Process // the running relay, or nil
+	relayExits    []string         // how each relay process exited
+	relayFailed   bool             // one did not exit with status 0
+}
+
+// run plays the story: set-up, the four steps, then the wait for the last
+// deliveries. When it returns, the relay has stopped and every goroutine
+// it started has returned.
+func (d *demo) run(ctx context.Context) (err error) {
+	d.jobsTable = pgx.Identifier{d.opts.table.Schema, "jobs"}.Sanitize()
+	d.jobsExchange, d.auditExchange = d.opts.prefix+".jobs", d.opts.prefix+".audit"
+	if err := d.newRelay(); err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range d.subs {
+			_ = s.conn.Close() // if setup failed before they ran
+		}
+		if d.pool != nil {
+			d.pool.Close()
+		}
+	}()
+	if err := d.setup(ctx); err != nil {
+		return err
+	}
+	// The consumers outlive ctx: the check needs what is on its way.
+	consumersCtx, stopConsumers := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	errs := make([]error, len(d.subs))
+	for i, s := range d.subs {
+		wg.Go(func() { errs[i] = d.consume(consumersCtx, s) })
+	}
+	defer func() {
+		stopConsumers()
+		wg.Wait()
+		err = errors.Join(append(errs, err)...)
+	}()
+
+	err = d.startRelay(ctx)
+	for _, step := range []func(context.Context) error{d.stopPolling, d.fanOut, d.relayDown, d.poison} {
+		if err != nil {
+			break
+		}
+		err = step(ctx)
+	}
+	if err := poll(context.WithoutCancel(ctx), drainTimeout, "the last deliveries", func() (bool, error) { return d.ledger.arrived(), nil }); err != nil {
+		d.say("demo", "%v", err)
+	}
+	return errors.Join(err, d.stopRelay("the demo is over"))
+}
+
+// setup connects to PostgreSQL, applies the schema with `outbox-relay
+// migrate`, creates the jobs table, clears what an earlier run left in the
+// outbox, and declares the exchange and the queues.
+func (d *demo) setup(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	var err error
+	if d.pool, err = pgxpool.New(ctx, d.opts.dbURL); err == nil {
+		err = d.pool.Ping(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("connect to PostgreSQL (OUTBOX_DATABASE_URL): %w", err) // pgx redacts the password
+	}
+	if err := d.relayCommand(ctx, "setup", "migrate"); err != nil {
+		return err
+	}
+	_, err = d.pool.Exec(ctx, "create table if not exists "+d.jobsTable+
+		" (id bigint generated always as identity primary key, state text not null, result int)")
+	if err != nil {
+		return fmt.Errorf("create jobs table: %w", err)
+	}
+	tag, err := d.pool.Exec(ctx, "delete from "+d.opts.table.Ident())
+	if err != nil {
+		return fmt.Errorf("clear the outbox: %w", err)
+	} else if tag.RowsAffected() > 0 {
+		d.say("setup", "deleted %d rows an earlier run left in %s", tag.RowsAffected(), d.opts.table)
+	}
+	if d.writer, err = outbox.NewWriter(d.opts.table.String()); err != nil {
+		return err
+	}
+	return d.setupBroker()
+}
+
+// stopPolling is the first situation users come with.
+func (d *demo) stopPolling(ctx context.Context) error {
+	d.say("step", "1. STOP POLLING. The api used to poll GET /jobs/{id} until a job was done. Now the job service writes")
+	d.say("step", "   the job's row and its job.completed event in one transaction, and the event is pushed to the api.")
+	for i := 1; i <= 4; i++ {
+		if _, err := d.runJob(ctx, i != 3, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fanOut is the second, and the lag as the relay reports it.
+func (d *demo) fanOut(ctx context.Context) error {
+	d.say("step", "2. EVERY INSTANCE SEES EVERY EVENT. web-1..3 each got every job.completed above, in a queue of its")
+	d.say("step", "   own. Now a bulk import commits 500 job.progress events at once (only web-N bind job.progress).")
+	published, _ := d.proc.Metric("outbox_published_total")
+	ids, err := d.burst(ctx, 500)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := d.await(ctx, "the burst", ids...); err != nil {
+		return err
+	}
+	d.say("web", "web-1, web-2 and web-3 each received all 500 events, %s after the COMMIT", time.Since(start).Round(time.Millisecond))
+	return d.reportLag(ctx, published+500)
+}
+
+// relayDown stops the relay while jobs complete, shows the backlog with
+// `outbox-relay status`, and starts the relay again: nothing is lost.
+func (d *demo) relayDown(ctx context.Context) error {
+	d.say("step", "3. THE RELAY STOPS (a deploy, a crash) while the service keeps committing. The events wait in the table.")
+	if err := d.stopRelay("stopping it for a while"); err != nil {
+		return err
+	}
+	var ids []outbox.MessageID
+	for range 3 {
+		id, err := d.runJob(ctx, true, false)
+		if err != nil {
+			return err
+		}
+		ids = append(ids, id)
+	}
+	if err := d.relayCommand(ctx, "ops", "status"); err != nil {
+		return err
+	}
+	if err := d.startRelay(ctx); err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := d.await(ctx, "the events committed while the relay was down", ids...); err != nil {
+		return err
+	}
+	d.say("demo", "the 3 events committed while the relay was down arrived %s after it started", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// poison sends an event to an exchange that does not exist yet: the relay
+// retries it and parks it dead while the rows behind it flow. The operator
+// declares the exchange and retries the row with `outbox-relay dead retry`.
+func (d *demo) poison(ctx context.Context) error {
+	d.say("step", "4. A POISON ROW. The service sends audit.job to exchange %s, which nobody declared yet.", d.auditExchange)
+	d.say("step", "   The relay retries it, then parks it dead; the events behind it keep flowing.")
+	msg := outbox.Message{Exchange: d.auditExchange, RoutingKey: "audit.job", Payload: []byte(`{}`)}
+	ids, err := d.transact(ctx, true, []outbox.Message{msg}, []string{"audit"}, nil)
+	if err != nil {
+		return fmt.Errorf("audit event: %w", err)
+	}
+	if _, err := d.runJob(ctx, true, true); err != nil {
+		return err
+	}
+	var dead []relay.DeadRow
+	err = poll(ctx, waitTimeout, "the audit row to be parked dead", func() (bool, error) {
+		dead, err = relay.ListDead(ctx, d.pool, d.opts.table, relay.DeadFilter{}, 1)
+		return len(dead) > 0, err
+	})
+	if err != nil {
+		return err
+	}
+	d.say("ops", "row %d is dead after %d attempts", dead[0].ID, dead[0].Attempts)
+	if err := d.relayCommand(ctx, "ops", "dead", "list"); err != nil {
+		return err
+	}
+	d.say("ops", "the fix: declare exchange %s and bind the audit service's queue to it", d.auditExchange)
+	if err := d.fixAudit(); err != nil {
+		return err
+	}
+	if err := d.relayCommand(ctx, "ops", "dead", "retry", strconv.FormatInt(dead[0].ID, 10)); err != nil {
+		return err
+	}
+	return d.await(ctx, "the audit event", ids...)
+}
+
+// await waits until every consumer that the events ids are for has them.
+func (d *demo) await(ctx context.Context, what string, ids ...outbox.MessageID) error {
+	return poll(ctx, waitTimeout, what, func() (bool, error) { return d.ledger.arrived(ids...), nil })
+}
+
+// poll calls cond every few milliseconds until it holds or fails, for at
+// most timeout.
+func poll(ctx context.Context, timeout time.Duration, what string, cond func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var err error
+	if harness.Poll(ctx, 0, func() bool {
+		var ok bool
+		ok, err = cond()
+		return ok || err != nil
+	}) != nil {
+		return fmt.Errorf("gave up waiting for %s after %s", what, timeout)
+	}
+	if err != nil {
+		return fmt.Errorf("wait for %s: %w", what, err)
+	}
+	return nil
+}
