@@ -158,7 +158,7 @@ func (s *pgStore) queueClaim(b *pgx.Batch, limit int) *claiming {
 	cl := &claiming{at: time.Now(), rows: make([]Row, 0, min(limit, 1024)), asked: limit}
 	budget, largest := cmp.Or(s.maxBytes, math.MaxInt64), cmp.Or(s.maxRowBytes, math.MaxInt64)
 	classid, objid := lockParts(s.table.LockKey("leader"))
-	b.Queue(s.claimSQL, limit, s.leaderPID.Load(), classid, objid, s.heldIDs(), budget, largest,
+	b.Queue(s.claimSQL, limit, s.leaderPID, classid, objid, s.heldIDs(), budget, largest,
 		s.table.LockKey("inflight")).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var r Row
@@ -221,9 +221,7 @@ func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, cl *claiming) (*
 		}
 	}
 	c.full = len(rows) >= cl.asked || c.deferred()
-	s.mu.Lock()
 	s.live[c] = struct{}{}
-	s.mu.Unlock()
 	return c, nil
 }
 
@@ -232,8 +230,6 @@ func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, cl *claiming) (*
 // commit after this list is read would be passed over while a later row of
 // its key is taken.
 func (s *pgStore) heldIDs() []int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	ids := []int64{}
 	for c := range s.live {
 		for i := range c.rows {

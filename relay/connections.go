@@ -26,8 +26,8 @@ func (l *loop) loseLeadership() {
 		l.log.Warn("leadership lost")
 	}
 	l.leader = false
-	l.store.leaderPID.Store(0)
-	l.prog.setLeader(false)
+	l.store.SetLeader(0)
+	l.prog.setLeader(0)
 	l.waiting = false // re-announce once leader again
 	l.metrics.leader.Set(0)
 }
@@ -39,8 +39,8 @@ func (l *loop) ensureListener(ctx context.Context) bool {
 		return true
 	}
 	l.loseLeadership()
-	if d := time.Until(l.lisNextTry); d > 0 {
-		sleep(ctx, d)
+	if d := l.lisNextTry.Sub(l.clock.Now()); d > 0 {
+		l.clock.Sleep(ctx, d)
 		return false
 	}
 	if err := l.lis.Connect(ctx); err != nil {
@@ -48,7 +48,7 @@ func (l *loop) ensureListener(ctx context.Context) bool {
 			return false
 		}
 		l.lisFailures++
-		l.lisNextTry = time.Now().Add(retryDelay(l.lisFailures))
+		l.lisNextTry = l.clock.Now().Add(retryDelay(l.lisFailures))
 		l.listenerFailed(err)
 		return false
 	}
@@ -57,7 +57,7 @@ func (l *loop) ensureListener(ctx context.Context) bool {
 	if l.lisConnects > 1 {
 		l.metrics.reconnects.WithLabelValues(connListener).Inc()
 	}
-	l.log.Info("listener connected", slog.String("channel", l.lis.channel), slog.Int("pid", int(l.lis.PID())))
+	l.log.Info("listener connected", slog.String("channel", l.channel), slog.Int("pid", int(l.lis.PID())))
 	l.lisFailures = 0
 	l.metrics.connUp.WithLabelValues(connListener).Set(1)
 	return true
@@ -76,7 +76,9 @@ func (l *loop) listenerFailed(err error) {
 	if se.kind == setupReadOnly {
 		// Sessions opened while the server was read-only stay so: open
 		// new ones once it accepts writes.
-		l.pool.Reset()
+		if l.resetPool != nil {
+			l.resetPool()
+		}
 	}
 	if l.lisSetupErr == se.kind {
 		l.log.Debug("relay still cannot lead", slog.String("reason", se.kind), slog.Int("attempt", l.lisFailures))
@@ -96,7 +98,7 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 	}
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	got, err := l.lis.TryLead(lctx, l.store.table.LockKey("leader"))
+	got, err := l.lis.TryLead(lctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			l.listenerLost(err)
@@ -111,21 +113,21 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 	// to settle or die (see pgStore.Fence): a deposed leader may still
 	// have batches on the wire, and publishing later rows of their keys
 	// first would reorder them.
-	begin := time.Now()
+	begin := l.clock.Now()
 	if err := l.store.Fence(ctx, fenceWait(l.cfg)); err != nil {
 		if ctx.Err() == nil {
 			l.log.Warn("previous leader's claims did not settle in time; trying again", tint.Err(withHint(err)))
 		}
 		return false
 	}
-	if d := time.Since(begin); d > 100*time.Millisecond {
+	if d := l.clock.Now().Sub(begin); d > 100*time.Millisecond {
 		l.log.Info("waited for the previous leader's batches in flight", slog.Duration("waited", d.Round(time.Millisecond)))
 	}
 	l.leader = true
 	// The server's pid of the LISTEN session, not the startup data's: a
 	// pooler fills that with a number of its own.
-	l.store.leaderPID.Store(l.lis.PID())
-	l.prog.setLeader(true)
+	l.store.SetLeader(l.lis.PID())
+	l.prog.setLeader(l.lis.PID())
 	l.metrics.leader.Set(1)
 	l.log.Info("leadership gained")
 	// A leader killed while it waited leaves the flag set, and writers
@@ -151,7 +153,7 @@ func (l *loop) ensurePublisher(ctx context.Context) bool {
 		}
 		l.amqpFailures++
 		l.log.Error("broker connect failed", tint.Err(err), slog.Int("attempt", l.amqpFailures))
-		sleep(ctx, retryDelay(l.amqpFailures))
+		l.clock.Sleep(ctx, retryDelay(l.amqpFailures))
 		return false
 	}
 	l.amqpFailures = 0

@@ -19,7 +19,7 @@ func (b *storeBundle) leadWith(t *testing.T) {
 		b.env.Table.LockKey("leader")).Scan(nil, &pid); err != nil {
 		t.Fatal(err)
 	}
-	b.store.leaderPID.Store(pid)
+	b.store.SetLeader(pid)
 }
 
 // A new leader's fence waits for every claim made before it to settle; a

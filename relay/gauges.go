@@ -70,14 +70,14 @@ const idleRefreshGap = time.Second
 // After each refresh it checks that a leader with rows waiting claims them
 // (see checkStall); leaderPID gives the leader lock's session.
 func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, idle <-chan struct{},
-	prog *progress, leaderPID func() int32) {
+	prog *progress) {
 	t := time.NewTicker(gaugeInterval)
 	defer t.Stop()
 	failing, warned, stallWarned := false, false, false
 	for {
 		lag, err := r.refreshOnce(ctx, pool, q, &warned)
 		if err == nil {
-			err = r.checkStall(ctx, pool, q.stall, q.leaderKey, leaderPID, prog, lag, &stallWarned)
+			err = r.checkStall(ctx, pool, q.stall, q.leaderKey, prog.leaderPID.Load, prog, lag, &stallWarned)
 		}
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:

@@ -223,8 +223,8 @@ func elide(s string, n int) string {
 // client library refused to encode it (see Send). The library has shut the
 // connection down then, and the rows after it are not sent: reconnecting at
 // once is right, and the batch need not be isolated, the row is known.
-func (f *inflight) clientRefused() bool {
-	for _, r := range f.results {
+func clientRefused(results []Result) bool {
+	for _, r := range results {
 		var re *refusedError
 		if r.Outcome == Failed && errors.As(r.Err, &re) {
 			return true

@@ -212,12 +212,12 @@ func TestRefusedErrorIsShort(t *testing.T) {
 	if !errors.Is(err, inner) {
 		t.Errorf("refusedError does not unwrap")
 	}
-	f := &inflight{results: []Result{{Outcome: Acked}, {Outcome: Failed, Err: err}}}
-	if !f.clientRefused() {
+	results := []Result{{Outcome: Acked}, {Outcome: Failed, Err: err}}
+	if !clientRefused(results) {
 		t.Errorf("clientRefused = false for a batch with a refused row")
 	}
-	f.results[1].Err = errors.New("broker nacked the message")
-	if f.clientRefused() {
+	results[1].Err = errors.New("broker nacked the message")
+	if clientRefused(results) {
 		t.Errorf("clientRefused = true for a nack")
 	}
 }

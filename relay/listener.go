@@ -32,6 +32,7 @@ const connectTimeout = 10 * time.Second
 type pgListener struct {
 	config  *pgx.ConnConfig
 	channel string
+	lockKey int64 // the table's leader lock
 	// probe runs on another session (the pool): it returns that session's
 	// backend pid and sends payload on channel.
 	probe func(ctx context.Context, channel, payload string) (int32, error)
@@ -43,9 +44,9 @@ type pgListener struct {
 	lastPing time.Time
 }
 
-func newListener(cfg *pgx.ConnConfig, channel string, probe func(context.Context, string, string) (int32, error),
+func newListener(cfg *pgx.ConnConfig, channel string, lockKey int64, probe func(context.Context, string, string) (int32, error),
 	waits acquireTracer, own func(context.Context, *pgconn.PgConn) error) *pgListener {
-	return &pgListener{config: cfg, channel: channel, probe: probe, waits: waits, own: own}
+	return &pgListener{config: cfg, channel: channel, lockKey: lockKey, probe: probe, waits: waits, own: own}
 }
 
 // Connected reports whether the LISTEN connection is up.
@@ -178,17 +179,17 @@ func (l *pgListener) checkSession(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// TryLead tries to take the session advisory lock key on the LISTEN
+// TryLead tries to take the table's leader lock on the LISTEN
 // session, where it lives exactly as long as the LISTEN, and reports
 // whether it holds it. It checks that the lock went to the listener's own
 // backend.
-func (l *pgListener) TryLead(ctx context.Context, key int64) (bool, error) {
+func (l *pgListener) TryLead(ctx context.Context) (bool, error) {
 	if !l.Connected() {
 		return false, errors.New("listener not connected")
 	}
 	var got bool
 	var pid int32
-	err := l.conn.QueryRow(ctx, "select pg_try_advisory_lock($1), pg_backend_pid()", simple, key).Scan(&got, &pid)
+	err := l.conn.QueryRow(ctx, "select pg_try_advisory_lock($1), pg_backend_pid()", simple, l.lockKey).Scan(&got, &pid)
 	if err != nil {
 		l.Close(ctx)
 		return false, fmt.Errorf("take leader lock: %w", err)

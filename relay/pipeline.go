@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 )
 
 // drain claims, publishes and settles batches back to back until a claim
@@ -18,17 +17,8 @@ import (
 // passes over the rows of k+1, which are locked. (A second goroutine that
 // settled and claimed while the first awaited confirms, with k and k+1 on
 // the wire, measured the same and walked over twice the locked rows.)
-// Order per partition_key:
-//
-//   - batch k+2 is claimed after batch k is settled, so the claim sees the
-//     back-off of a row of k that failed and skips the later rows of its
-//     key (the claim query does);
-//   - batch k+2 is sent after batch k is awaited and after k+1 was sent, so
-//     rows of a key that failed in k, or failed before being sent in k+1,
-//     are held back (see amqpPublisher.Send);
-//   - a row of k+1 that the broker refuses after it was sent (nack, return)
-//     can be followed by a later row of its key in k+2 that succeeds: that
-//     is an order break, counted in outbox_order_breaks_total.
+// Which rows of a batch go out is keyOrder's decision (order.go): batch
+// k+2 is planned after batch k is awaited and with k+1 on the wire.
 //
 // Memory is bounded by bytes. A claim loads the payloads of at most
 // BatchBytes (or of its first row alone), and the rows past that bound come
@@ -49,32 +39,27 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 	if err != nil || len(c.rows) == 0 {
 		return 0, err
 	}
-	wd := l.pub.watch(ctx)
-	defer wd.stop()
+	defer l.pub.Watch(ctx)()
 
-	type sentBatch struct {
-		c *claim
-		f *inflight
-	}
 	var (
+		order    keyOrder
 		total    int
-		wire     []sentBatch // sent, not yet awaited, oldest first
-		last     []Result    // the results of the batch awaited last
-		lastFull bool        // the last claim left rows waiting
-		broken   bool        // stop claiming: something failed
+		wire     []*batch // sent, not yet awaited, oldest first
+		lastFull bool     // the last claim left rows waiting
+		broken   bool     // stop claiming: something failed
 		errs     []error
 	)
 	send := func(c *claim) {
-		held := failedKeys(last)
-		for _, s := range wire {
-			s.f.heldKeys(held)
+		b := newBatch(c)
+		if b.err = l.pub.Check(ctx, b); b.err == nil {
+			order.plan(b, wire)
+			l.pub.Send(ctx, b)
 		}
-		f := l.pub.Send(ctx, c.rows, held, wd)
 		dropPayloads(c.rows)
-		wire = append(wire, sentBatch{c: c, f: f})
+		wire = append(wire, b)
 		total += c.loaded
 		lastFull = c.full
-		broken = broken || f.err != nil
+		broken = broken || b.err != nil
 	}
 	// mayClaim reports whether to claim now, with the batches in wire
 	// staying on the wire.
@@ -82,8 +67,8 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 		if !lastFull || broken || stop.Err() != nil {
 			return false
 		}
-		for _, s := range wire {
-			if holdsBack(s.f) {
+		for _, b := range wire {
+			if holdsBack(b) {
 				return false
 			}
 		}
@@ -109,17 +94,15 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 	for len(wire) > 0 {
 		oldest := wire[0]
 		wire = wire[1:]
-		results, err := l.pub.Await(oldest.f)
-		if err != nil {
+		if err := l.pub.Await(oldest); err != nil {
 			errs, broken = append(errs, err), true
 		}
-		l.countOrderBreaks(last, results)
-		last = results
+		l.metrics.orderBreaks.Add(float64(order.awaited(oldest.results)))
 		next := 0
 		if mayClaim() {
 			next = l.cfg.BatchSize
 		}
-		c, err := l.settle(ctx, oldest.c, results, next)
+		c, err := l.settle(ctx, oldest.claim, oldest.results, next)
 		if err != nil {
 			errs, broken = append(errs, err), true
 		}
@@ -140,35 +123,11 @@ func dropPayloads(rows []Row) {
 	}
 }
 
-// holdsBack reports whether a batch on the wire left rows unsent behind an
-// earlier row of their key (its own deferred rows do not count): they are
-// claimed again once the batch is settled.
-func holdsBack(f *inflight) bool {
-	for i, r := range f.results {
-		if f.confirms[i] == nil && r.Reason == reasonHeld && !r.Row.deferred {
-			return true
-		}
-	}
-	return false
-}
-
-// countOrderBreaks counts the rows of a batch that the broker confirmed
-// while a row of their key in the batch before failed after it was sent:
-// consumers see them before that row's retry.
-func (l *loop) countOrderBreaks(prev, cur []Result) {
-	failed := failedKeys(prev)
-	for _, r := range cur {
-		if r.Outcome == Acked && r.Row.PartitionKey != nil && failed[*r.Row.PartitionKey] {
-			l.metrics.orderBreaks.Inc()
-		}
-	}
-}
-
 // claim claims a batch, within dbTimeout.
 func (l *loop) claim(ctx context.Context) (*claim, error) {
 	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
-	l.lastClaim = time.Now()
+	l.lastClaim = l.clock.Now()
 	c, err := l.store.Claim(ctx, l.cfg.BatchSize)
 	l.claimed(c)
 	return c, err
@@ -191,7 +150,7 @@ func (l *loop) settle(ctx context.Context, c *claim, results []Result, next int)
 	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
 	if next > 0 {
-		l.lastClaim = time.Now()
+		l.lastClaim = l.clock.Now()
 	}
 	st, nc, settleErr, claimErr := l.store.Settle(ctx, c, results, next)
 	if settleErr != nil {
@@ -201,19 +160,4 @@ func (l *loop) settle(ctx context.Context, c *claim, results []Result, next int)
 	l.observe(results, st)
 	l.claimed(nc)
 	return nc, claimErr
-}
-
-// failedKeys returns the partition keys of rows of an awaited batch that
-// failed: later rows of those keys wait for the retry. A row held back
-// behind such a row is not one: it may be earlier than the failed row (it
-// committed late), and counting it held it back again in every other batch
-// of a drain.
-func failedKeys(results []Result) map[string]bool {
-	keys := map[string]bool{}
-	for _, r := range results {
-		if r.Outcome == Failed && r.Row.PartitionKey != nil {
-			keys[*r.Row.PartitionKey] = true
-		}
-	}
-	return keys
 }

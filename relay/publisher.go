@@ -21,9 +21,13 @@ const exchangeCacheTTL = 30 * time.Second
 
 // amqpPublisher is the AMQP side of the relay: one connection, one channel in
 // confirm mode, and a second channel for passive exchange checks (a failed
-// check closes the channel it ran on). It is used by one goroutine.
+// check closes the channel it ran on). The loop's goroutine uses it; two
+// goroutines of its own read what they need of it: the watchdog (see Watch)
+// reads blocked and breaks the socket it was given, and the goroutine that
+// follows the connection's blocked notifications (see Connect) owns
+// blocked.
 type amqpPublisher struct {
-	urls           []string
+	uris           []amqp.URI // parsed once, in New
 	passwordFile   string
 	name           string
 	mandatory      bool
@@ -32,19 +36,20 @@ type amqpPublisher struct {
 	returnBuffer   int
 	log            *slog.Logger
 
-	next      int      // index into urls of the node to dial next
-	netConn   net.Conn // the TCP connection under conn, to break a stalled write
-	conn      *amqp.Connection
-	ch        *amqp.Channel
-	checkCh   *amqp.Channel
-	connClose chan *amqp.Error
-	chClose   chan *amqp.Error
-	chErr     *amqp.Error // what chClose delivered, kept
-	blockedCh chan amqp.Blocking
-	returns   chan amqp.Return
-	blocked   atomic.Bool              // the broker blocked publishing (resource alarm)
-	exchanges map[string]time.Time     // exchange → when it was last seen to exist
-	returned  map[string][]amqp.Return // message id → returns not yet matched to a row
+	next        int      // index into uris of the node to dial next
+	netConn     net.Conn // the TCP connection under conn, to break a stalled write
+	conn        *amqp.Connection
+	ch          *amqp.Channel
+	checkCh     *amqp.Channel
+	connClose   chan *amqp.Error
+	chClose     chan *amqp.Error
+	chErr       *amqp.Error   // what chClose delivered, kept
+	blockedDone chan struct{} // closed when the blocked follower of conn returned
+	blocked     atomic.Bool   // the broker blocked publishing (resource alarm)
+	returns     chan amqp.Return
+	wd          *watchdog                // bounds the waits of the drain under way (see Watch)
+	exchanges   map[string]time.Time     // exchange → when it was last seen to exist
+	returned    map[string][]amqp.Return // message id → returns not yet matched to a row
 	// isolate makes the next batch go out one message at a time: the broker
 	// closed the channel over one message of the last batch (e.g. one larger
 	// than its max_message_size) without saying which.
@@ -55,9 +60,9 @@ type amqpPublisher struct {
 	rowRefused bool
 }
 
-func newPublisher(cfg Config, name string) *amqpPublisher {
+func newPublisher(cfg Config, uris []amqp.URI, name string) *amqpPublisher {
 	return &amqpPublisher{
-		urls:           splitURLs(cfg.AMQPURL),
+		uris:           uris,
 		passwordFile:   cfg.AMQPPasswordFile,
 		name:           name,
 		mandatory:      !cfg.AllowUnroutable,
@@ -80,13 +85,8 @@ func (p *amqpPublisher) Connected() bool {
 // caller's back-off paces failover through the list.
 func (p *amqpPublisher) Connect(ctx context.Context) error {
 	p.Close()
-	raw := p.urls[p.next%len(p.urls)]
+	uri := p.uris[p.next%len(p.uris)]
 	p.next++
-	uri, err := amqp.ParseURI(raw)
-	if err != nil {
-		// The URL was checked at start-up; this keeps the password out anyway.
-		return fmt.Errorf("parse AMQP URL #%d: %w", (p.next-1)%len(p.urls)+1, RedactURIError(err))
-	}
 	if p.passwordFile != "" {
 		b, err := os.ReadFile(p.passwordFile)
 		if err != nil {
@@ -134,10 +134,11 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 	}
 	p.conn, p.ch = conn, ch
 	p.connClose = conn.NotifyClose(make(chan *amqp.Error, 1))
-	p.blockedCh = conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 	p.chClose = ch.NotifyClose(make(chan *amqp.Error, 1))
 	p.returns = ch.NotifyReturn(make(chan amqp.Return, p.returnBuffer))
 	p.blocked.Store(false)
+	p.blockedDone = make(chan struct{})
+	go p.followBlocked(conn.NotifyBlocked(make(chan amqp.Blocking, 4)), p.blockedDone)
 	p.chErr, p.rowRefused = nil, false
 	// Returns of batches that timed out on the old connection.
 	clear(p.returned)
@@ -145,36 +146,43 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the connection, if any. It never fails: a connection that is
-// already broken is simply dropped.
+// Close closes the connection, if any, and waits for its blocked
+// follower. It never fails: a connection that is already broken is simply
+// dropped.
 func (p *amqpPublisher) Close() {
 	if p.conn != nil {
 		// A polite close waits for the broker's close-ok; a stalled
 		// broker would make it wait forever, so break the socket after a
 		// moment.
-		t := time.AfterFunc(2*time.Second, func() { _ = p.netConn.Close() })
+		nc := p.netConn
+		t := time.AfterFunc(2*time.Second, func() {
+			if nc != nil {
+				_ = nc.Close()
+			}
+		})
 		_ = p.conn.Close()
 		t.Stop()
+		// The library closes the blocked channel as the connection ends,
+		// which ends the follower.
+		<-p.blockedDone
 	}
 	p.conn, p.ch, p.checkCh, p.netConn = nil, nil, nil, nil
 	clear(p.exchanges)
 }
 
 // Blocked reports whether the broker has blocked publishing (a memory or
-// disk alarm), after taking in the latest notifications.
-func (p *amqpPublisher) Blocked() bool {
-	for {
-		select {
-		case b := <-p.blockedCh:
-			p.setBlocked(b)
-		default:
-			return p.blocked.Load()
-		}
-	}
-}
+// disk alarm).
+func (p *amqpPublisher) Blocked() bool { return p.blocked.Load() }
 
-func (p *amqpPublisher) setBlocked(b amqp.Blocking) {
-	if p.blocked.Swap(b.Active) != b.Active {
+// followBlocked records the connection's blocked and unblocked
+// notifications until the library closes ch with the connection. It is
+// the only writer of p.blocked while the connection lives.
+func (p *amqpPublisher) followBlocked(ch <-chan amqp.Blocking, done chan<- struct{}) {
+	defer close(done)
+	for b := range ch {
+		if p.blocked.Swap(b.Active) == b.Active {
+			continue
+		}
 		if b.Active {
 			p.log.Warn("broker blocked publishing, pausing", slog.String("reason", b.Reason))
 		} else {

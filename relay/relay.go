@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/lmittmann/tint"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -65,49 +62,10 @@ func New(cfg Config) (*Relay, error) {
 	if len(appName) > 63 {
 		appName = appName[:63]
 	}
-	// Settings the relay's sessions need are set after connecting, not sent
-	// as startup parameters (see sessionSettings); application_name is one
-	// PgBouncer accepts.
-	fromURL := maps.Clone(poolCfg.ConnConfig.RuntimeParams)
-	poolCfg.ConnConfig.RuntimeParams["application_name"] = appName
-	r := &Relay{fromURL: fromURL}
-	// The listener's session gets them once it proved to be the relay's
-	// own; the pool's, from then on (see applySessionSettings).
-	lisCfg := poolCfg.ConnConfig.Copy()
-	prev := poolCfg.ConnConfig.AfterConnect
-	poolCfg.ConnConfig.AfterConnect = func(ctx context.Context, c *pgconn.PgConn) error {
-		if prev != nil {
-			if err := prev(ctx, c); err != nil {
-				return err
-			}
-		}
-		if !r.sessionsOwn.Load() {
-			return nil
-		}
-		return applySessionSettings(ctx, c, fromURL)
-	}
+	r := &Relay{}
 	m := newMetrics(cfg.Registerer)
-	poolCfg.ConnConfig.Tracer = acquireTracer{log: cfg.Logger, metrics: m}
-	poolCfg.ConnConfig.DialFunc = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 5 * time.Second}).DialContext
-
-	// A drain holds two, one per batch on the wire (the next claim reuses
-	// the settled batch's); then the gauges, a VACUUM and the wake-up flag.
-	poolCfg.MaxConns = max(poolCfg.MaxConns, 5)
-	// pgxpool pings a connection idle for a second before handing it out:
-	// at every poll of an idle relay, a round trip for nothing. A broken
-	// connection fails the claim instead, which is retried.
-	poolCfg.ShouldPing = func(_ context.Context, p pgxpool.ShouldPingParams) bool { return p.IdleDuration > time.Minute }
-	lisCfg.Tracer, lisCfg.DialFunc = poolCfg.ConnConfig.Tracer, poolCfg.ConnConfig.DialFunc
-	// On the pool's connections, a query whose context ends is cancelled by
-	// asking the server, and the socket is broken only if the server has
-	// not answered 3s later. pgx's default breaks the socket at once: when
-	// that cut a message in half, the server kept waiting for the rest, and
-	// closing the pool at shutdown waited 15s for it (pgconn's asyncClose).
-	// The listener keeps the default: its waits for a notification end by
-	// their deadline, with no query for the server to cancel.
-	poolCfg.ConnConfig.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
-		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 3 * time.Second}
-	}
+	poolCfg, lisCfg, fromURL := r.sessionConfigs(poolCfg, appName, acquireTracer{log: cfg.Logger, metrics: m})
+	r.fromURL = fromURL
 
 	var uris []amqp.URI
 	for i, u := range splitURLs(cfg.AMQPURL) {
@@ -149,18 +107,21 @@ func (r *Relay) Run(ctx context.Context) error {
 	l := &loop{
 		Relay: r,
 		store: store,
-		pub:   newPublisher(r.cfg, r.appName),
-		lis: newListener(r.lisCfg, table.Channel(), probeSession(pool), acquireTracer{log: r.log, metrics: r.metrics},
+		pub:   newPublisher(r.cfg, r.amqpURIs, r.appName),
+		lis: newListener(r.lisCfg, table.Channel(), table.LockKey("leader"), probeSession(pool),
+			acquireTracer{log: r.log, metrics: r.metrics},
 			func(ctx context.Context, c *pgconn.PgConn) error {
 				if !r.sessionsOwn.Swap(true) {
 					pool.Reset() // sessions opened before it have no settings
 				}
 				return applySessionSettings(ctx, c, r.fromURL)
 			}),
-		vac:  newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
-		idle: make(chan struct{}, 1),
-		pool: pool,
-		prog: &progress{},
+		clock:     wallClock{},
+		vac:       newVacuumer(pool, table.Ident(), r.cfg.VacuumEvery, r.log),
+		channel:   table.Channel(),
+		idle:      make(chan struct{}, 1),
+		resetPool: pool.Reset,
+		prog:      &progress{},
 	}
 	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
 		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval))
@@ -196,7 +157,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		r.refreshGauges(ctx, pool, newGaugeQueries(table), l.idle, l.prog, l.store.leaderPID.Load)
+		r.refreshGauges(ctx, pool, newGaugeQueries(table), l.idle, l.prog)
 	}()
 	go func() {
 		defer wg.Done()
@@ -208,7 +169,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if l.waiting {
-		_ = l.store.SetWaiting(cctx, false)
+		_ = store.SetWaiting(cctx, false)
 	}
 	l.pub.Close()
 	l.lis.Close(cctx)

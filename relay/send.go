@@ -10,67 +10,35 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// inflight is a batch sent and not yet awaited.
-type inflight struct {
-	rows     []Row
-	results  []Result
+// amqpSent is the publisher's record of a batch (batch.sent): the messages
+// Check built, and the confirm of each row sent.
+type amqpSent struct {
+	msgs     []amqp.Publishing
 	confirms []*amqp.DeferredConfirmation
-	wd       *watchdog
-	isolate  bool
-	err      error // why sending stopped early
+	isolate  bool // sent one message at a time
 }
 
-// heldKeys returns the partition keys of rows of the batch that failed or
-// were held back before they were sent.
-func (f *inflight) heldKeys(into map[string]bool) {
-	for i, r := range f.results {
-		if f.confirms[i] == nil && (r.Outcome == Failed || r.Reason == reasonHeld) && r.Row.PartitionKey != nil {
-			into[*r.Row.PartitionKey] = true
-		}
-	}
-}
-
-// Send publishes every row of the batch without waiting for confirms, except
-// rows the broker would refuse (they fail now) and rows whose partition_key
-// is in held or failed earlier in this batch (they stay unsent, so that
-// per-key order holds). Await its confirms later; up to two batches may be
-// in flight, awaited in the order they were sent. wd (see watch) bounds the
-// wait.
-func (p *amqpPublisher) Send(ctx context.Context, rows []Row, held map[string]bool, wd *watchdog) *inflight {
-	f := &inflight{rows: rows, results: make([]Result, len(rows)), confirms: make([]*amqp.DeferredConfirmation, len(rows)), wd: wd}
-	for i := range rows {
-		f.results[i] = Result{Row: &rows[i], Outcome: NotSent, Reason: ReasonChannelClosed}
-	}
+// Check builds the message of every row and fails, in b.results, the rows
+// the client library or the broker would refuse: a payload over
+// MaxMessageSize, headers that cannot be mapped, a message AMQP cannot
+// carry over this connection (see carriable), an exchange that does not
+// exist. A deferred row (claimed without its payload) is only checked for
+// its size: it is not sent.
+func (p *amqpPublisher) Check(_ context.Context, b *batch) error {
 	if !p.Connected() {
-		f.err = errors.New("not connected to broker")
-		return f
+		return errors.New("not connected to broker")
 	}
-	missing, err := p.missingExchanges(rows)
+	missing, err := p.missingExchanges(b.rows)
 	if err != nil {
-		f.err = err
-		return f
+		return err
 	}
-	f.isolate = p.isolate
-	hold := make(map[string]bool, len(held))
-	for k := range held {
-		hold[k] = true
-	}
-	for i := range rows {
-		r := &rows[i]
-		if r.PartitionKey != nil && hold[*r.PartitionKey] {
-			f.results[i] = Result{Row: r, Outcome: NotSent, Reason: reasonHeld}
-			continue
-		}
+	s := &amqpSent{msgs: make([]amqp.Publishing, len(b.rows)), confirms: make([]*amqp.DeferredConfirmation, len(b.rows))}
+	b.sent = s
+	for i := range b.rows {
+		r := &b.rows[i]
 		if r.deferred {
-			// Claimed without its payload: past the batch's byte bound,
-			// held like a row behind a failed one; over MaxMessageSize,
-			// failed unread (as check would). The rest of its key waits.
-			f.results[i] = Result{Row: r, Outcome: NotSent, Reason: reasonHeld}
 			if res, ok := p.sizeOK(r); !ok {
-				f.results[i] = res
-			}
-			if r.PartitionKey != nil {
-				hold[*r.PartitionKey] = true
+				b.results[i] = res
 			}
 			continue
 		}
@@ -79,87 +47,115 @@ func (p *amqpPublisher) Send(ctx context.Context, rows []Row, held map[string]bo
 			res, ok = missingResult(r, missing)
 		}
 		if !ok {
-			f.results[i] = res
-			if r.PartitionKey != nil {
-				hold[*r.PartitionKey] = true
-			}
+			b.results[i] = res
 			continue
 		}
+		s.msgs[i] = msg
+	}
+	return nil
+}
+
+// Send publishes the rows b.send marks, in order, without waiting for
+// confirms; Await them later. Up to two batches may be in flight, awaited
+// in the order they were sent. It stops at the first row it cannot send.
+// After a channel closed over one message the broker did not name, a batch
+// goes out one message at a time, each awaited, to find that message.
+func (p *amqpPublisher) Send(ctx context.Context, b *batch) {
+	s, _ := b.sent.(*amqpSent)
+	if s == nil {
+		b.err = errors.New("batch not checked")
+		return
+	}
+	defer func() { s.msgs = nil }() // the payloads: sent, or read again when claimed again
+	s.isolate = p.isolate
+	wd := p.wd
+	for i := range b.rows {
+		if !b.send[i] {
+			continue
+		}
+		r := &b.rows[i]
 		wd.sent()
-		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, r.Exchange, r.RoutingKey, p.mandatory, false, msg)
+		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, r.Exchange, r.RoutingKey, p.mandatory, false, s.msgs[i])
 		if err != nil {
 			wd.confirmed()
 			if refusedByClient(err) {
-				// The client library could not encode this row (check
+				// The client library could not encode this row (Check
 				// should have caught it) and has shut the connection
 				// down under it: the row fails, the rows after it stay
 				// unsent, and the loop reconnects at once.
 				err = &refusedError{err: err}
-				f.results[i] = failed(r, ReasonInvalid, err)
+				b.results[i] = failed(r, ReasonInvalid, err)
 				p.rowRefused = true
 				p.dropConnection(ctx)
 			}
-			f.err = fmt.Errorf("publish: %w", err)
-			break
+			b.err = fmt.Errorf("publish: %w", err)
+			return
 		}
-		f.confirms[i] = dc
-		if f.isolate && !wd.wait(dc) {
-			break
+		s.confirms[i] = dc
+		if !s.isolate {
+			continue
 		}
-		if f.isolate && !dc.Acked() {
+		if !wd.wait(dc) {
+			return
+		}
+		if !dc.Acked() {
 			if e := p.channelException(); e != nil {
 				// The broker closed the channel over this very message.
-				f.results[i] = failed(r, exceptionReason(e), fmt.Errorf("broker closed the channel: %w", e))
-				f.confirms[i] = nil
-				break
+				b.results[i] = failed(r, exceptionReason(e), fmt.Errorf("broker closed the channel: %w", e))
+				s.confirms[i] = nil
+				return
 			}
 		}
 	}
-	return f
 }
 
-// Await waits for the confirms of a batch sent with Send and returns one
-// result per row, in order. A non-nil error means the connection or channel
+// Await waits for the confirms of a batch sent with Send and fills in one
+// result per row sent. A non-nil error means the connection or channel
 // failed and must be reconnected; rows whose fate is unknown are NotSent.
-func (p *amqpPublisher) Await(f *inflight) ([]Result, error) {
-	for _, dc := range f.confirms {
-		if dc != nil && !f.wd.wait(dc) {
+func (p *amqpPublisher) Await(b *batch) error {
+	s, _ := b.sent.(*amqpSent)
+	if s == nil {
+		return b.err
+	}
+	wd := p.wd
+	for _, dc := range s.confirms {
+		if dc != nil && !wd.wait(dc) {
 			break
 		}
 	}
-	killed := f.wd.killedBy()
+	killed := wd.killedBy()
 
 	ackedAt := time.Now()
 	closed := p.closeReason()
-	for i, dc := range f.confirms {
+	for i, dc := range s.confirms {
 		if dc == nil {
 			continue
 		}
-		row := &f.rows[i]
+		row := &b.rows[i]
 		select {
 		case <-dc.Done():
 		default:
-			f.wd.confirmed()
-			f.results[i] = Result{Row: row, Outcome: NotSent, Reason: ReasonTimeout, Err: killed}
+			wd.confirmed()
+			b.results[i] = Result{Row: row, Outcome: NotSent, Reason: ReasonTimeout, Err: killed}
 			continue
 		}
 		switch {
 		case dc.Acked():
-			f.results[i] = Result{Row: row, Outcome: Acked, AckedAt: ackedAt}
+			b.results[i] = Result{Row: row, Outcome: Acked, AckedAt: ackedAt}
 		case closed != nil || killed != nil:
 			// Deferred confirms of a closed channel read as nacks; the
 			// broker never said anything about these rows.
-			f.results[i] = Result{Row: row, Outcome: NotSent, Reason: ReasonChannelClosed, Err: cmp.Or(closed, killed)}
+			b.results[i] = Result{Row: row, Outcome: NotSent, Reason: ReasonChannelClosed, Err: cmp.Or(closed, killed)}
 		default:
-			f.results[i] = failed(row, ReasonNack, errors.New("broker nacked the message"))
+			b.results[i] = failed(row, ReasonNack, errors.New("broker nacked the message"))
 		}
 	}
-	p.matchReturns(f.results)
+	p.matchReturns(b.results)
 
 	switch {
 	case killed != nil:
 		p.Close()
-		return f.results, killed
+		return killed
 	case closed != nil:
 		var ae *amqp.Error
 		if errors.As(closed, &ae) && ae.Code == amqp.NotFound {
@@ -169,14 +165,18 @@ func (p *amqpPublisher) Await(f *inflight) ([]Result, error) {
 		// A channel the broker closed over one message it refused, not
 		// telling which: find it by sending the next batch one by one.
 		// A row the client library refused (see Send) is known already.
-		refused := f.clientRefused()
+		refused := clientRefused(b.results)
 		p.rowRefused = refused || p.channelException() != nil
-		p.isolate = !f.isolate && !refused && p.rowRefused
-		return f.results, fmt.Errorf("channel closed: %w", closed)
+		p.isolate = !s.isolate && !refused && p.rowRefused
+		return fmt.Errorf("channel closed: %w", closed)
 	}
 	p.isolate = false
-	return f.results, f.err
+	return b.err
 }
+
+// RowRefused reports whether the last channel close was the broker (or the
+// client library) refusing one message while the connection stayed up.
+func (p *amqpPublisher) RowRefused() bool { return p.rowRefused }
 
 // matchReturns marks acked rows the broker returned as unroutable. RabbitMQ
 // sends basic.return before the basic.ack of the same message, and the

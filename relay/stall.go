@@ -21,6 +21,7 @@ const stallAfter = 10 * time.Second
 // The loop writes it; the refresher only reads.
 type progress struct {
 	leaderSince atomic.Int64 // unix ns; 0 while not leader
+	leaderPID   atomic.Int32 // the leader lock's session while leader, else 0
 	draining    atomic.Bool  // a batch is in flight: the confirm timeout bounds it
 	noBroker    atomic.Bool  // no broker connection, or publishing blocked: logged as such
 	lastRows    atomic.Int64 // unix ns of the last claim that returned rows
@@ -37,8 +38,11 @@ func (p *progress) claimed(n int) {
 	}
 }
 
-func (p *progress) setLeader(leader bool) {
-	if !leader {
+// setLeader records leadership gained (pid: the leader lock's session) or
+// lost (0).
+func (p *progress) setLeader(pid int32) {
+	p.leaderPID.Store(pid)
+	if pid == 0 {
 		p.leaderSince.Store(0)
 		return
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -36,10 +34,11 @@ type pgStore struct {
 
 	// leaderPID is the backend pid of the session holding the leader lock
 	// for this relay (its LISTEN connection); 0 claims without the check.
-	leaderPID atomic.Int32
+	leaderPID int32
 
-	mu   sync.Mutex
-	live map[*claim]struct{} // claims not yet settled or released
+	// live holds the claims not yet settled (see heldIDs). Like every
+	// field, only the loop's goroutine touches it.
+	live map[*claim]struct{}
 }
 
 // lockParts splits a 64-bit advisory lock key as pg_locks shows it.
@@ -140,9 +139,7 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 		return st, nil, nil, nil // an empty claim holds nothing
 	}
 	c.conn = nil
-	s.mu.Lock()
 	delete(s.live, c)
-	s.mu.Unlock()
 
 	var acked, failedIDs, delays []int64
 	var errs []string
@@ -204,6 +201,10 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 	nc, claimErr = s.hold(ctx, conn, cl)
 	return st, nc, nil, claimErr
 }
+
+// SetLeader sets the backend pid of the session holding the leader lock
+// for this relay; 0 claims without the check.
+func (s *pgStore) SetLeader(pid int32) { s.leaderPID = pid }
 
 // SetWaiting records whether the relay is asleep on LISTEN; the insert
 // trigger sends a NOTIFY only while it is.

@@ -26,11 +26,13 @@ type watchdog struct {
 	reason      error // set before killed is closed
 }
 
-// watch starts a watchdog for the batches sent until its stop.
-func (p *amqpPublisher) watch(ctx context.Context) *watchdog {
+// Watch starts the watchdog for the batches sent until stop, which stops
+// it and waits for it. Send and Await use it.
+func (p *amqpPublisher) Watch(ctx context.Context) (stop func()) {
 	w := &watchdog{timeout: p.confirmTimeout, done: make(chan struct{}), killed: make(chan struct{})}
 	w.touch()
-	nc, blockedCh := p.netConn, p.blockedCh
+	p.wd = w
+	nc := p.netConn
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -40,10 +42,6 @@ func (p *amqpPublisher) watch(ctx context.Context) *watchdog {
 			select {
 			case <-w.done:
 				return
-			case b := <-blockedCh:
-				p.setBlocked(b)
-				w.touch()
-				continue
 			case <-tick.C:
 				if p.blocked.Load() || w.outstanding.Load() <= 0 {
 					w.touch()
@@ -63,7 +61,7 @@ func (p *amqpPublisher) watch(ctx context.Context) *watchdog {
 			return
 		}
 	}()
-	return w
+	return w.stop
 }
 
 func (w *watchdog) touch()     { w.last.Store(time.Now().UnixNano()) }

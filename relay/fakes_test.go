@@ -1,0 +1,289 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// Fakes of the loop's seams (seams.go), for TestLoop... tests: no server,
+// no network. Each records what the loop asked of it in a shared journal,
+// so that a test can check the order of calls across seams.
+
+type journal []string
+
+func (j *journal) add(s string) { *j = append(*j, s) }
+
+// fakeClaim is what one claim returns.
+type fakeClaim struct {
+	rows []Row
+	full bool
+	err  error
+}
+
+type fakeStore struct {
+	j         *journal
+	claims    []fakeClaim // returned by Claim and Settle(next > 0), in turn; then empty claims
+	claimed   int         // claims made
+	settleErr error
+	settled   [][]Result
+	waitErr   error
+	fenceErr  error
+	fences    int
+	leader    []int32 // SetLeader calls
+}
+
+func (s *fakeStore) next() (*claim, error) {
+	s.claimed++
+	if len(s.claims) == 0 {
+		s.j.add("claim 0")
+		return &claim{}, nil
+	}
+	fc := s.claims[0]
+	s.claims = s.claims[1:]
+	if fc.err != nil {
+		s.j.add("claim error")
+		return nil, fc.err
+	}
+	s.j.add("claim " + ids(fc.rows))
+	c := &claim{rows: slices.Clone(fc.rows), full: fc.full}
+	for _, r := range c.rows {
+		if !r.deferred {
+			c.loaded++
+		}
+	}
+	return c, nil
+}
+
+func (s *fakeStore) Claim(context.Context, int) (*claim, error) { return s.next() }
+
+func (s *fakeStore) Settle(_ context.Context, c *claim, results []Result, next int) (settled, *claim, error, error) {
+	if s.settleErr != nil {
+		s.j.add("settle error")
+		return settled{}, nil, s.settleErr, nil
+	}
+	s.j.add("settle " + ids(c.rows))
+	s.settled = append(s.settled, slices.Clone(results))
+	var st settled
+	for _, r := range results {
+		if r.Outcome == Acked {
+			st.deleted++
+		}
+	}
+	if next == 0 {
+		return st, nil, nil, nil
+	}
+	nc, err := s.next()
+	return st, nc, nil, err
+}
+
+func (s *fakeStore) SetWaiting(_ context.Context, w bool) error {
+	s.j.add("waiting " + map[bool]string{true: "on", false: "off"}[w])
+	return s.waitErr
+}
+
+func (s *fakeStore) Fence(context.Context, time.Duration) error {
+	s.fences++
+	s.j.add("fence")
+	return s.fenceErr
+}
+
+func (s *fakeStore) SetLeader(pid int32) { s.leader = append(s.leader, pid) }
+
+type fakePublisher struct {
+	j           *journal
+	connected   bool
+	connectErrs []error // returned by Connect in turn; then it connects
+	blocked     bool
+	checkErr    error
+	refuse      map[int64]bool // rows Check fails
+	nack        map[int64]bool // rows Await says the broker nacked; the others are acked
+	awaitErr    error          // Await fails so, and the connection is gone, unless rowRefused
+	rowRefused  bool
+	onAwait     func() // runs as Await begins
+	watching    bool
+}
+
+func (p *fakePublisher) Connected() bool { return p.connected }
+
+func (p *fakePublisher) Connect(context.Context) error {
+	if len(p.connectErrs) > 0 {
+		err := p.connectErrs[0]
+		p.connectErrs = p.connectErrs[1:]
+		return err
+	}
+	p.connected = true
+	return nil
+}
+
+func (p *fakePublisher) Close()        { p.connected = false }
+func (p *fakePublisher) Blocked() bool { return p.blocked }
+
+func (p *fakePublisher) Watch(context.Context) func() {
+	p.watching = true
+	return func() { p.watching = false }
+}
+
+func (p *fakePublisher) Check(_ context.Context, b *batch) error {
+	if !p.connected {
+		return errors.New("not connected to broker")
+	}
+	if p.checkErr != nil {
+		return p.checkErr
+	}
+	for i := range b.rows {
+		if p.refuse[b.rows[i].ID] {
+			b.results[i] = failed(&b.rows[i], ReasonInvalid, errors.New("refused"))
+		}
+	}
+	return nil
+}
+
+func (p *fakePublisher) Send(_ context.Context, b *batch) {
+	var sent []Row
+	for i := range b.rows {
+		if b.send[i] {
+			sent = append(sent, b.rows[i])
+		}
+	}
+	b.sent = sent
+	p.j.add("send " + ids(sent))
+}
+
+func (p *fakePublisher) Await(b *batch) error {
+	if p.onAwait != nil {
+		p.onAwait()
+	}
+	if p.awaitErr != nil {
+		p.connected = p.rowRefused
+		return p.awaitErr
+	}
+	for i := range b.rows {
+		if !b.send[i] {
+			continue
+		}
+		if p.nack[b.rows[i].ID] {
+			b.results[i] = failed(&b.rows[i], ReasonNack, errors.New("nacked"))
+		} else {
+			b.results[i] = Result{Row: &b.rows[i], Outcome: Acked, AckedAt: time.Now()}
+		}
+	}
+	return nil
+}
+
+func (p *fakePublisher) RowRefused() bool { return p.rowRefused }
+
+type fakeListener struct {
+	j           *journal
+	connected   bool
+	connectErrs []error
+	pid         int32
+	lead        bool
+	leadErr     error
+	waits       []time.Duration
+	waitErr     error
+	pingErr     error
+}
+
+func (l *fakeListener) Connected() bool { return l.connected }
+
+func (l *fakeListener) Connect(context.Context) error {
+	if len(l.connectErrs) > 0 {
+		err := l.connectErrs[0]
+		l.connectErrs = l.connectErrs[1:]
+		return err
+	}
+	l.connected, l.pid = true, 4242
+	return nil
+}
+
+func (l *fakeListener) Close(context.Context) { l.connected, l.pid = false, 0 }
+func (l *fakeListener) PID() int32            { return l.pid }
+
+func (l *fakeListener) TryLead(context.Context) (bool, error) {
+	if l.leadErr != nil {
+		l.connected = false
+		return false, l.leadErr
+	}
+	return l.lead, nil
+}
+
+func (l *fakeListener) Wait(_ context.Context, d time.Duration) (bool, error) {
+	l.waits = append(l.waits, d)
+	l.j.add("wait " + d.String())
+	if l.waitErr != nil {
+		l.connected = false
+		return false, l.waitErr
+	}
+	return false, nil
+}
+
+func (l *fakeListener) Ping(context.Context) error {
+	l.j.add("ping")
+	if l.pingErr != nil {
+		l.connected = false
+	}
+	return l.pingErr
+}
+
+// fakeClock does not sleep: it records the sleep and moves on.
+type fakeClock struct {
+	now    time.Time
+	sleeps []time.Duration
+}
+
+func (c *fakeClock) Now() time.Time { return c.now }
+
+func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	c.sleeps = append(c.sleeps, d)
+	c.now = c.now.Add(d)
+	return true
+}
+
+// rows returns rows with the given ids; a key "a" after an id (as in
+// rows("1a", "2", "3b")) gives it that partition_key.
+func rows(specs ...string) []Row {
+	var out []Row
+	for _, s := range specs {
+		var r Row
+		i := 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			r.ID = r.ID*10 + int64(s[i]-'0')
+			i++
+		}
+		if i < len(s) {
+			k := s[i:]
+			r.PartitionKey = &k
+		}
+		r.MessageID = s
+		r.Exchange = "ex"
+		r.CreatedAt = time.Unix(0, 0)
+		out = append(out, r)
+	}
+	return out
+}
+
+// ids lists the ids of rows, as "[1 2 3]".
+func ids(rs []Row) string {
+	var n []int64
+	for _, r := range rs {
+		n = append(n, r.ID)
+	}
+	return fmtIDs(n)
+}
+
+func fmtIDs(n []int64) string {
+	s := "["
+	for i, id := range n {
+		if i > 0 {
+			s += " "
+		}
+		s += strconv.FormatInt(id, 10)
+	}
+	return s + "]"
+}

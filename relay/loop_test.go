@@ -1,0 +1,240 @@
+package relay
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
+)
+
+// The loop's decisions, driven through runOnce with fakes of its seams
+// (fakes_test.go): no server, no network, no sleep.
+
+type loopBundle struct {
+	l      *loop
+	j      *journal
+	store  *fakeStore
+	pub    *fakePublisher
+	lis    *fakeListener
+	clock  *fakeClock
+	logs   *testenv.Buffer
+	resets int
+}
+
+// setupLoop returns a loop whose listener and broker connect at once and
+// whose relay becomes the leader; the table is empty.
+func setupLoop(t *testing.T) *loopBundle {
+	t.Helper()
+	logs, logger := testenv.BufferedLogger(t)
+	cfg := Config{BatchSize: 3, PollInterval: time.Second, Logger: logger, VacuumEvery: -1}.withDefaults()
+	j := &journal{}
+	b := &loopBundle{j: j, logs: logs, clock: &fakeClock{now: time.Unix(1000, 0)},
+		store: &fakeStore{j: j}, pub: &fakePublisher{j: j}, lis: &fakeListener{j: j, lead: true}}
+	r := &Relay{cfg: cfg, log: logger, metrics: newMetrics(prometheus.NewRegistry())}
+	b.l = &loop{Relay: r, store: b.store, pub: b.pub, lis: b.lis, clock: b.clock,
+		vac: newVacuumer(nil, "outbox", -1, logger), prog: &progress{}, channel: "outbox",
+		idle: make(chan struct{}, 1), resetPool: func() { b.resets++ }}
+	return b
+}
+
+// step runs runOnce under a context that is not done.
+func (b *loopBundle) step(t *testing.T) step {
+	t.Helper()
+	return b.l.runOnce(context.Background(), context.Background())
+}
+
+// steps runs runOnce n times and returns what each did.
+func (b *loopBundle) steps(t *testing.T, n int) []step {
+	t.Helper()
+	var out []step
+	for range n {
+		out = append(out, b.step(t))
+	}
+	return out
+}
+
+// since returns the journal entries after the first n.
+func (b *loopBundle) since(n int) []string { return slices.Clone((*b.j)[n:]) }
+
+// lastPID is the leader lock session the store was given last.
+func lastPID(b *loopBundle) int32 {
+	if len(b.store.leader) == 0 {
+		return 0
+	}
+	return b.store.leader[len(b.store.leader)-1]
+}
+
+func wantSteps(t *testing.T, got []step, want ...step) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Errorf("steps %q, want %q", got, want)
+	}
+}
+
+func wantJournal(t *testing.T, got []string, want ...string) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Errorf("calls:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+}
+
+func wantLog(t *testing.T, b *loopBundle, line string, times int) {
+	t.Helper()
+	if n := strings.Count(b.logs.String(), line); n != times {
+		t.Errorf("log %q %d times, want %d; logs:\n%s", line, n, times, b.logs.String())
+	}
+}
+
+// Idle, the leader polls a few times, closer first, before it announces
+// the wait; then it claims once more and sleeps on LISTEN. Rows found end
+// the wait: the batch goes out first, then the flag is cleared, and
+// lingering starts again from the shortest pause.
+func TestLoopWakeUpAndLinger(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	b.l.cfg.PollInterval = 10 * time.Millisecond
+	wantSteps(t, b.steps(t, 9), stepLinger, stepLinger, stepLinger, stepLinger, stepLinger, stepLinger,
+		stepAnnounce, stepWait, stepWait)
+	ms := time.Millisecond
+	if want := []time.Duration{2 * ms, 4 * ms, 8 * ms, 10 * ms, 10 * ms, 10 * ms, 10 * ms, 10 * ms}; !slices.Equal(b.lis.waits, want) {
+		t.Errorf("waits %v, want %v (lingering capped by the poll interval, then the poll interval)", b.lis.waits, want)
+	}
+	select {
+	case <-b.l.idle:
+	default:
+		t.Error("the gauges were not told the relay went idle")
+	}
+	n := len(*b.j)
+	b.store.claims = []fakeClaim{{rows: rows("1", "2")}}
+	wantSteps(t, b.steps(t, 2), stepBusy, stepLinger)
+	wantJournal(t, b.since(n), "claim [1 2]", "send [1 2]", "settle [1 2]", "waiting off", "claim 0", "wait 2ms")
+}
+
+// A leader that finds rows drains back to back while claims come back
+// full, with two batches on the wire; after a short batch it lets rows
+// gather until busyClaimInterval after the last claim began.
+func TestLoopClaimPacing(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	b.step(t) // leadership
+	n := len(*b.j)
+	b.store.claims = []fakeClaim{{rows: rows("1", "2", "3"), full: true}, {rows: rows("4", "5", "6"), full: true},
+		{rows: rows("7")}}
+	sleeps := len(b.clock.sleeps)
+	wantSteps(t, []step{b.step(t)}, stepBusy)
+	wantJournal(t, b.since(n), "claim [1 2 3]", "send [1 2 3]", "claim [4 5 6]", "send [4 5 6]",
+		"settle [1 2 3]", "claim [7]", "send [7]", "settle [4 5 6]", "settle [7]")
+	if got := b.clock.sleeps[sleeps:]; !slices.Equal(got, []time.Duration{busyClaimInterval}) {
+		t.Errorf("sleeps after the drain %v, want [%s]", got, busyClaimInterval)
+	}
+	if got := testutil.ToFloat64(b.l.metrics.published); got != 7 {
+		t.Errorf("published %v, want 7", got)
+	}
+
+	// Time spent since the claim counts against the pause.
+	b.store.claims = []fakeClaim{{rows: rows("8")}}
+	b.pub.onAwait = func() { b.clock.now = b.clock.now.Add(3 * time.Millisecond) }
+	sleeps = len(b.clock.sleeps)
+	b.step(t)
+	if got := b.clock.sleeps[sleeps:]; !slices.Equal(got, []time.Duration{2 * time.Millisecond}) {
+		t.Errorf("sleeps after a drain of 3ms %v, want [2ms]", got)
+	}
+}
+
+// A batch on the wire that holds rows back behind an earlier row of their
+// key (here, one claimed without its payload) stops the claims until it is
+// settled: the next claim takes them, in id order.
+func TestLoopClaimWaitsForHeldRows(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	b.step(t)
+	n := len(*b.j)
+	first := rows("1a", "2b", "3b")
+	first[1].deferred = true
+	b.store.claims = []fakeClaim{{rows: first, full: true}, {rows: rows("2b", "3b")}}
+	b.step(t)
+	wantJournal(t, b.since(n), "claim [1 2 3]", "send [1]", "settle [1 2 3]", "claim [2 3]", "send [2 3]", "settle [2 3]")
+	if s := b.store.settled[0]; s[0].Outcome != Acked || s[1].Reason != reasonHeld || s[2].Reason != reasonHeld {
+		t.Errorf("first batch settled as %v", s)
+	}
+}
+
+// Leadership: a standby waits and tries again; a new leader fences off the
+// claims of the leader before it, records its lock session, clears a wake-up
+// flag left set and claims; losing the listener loses leadership.
+func TestLoopLeadership(t *testing.T) {
+	t.Parallel()
+	t.Run("standby", func(t *testing.T) {
+		t.Parallel()
+		b := setupLoop(t)
+		b.lis.lead = false
+		wantSteps(t, b.steps(t, 2), stepStandby, stepStandby)
+		wantJournal(t, b.since(0), "wait "+standbyInterval.String(), "wait "+standbyInterval.String())
+		if b.store.fences != 0 || lastPID(b) != 0 || testutil.ToFloat64(b.l.metrics.leader) != 0 {
+			t.Errorf("a standby fenced (%d) or led (%v)", b.store.fences, b.store.leader)
+		}
+		b.lis.lead = true
+		wantSteps(t, b.steps(t, 1), stepLinger)
+		wantLog(t, b, "leadership gained", 1)
+	})
+	t.Run("gained", func(t *testing.T) {
+		t.Parallel()
+		b := setupLoop(t)
+		wantSteps(t, b.steps(t, 2), stepLinger, stepLinger)
+		wantJournal(t, b.since(0), "fence", "waiting off", "claim 0", "wait 2ms", "claim 0", "wait 4ms")
+		if lastPID(b) != 4242 || b.l.prog.leaderPID.Load() != 4242 {
+			t.Errorf("leader pid given to the store %v, to the gauges %d; want the listener's 4242", b.store.leader, b.l.prog.leaderPID.Load())
+		}
+		if testutil.ToFloat64(b.l.metrics.leader) != 1 || !b.l.ready.Load() {
+			t.Errorf("outbox_leader %v, ready %t", testutil.ToFloat64(b.l.metrics.leader), b.l.ready.Load())
+		}
+	})
+	t.Run("fence not cleared", func(t *testing.T) {
+		t.Parallel()
+		b := setupLoop(t)
+		b.store.fenceErr = context.DeadlineExceeded
+		wantSteps(t, b.steps(t, 2), stepStandby, stepStandby)
+		if b.l.leader || lastPID(b) != 0 || b.store.claimed != 0 {
+			t.Errorf("led without the fence: leader %t, pids %v, claims %d", b.l.leader, b.store.leader, b.store.claimed)
+		}
+		wantLog(t, b, "previous leader's claims did not settle in time", 2)
+	})
+	t.Run("lost with the listener", func(t *testing.T) {
+		t.Parallel()
+		b := setupLoop(t)
+		b.step(t)
+		b.lis.connected = false
+		b.lis.connectErrs = []error{context.DeadlineExceeded}
+		wantSteps(t, b.steps(t, 1), stepNoListener)
+		if !slices.Contains(b.store.leader, 4242) || lastPID(b) != 0 || b.l.prog.leaderPID.Load() != 0 {
+			t.Errorf("leader pids %v, gauges %d; want 4242 then 0", b.store.leader, b.l.prog.leaderPID.Load())
+		}
+		if testutil.ToFloat64(b.l.metrics.leader) != 0 {
+			t.Error("outbox_leader still 1")
+		}
+		wantLog(t, b, "leadership lost", 1)
+		wantLog(t, b, "listener connect failed", 1)
+		// Connected again, it fences again before it claims.
+		wantSteps(t, b.steps(t, 2), stepNoListener, stepLinger)
+		if b.store.fences != 2 {
+			t.Errorf("fences %d, want 2", b.store.fences)
+		}
+	})
+	t.Run("lock query fails", func(t *testing.T) {
+		t.Parallel()
+		b := setupLoop(t)
+		b.lis.connected = true
+		b.lis.leadErr = context.DeadlineExceeded
+		wantSteps(t, b.steps(t, 1), stepStandby)
+		if b.l.leader || b.lis.connected {
+			t.Error("a failed lock query left the relay leading or the listener up")
+		}
+		wantLog(t, b, "listener connection lost", 1)
+	})
+}

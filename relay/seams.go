@@ -1,0 +1,92 @@
+package relay
+
+import (
+	"context"
+	"time"
+)
+
+// The loop's seams: the three small interfaces it drives, and a clock. The
+// real implementations are pgStore, amqpPublisher and pgListener; the loop's
+// unit tests (loop_test.go) drive it with fakes, without any server.
+
+// store is the outbox table as the loop sees it (pgStore).
+type store interface {
+	// Claim claims up to limit rows (see claimQuery). An empty claim holds
+	// nothing and needs no Settle.
+	Claim(ctx context.Context, limit int) (*claim, error)
+	// Settle records the results of a claim and, with next > 0, claims the
+	// next batch in the same round trip. A failed settle claims nothing.
+	Settle(ctx context.Context, c *claim, results []Result, next int) (st settled, nc *claim, settleErr, claimErr error)
+	// SetWaiting sets the wake-up flag that makes writers notify.
+	SetWaiting(ctx context.Context, waiting bool) error
+	// Fence waits up to wait for the claims made before it to settle.
+	Fence(ctx context.Context, wait time.Duration) error
+	// SetLeader gives the backend pid of the session holding the leader
+	// lock; claims stop once it no longer holds it. 0 claims unchecked.
+	SetLeader(pid int32)
+}
+
+// publisher is the broker as the loop sees it (amqpPublisher). It sends
+// what it is given: which rows go out is decided by keyOrder.
+type publisher interface {
+	// Connected reports whether the connection and channel are up.
+	Connected() bool
+	// Connect (re)connects, to the next node of the list.
+	Connect(ctx context.Context) error
+	// Close drops the connection. It never fails.
+	Close()
+	// Blocked reports whether the broker blocks publishing.
+	Blocked() bool
+	// Watch bounds the waits for confirms of what is sent until stop:
+	// no confirm for the confirm timeout, or ctx done, breaks the
+	// connection.
+	Watch(ctx context.Context) (stop func())
+	// Check fails, in b.results, the rows the client library or the broker
+	// would refuse, before anything is sent. An error means nothing of the
+	// batch can be sent now.
+	Check(ctx context.Context, b *batch) error
+	// Send publishes the rows b.send marks, in order, without waiting for
+	// their confirms. It stops at the first failure (b.err).
+	Send(ctx context.Context, b *batch)
+	// Await waits for the confirms of a sent batch and fills b.results. An
+	// error means the connection or channel failed.
+	Await(b *batch) error
+	// RowRefused reports whether the last failure was the broker refusing
+	// one message over an open connection: reconnect at once.
+	RowRefused() bool
+}
+
+// listener is the LISTEN session, which also holds the leader lock
+// (pgListener).
+type listener interface {
+	// Connected reports whether the session is up.
+	Connected() bool
+	// Connect opens and checks the session (a *setupError says why it
+	// cannot be used) and LISTENs.
+	Connect(ctx context.Context) error
+	// Close closes the session, releasing the leader lock.
+	Close(ctx context.Context)
+	// PID is the server's backend pid of the session; 0 when down.
+	PID() int32
+	// TryLead tries to take the leader lock on the session.
+	TryLead(ctx context.Context) (bool, error)
+	// Wait sleeps until a notification (true), the timeout or ctx. An error
+	// means the session broke and was closed.
+	Wait(ctx context.Context, timeout time.Duration) (bool, error)
+	// Ping checks the session, closing it if it broke.
+	Ping(ctx context.Context) error
+}
+
+// clock is time as the loop sees it: tests pass one that does not sleep.
+type clock interface {
+	Now() time.Time
+	// Sleep waits for d or until ctx is done, and reports whether d passed.
+	Sleep(ctx context.Context, d time.Duration) bool
+}
+
+// wallClock is the real clock.
+type wallClock struct{}
+
+func (wallClock) Now() time.Time { return time.Now() }
+
+func (wallClock) Sleep(ctx context.Context, d time.Duration) bool { return sleep(ctx, d) }
