@@ -4,11 +4,19 @@
 // context ends.
 //
 // The package is split by seam: the store (PostgreSQL: claim, settle, the
-// wake-up flag, the fence; store.go, claim.go), the listener (the LISTEN
-// session, which also holds the leader lock; listener.go, session.go), the
-// publisher (AMQP: connection, send and await, watchdog; publisher.go,
-// send.go, watchdog.go) and the loop that joins them (loop.go,
-// connections.go, pipeline.go).
+// wake-up flag, the fence; store.go, claim.go, pool.go), the listener (the
+// LISTEN session, which also holds the leader lock; listener.go,
+// session.go), the publisher (AMQP: connection, check, send and await,
+// watchdog; publisher.go, send.go, watchdog.go) and the loop that joins
+// them (loop.go, connections.go, pipeline.go, order.go). The loop sees the
+// other three through small interfaces (seams.go) and a clock: runOnce
+// makes one decision, and its tests (loop_test.go) drive it with fakes.
+//
+// Every goroutine has an owner that stops it: Run starts the loop's work,
+// the gauges and the vacuum; the publisher's connection has a goroutine
+// following its blocked notifications, ended with the connection, and a
+// drain has a watchdog. State the loop keeps is its own; what other
+// goroutines read of it goes through progress (atomics) and the metrics.
 //
 // # States
 //
@@ -66,12 +74,13 @@
 //
 // # Per-key order
 //
-// Rows of a partition_key go out in id order: a row waits while an earlier
-// row of its key is delayed or backing off (keyFree), rows behind a row that
-// failed before it was sent are held back in the batch and the next, and a
-// batch that holds rows back lets no later claim overtake it. A row
-// refused after it was sent can be overtaken by later rows of its key
-// already on the wire: that is counted in outbox_order_breaks_total.
+// Rows of a partition_key go out in id order. The claim skips a row while
+// an earlier row of its key is delayed or backing off (keyFree); within a
+// drain, keyOrder (order.go, where the rule is stated in full) holds back
+// rows behind a row held or refused before it was sent, stops claims while
+// a batch on the wire holds rows back, and counts a row confirmed after an
+// earlier row of its key failed once sent: an order break,
+// outbox_order_breaks_total.
 //
 // # Failures
 //

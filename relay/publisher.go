@@ -43,9 +43,10 @@ type amqpPublisher struct {
 	checkCh     *amqp.Channel
 	connClose   chan *amqp.Error
 	chClose     chan *amqp.Error
-	chErr       *amqp.Error   // what chClose delivered, kept
-	blockedDone chan struct{} // closed when the blocked follower of conn returned
-	blocked     atomic.Bool   // the broker blocked publishing (resource alarm)
+	chErr       *amqp.Error        // what chClose delivered, kept
+	blockedCh   chan amqp.Blocking // conn's blocked notifications, read by followBlocked alone
+	blockedDone chan struct{}      // closed when the blocked follower of conn returned
+	blocked     atomic.Bool        // the broker blocked publishing (resource alarm)
 	returns     chan amqp.Return
 	wd          *watchdog                // bounds the waits of the drain under way (see Watch)
 	exchanges   map[string]time.Time     // exchange → when it was last seen to exist
@@ -138,7 +139,8 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 	p.returns = ch.NotifyReturn(make(chan amqp.Return, p.returnBuffer))
 	p.blocked.Store(false)
 	p.blockedDone = make(chan struct{})
-	go p.followBlocked(conn.NotifyBlocked(make(chan amqp.Blocking, 4)), p.blockedDone)
+	p.blockedCh = conn.NotifyBlocked(make(chan amqp.Blocking, 4))
+	go p.followBlocked(p.blockedCh, p.blockedDone)
 	p.chErr, p.rowRefused = nil, false
 	// Returns of batches that timed out on the old connection.
 	clear(p.returned)
