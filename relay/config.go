@@ -8,7 +8,9 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -24,12 +26,22 @@ const (
 	ShutdownTimeoutDefault = 30 * time.Second
 	ConfirmTimeoutDefault  = 30 * time.Second
 	MaxMessageSizeDefault  = 16 << 20 // RabbitMQ 4's default max_message_size
-	VacuumEveryDefault     = 100_000
 	DatabaseURLDefault     = "postgres://postgres@localhost:5432/postgres"
 	AMQPURLDefault         = "amqp://guest:guest@localhost:5672/"
 )
 
-// Config configures a Relay. The zero value of every field means its default.
+// VacuumEveryDefault is outbox-relay's OUTBOX_VACUUM_EVERY when the variable
+// is not set: a VACUUM after every 100,000 deleted rows. Unlike the
+// constants above it is not what a zero VacuumEvery means: zero turns the
+// relay's VACUUMs off, in Config as in the environment. Set VacuumEvery to
+// it when the relay's role owns the table.
+const VacuumEveryDefault = 100_000
+
+// batchSizeMax is the largest BatchSize.
+const batchSizeMax = 100_000
+
+// Config configures a Relay. The zero value of every field means its
+// default, except VacuumEvery, whose zero turns the relay's VACUUMs off.
 type Config struct {
 	// DatabaseURL is a libpq URL or DSN. The relay's connections must be
 	// session-level (LISTEN and advisory locks do not survive a
@@ -43,49 +55,55 @@ type Config struct {
 	// access token used as one). It is re-read at every connect and
 	// overrides the password in AMQPURL.
 	AMQPPasswordFile string
-	// Table is the outbox table. Defaults to "outbox" in the connection's
-	// current schema.
+	// Table is the outbox table. Defaults to schema.TableDefault in the
+	// connection's current schema.
 	Table schema.Table
-	// BatchSize is how many rows one claim takes. Defaults to 500.
+	// BatchSize is how many rows one claim takes, 1 to 100000. Defaults to
+	// BatchSizeDefault.
 	BatchSize int
 	// BatchBytes bounds the payload bytes of one batch; a row larger than
 	// that goes out in a batch of its own. The relay holds the payloads of
 	// one batch at a time (batches on the wire have dropped theirs), so
 	// its memory follows BatchBytes and the largest row, not the backlog.
 	// Claims ask for fewer rows than BatchSize when recent rows were
-	// large. Defaults to 8 MiB.
+	// large. Defaults to BatchBytesDefault (8 MiB).
 	BatchBytes int
-	// PollInterval is how often the relay claims when no NOTIFY wakes it.
-	// Defaults to 1s.
+	// PollInterval is how often the relay claims when no NOTIFY wakes it,
+	// at least 1ms. Defaults to PollIntervalDefault.
 	PollInterval time.Duration
 	// MaxAttempts is how many failed publishes park a row as dead.
-	// Defaults to 10.
+	// Defaults to MaxAttemptsDefault.
 	MaxAttempts int
 	// RetryBackoff is the delay after a row's first failed attempt; it
-	// doubles with every further one, with jitter, up to RetryBackoffMax.
-	// Defaults to 1s and 5m.
+	// doubles with every further one, with jitter, up to RetryBackoffMax,
+	// which must be at least RetryBackoff. Default to RetryBackoffDefault
+	// and RetryBackoffMaxDefault.
 	RetryBackoff    time.Duration
 	RetryBackoffMax time.Duration
 	// ConfirmTimeout bounds the wait for a batch's publisher confirms; rows
 	// still unconfirmed then are treated as not sent and the broker
-	// connection is reopened. Defaults to 30s.
+	// connection is reopened. Defaults to ConfirmTimeoutDefault.
 	ConfirmTimeout time.Duration
 	// ShutdownTimeout bounds how long Run waits, once its context is done,
-	// for in-flight confirms to arrive and be settled. Defaults to 30s.
+	// for in-flight confirms to arrive and be settled. Defaults to
+	// ShutdownTimeoutDefault.
 	ShutdownTimeout time.Duration
 	// MaxMessageSize is the largest body the relay publishes, in bytes;
 	// larger rows fail without being sent. Set it to the broker's
-	// max_message_size. Defaults to 16 MiB, the default of RabbitMQ 4
-	// (RabbitMQ 3 allowed 128 MiB).
+	// max_message_size. Defaults to MaxMessageSizeDefault, the default of
+	// RabbitMQ 4 (RabbitMQ 3 allowed 128 MiB).
 	MaxMessageSize int
 	// VacuumEvery is how many rows the relay deletes between its own
 	// VACUUMs of the table, which keep the claim cheap while a large
 	// backlog drains (autovacuum comes too seldom for that). Only possible
-	// when the relay's role owns the table. Negative turns it off.
-	// Defaults to 100000.
+	// when the relay's role owns the table (or has MAINTAIN on it). Zero,
+	// as OUTBOX_VACUUM_EVERY=0, turns them off and leaves the table to
+	// autovacuum; negative is refused. outbox-relay sets
+	// VacuumEveryDefault unless told otherwise.
 	VacuumEvery int
 	// AllowUnroutable publishes without the mandatory flag, so a message no
 	// queue is bound for is dropped by the broker instead of being retried.
+	// The zero value publishes with it (OUTBOX_MANDATORY=true).
 	AllowUnroutable bool
 	// Name is the client connection name shown by the broker and the
 	// application_name shown by PostgreSQL. Defaults to "outbox-relay".
@@ -95,6 +113,10 @@ type Config struct {
 	// Registerer receives the relay's metrics. Defaults to none.
 	Registerer prometheus.Registerer
 }
+
+// WithDefaults returns c with every zero field that has a default set to
+// it, as New does before it checks c.
+func (c Config) WithDefaults() Config { return c.withDefaults() }
 
 func (c Config) withDefaults() Config {
 	c.DatabaseURL = cmp.Or(c.DatabaseURL, DatabaseURLDefault)
@@ -111,7 +133,6 @@ func (c Config) withDefaults() Config {
 	c.ConfirmTimeout = cmp.Or(c.ConfirmTimeout, ConfirmTimeoutDefault)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, ShutdownTimeoutDefault)
 	c.MaxMessageSize = cmp.Or(c.MaxMessageSize, MaxMessageSizeDefault)
-	c.VacuumEvery = cmp.Or(c.VacuumEvery, VacuumEveryDefault)
 	c.Name = cmp.Or(c.Name, "outbox-relay")
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -119,28 +140,93 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// FieldError is a Config field whose value breaks one of Config's rules.
+// Its message never holds the value, which may be a secret.
+type FieldError struct {
+	// Field is the name of the Config field, e.g. "BatchSize".
+	Field string
+	// Reason says what is wrong, e.g. "must be between 1 and 100000".
+	Reason string
+	// Than, if set, names the Config field that Reason compares Field
+	// with, and ends the message: RetryBackoffMax "must be at least"
+	// RetryBackoff.
+	Than string
+	// Err is the cause, if any, e.g. a URL's parse error, with any
+	// password left out.
+	Err error
+}
+
+// Error says which field is wrong and why, e.g. "BatchSize: must be
+// between 1 and 100000".
+func (e *FieldError) Error() string {
+	return e.Field + ": " + e.Explain(func(field string) string { return field })
+}
+
+// Explain says why the field is wrong, calling the field it is compared
+// with (if any) by name(field): a caller that reads Config from elsewhere
+// can name its own settings.
+func (e *FieldError) Explain(name func(field string) string) string {
+	if e.Than == "" {
+		return e.Reason
+	}
+	return e.Reason + " " + name(e.Than)
+}
+
+// Unwrap returns the cause, if any.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Validate checks c as it stands, a zero field as zero, not as its
+// default: it is for callers that fill in every field themselves (call
+// WithDefaults first to check what New would run with). It returns one
+// *FieldError for every broken rule, joined, or nil.
+func (c Config) Validate() error { return c.validate() }
+
 func (c Config) validate() error {
 	var errs []error
-	if c.BatchSize < 1 || c.BatchSize > 100_000 {
-		errs = append(errs, fmt.Errorf("BatchSize %d: want 1 to 100000", c.BatchSize))
+	bad := func(field, reason string) { errs = append(errs, &FieldError{Field: field, Reason: reason}) }
+	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+		// pgx leaves the password out of its parse errors.
+		errs = append(errs, &FieldError{Field: "DatabaseURL", Reason: err.Error(), Err: err})
+	}
+	urls := splitURLs(c.AMQPURL)
+	if len(urls) == 0 {
+		bad("AMQPURL", "empty")
+	}
+	for i, u := range urls {
+		if _, err := amqp.ParseURI(u); err != nil {
+			err = RedactURIError(err)
+			errs = append(errs, &FieldError{Field: "AMQPURL", Reason: fmt.Sprintf("URL #%d: %s", i+1, err), Err: err})
+			break
+		}
+	}
+	if c.BatchSize < 1 || c.BatchSize > batchSizeMax {
+		bad("BatchSize", fmt.Sprintf("must be between 1 and %d", batchSizeMax))
 	}
 	if c.BatchBytes < 1 {
-		errs = append(errs, fmt.Errorf("BatchBytes %d: want at least 1", c.BatchBytes))
+		bad("BatchBytes", "must be at least 1")
 	}
 	if c.PollInterval < time.Millisecond {
-		errs = append(errs, fmt.Errorf("PollInterval %s: want at least 1ms", c.PollInterval))
+		bad("PollInterval", "must be at least 1ms")
 	}
 	if c.MaxAttempts < 1 {
-		errs = append(errs, fmt.Errorf("MaxAttempts %d: want at least 1", c.MaxAttempts))
+		bad("MaxAttempts", "must be at least 1")
 	}
-	if c.RetryBackoff <= 0 || c.RetryBackoffMax < c.RetryBackoff {
-		errs = append(errs, fmt.Errorf("RetryBackoff %s, RetryBackoffMax %s: want 0 < min <= max", c.RetryBackoff, c.RetryBackoffMax))
+	if c.RetryBackoff <= 0 {
+		bad("RetryBackoff", "must be positive")
+	} else if c.RetryBackoffMax < c.RetryBackoff {
+		errs = append(errs, &FieldError{Field: "RetryBackoffMax", Reason: "must be at least", Than: "RetryBackoff"})
 	}
-	if c.ConfirmTimeout <= 0 || c.ShutdownTimeout < 0 {
-		errs = append(errs, errors.New("ConfirmTimeout and ShutdownTimeout must be positive"))
+	if c.ConfirmTimeout <= 0 {
+		bad("ConfirmTimeout", "must be positive")
 	}
 	if c.MaxMessageSize < 1 {
-		errs = append(errs, fmt.Errorf("MaxMessageSize %d: want at least 1", c.MaxMessageSize))
+		bad("MaxMessageSize", "must be at least 1")
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("ShutdownTimeout", "must be positive")
+	}
+	if c.VacuumEvery < 0 {
+		bad("VacuumEvery", "must be 0 (off) or more")
 	}
 	return errors.Join(errs...)
 }

@@ -1,18 +1,14 @@
 package main
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/kelseyhightower/envconfig"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
@@ -21,30 +17,85 @@ import (
 // envPrefix is the prefix of every environment variable.
 const envPrefix = "OUTBOX"
 
+// Defaults of the variables that are the command's own; the others are the
+// relay library's (see defaultConfig).
+const (
+	metricsAddrDefault = ":9464"
+	logLevelDefault    = "info"
+	logFormatDefault   = "text"
+)
+
 // config is the relay's whole configuration, read from the environment.
 // Every field names its variable in full; `outbox-relay -h` prints them.
+// The fields have no default tags: loadConfig starts from defaultConfig,
+// and a variable that is set replaces its field, zero included.
 type config struct {
-	DatabaseURL      secretURL     `envconfig:"DATABASE_URL" default:"postgres://postgres@localhost:5432/postgres" desc:"PostgreSQL libpq URL or DSN; session-level (no transaction-mode pooler)"`
-	AMQPURL          secretURL     `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/" desc:"RabbitMQ amqp:// or amqps:// URL; several cluster nodes comma-separated"`
+	DatabaseURL      secretURL     `envconfig:"DATABASE_URL" desc:"PostgreSQL libpq URL or DSN; session-level (no transaction-mode pooler)"`
+	AMQPURL          secretURL     `envconfig:"AMQP_URL" desc:"RabbitMQ amqp:// or amqps:// URL; several cluster nodes comma-separated"`
 	AMQPPasswordFile string        `envconfig:"AMQP_PASSWORD_FILE" desc:"file holding the broker password or OAuth2 token, re-read at every reconnect; overrides the URL's"`
-	Table            string        `envconfig:"TABLE" default:"outbox" desc:"outbox table, optionally schema-qualified (schema.table; double-quote odd names)"`
-	BatchSize        int           `envconfig:"BATCH_SIZE" default:"500" desc:"rows claimed and published per batch (1-100000)"`
-	BatchBytes       int           `envconfig:"BATCH_BYTES" default:"8388608" desc:"payload bytes loaded per batch, at most; a larger row goes alone. The relay's memory follows it and the largest row, not the backlog"`
-	PollInterval     time.Duration `envconfig:"POLL_INTERVAL" default:"1s" desc:"claim this often when no NOTIFY arrives"`
-	MaxAttempts      int           `envconfig:"MAX_ATTEMPTS" default:"10" desc:"failed publishes after which a row is parked as dead"`
-	RetryBackoff     time.Duration `envconfig:"RETRY_BACKOFF" default:"1s" desc:"delay after a row's first failed publish; doubles per attempt, with jitter"`
-	RetryBackoffMax  time.Duration `envconfig:"RETRY_BACKOFF_MAX" default:"5m" desc:"longest delay between a row's attempts"`
-	ConfirmTimeout   time.Duration `envconfig:"CONFIRM_TIMEOUT" default:"30s" desc:"longest wait for a batch's publisher confirms before reconnecting"`
-	MaxMessageSize   int           `envconfig:"MAX_MESSAGE_SIZE" default:"16777216" desc:"largest payload in bytes published; set to the broker's max_message_size (16 MiB in RabbitMQ 4, 128 MiB in 3.x)"`
-	VacuumEvery      int           `envconfig:"VACUUM_EVERY" default:"100000" desc:"rows deleted between the relay's own VACUUMs of the table, which keep claims cheap while a backlog drains (needs table ownership, or MAINTAIN on PostgreSQL 17); 0 leaves it to autovacuum"`
-	Mandatory        bool          `envconfig:"MANDATORY" default:"true" desc:"publish with the mandatory flag: unroutable messages are retried, then parked dead"`
-	MetricsAddr      string        `envconfig:"METRICS_ADDR" default:":9464" desc:"listen address of /metrics, /healthz and /readyz; empty turns it off"`
-	LogLevel         string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
-	LogFormat        string        `envconfig:"LOG_FORMAT" default:"text" desc:"text (coloured on a terminal) or json"`
-	ShutdownTimeout  time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"on SIGTERM, longest wait for in-flight confirms"`
+	Table            string        `envconfig:"TABLE" desc:"outbox table, optionally schema-qualified (schema.table; double-quote odd names)"`
+	BatchSize        int           `envconfig:"BATCH_SIZE" desc:"rows claimed and published per batch (1-100000)"`
+	BatchBytes       int           `envconfig:"BATCH_BYTES" desc:"payload bytes loaded per batch, at most; a larger row goes alone. The relay's memory follows it and the largest row, not the backlog"`
+	PollInterval     time.Duration `envconfig:"POLL_INTERVAL" desc:"claim this often when no NOTIFY arrives"`
+	MaxAttempts      int           `envconfig:"MAX_ATTEMPTS" desc:"failed publishes after which a row is parked as dead"`
+	RetryBackoff     time.Duration `envconfig:"RETRY_BACKOFF" desc:"delay after a row's first failed publish; doubles per attempt, with jitter"`
+	RetryBackoffMax  time.Duration `envconfig:"RETRY_BACKOFF_MAX" desc:"longest delay between a row's attempts"`
+	ConfirmTimeout   time.Duration `envconfig:"CONFIRM_TIMEOUT" desc:"longest wait for a batch's publisher confirms before reconnecting"`
+	MaxMessageSize   int           `envconfig:"MAX_MESSAGE_SIZE" desc:"largest payload in bytes published; set to the broker's max_message_size (16 MiB in RabbitMQ 4, 128 MiB in 3.x)"`
+	VacuumEvery      int           `envconfig:"VACUUM_EVERY" desc:"rows deleted between the relay's own VACUUMs of the table, which keep claims cheap while a backlog drains (needs table ownership, or MAINTAIN on PostgreSQL 17); 0 leaves it to autovacuum"`
+	Mandatory        bool          `envconfig:"MANDATORY" desc:"publish with the mandatory flag: unroutable messages are retried, then parked dead"`
+	MetricsAddr      string        `envconfig:"METRICS_ADDR" desc:"listen address of /metrics, /healthz and /readyz; empty turns it off"`
+	LogLevel         string        `envconfig:"LOG_LEVEL" desc:"debug, info, warn or error"`
+	LogFormat        string        `envconfig:"LOG_FORMAT" desc:"text (coloured on a terminal) or json"`
+	ShutdownTimeout  time.Duration `envconfig:"SHUTDOWN_TIMEOUT" desc:"on SIGTERM, longest wait for in-flight confirms"`
 
 	table    schema.Table
 	logLevel slog.Level
+}
+
+// envField names the variable of each relay.Config field that the relay
+// checks, for its *relay.FieldError: the rules are the relay's, the names
+// are the command's.
+var envField = map[string]string{
+	"DatabaseURL":     "DATABASE_URL",
+	"AMQPURL":         "AMQP_URL",
+	"BatchSize":       "BATCH_SIZE",
+	"BatchBytes":      "BATCH_BYTES",
+	"PollInterval":    "POLL_INTERVAL",
+	"MaxAttempts":     "MAX_ATTEMPTS",
+	"RetryBackoff":    "RETRY_BACKOFF",
+	"RetryBackoffMax": "RETRY_BACKOFF_MAX",
+	"ConfirmTimeout":  "CONFIRM_TIMEOUT",
+	"MaxMessageSize":  "MAX_MESSAGE_SIZE",
+	"ShutdownTimeout": "SHUTDOWN_TIMEOUT",
+	"VacuumEvery":     "VACUUM_EVERY",
+}
+
+// defaultConfig is the configuration with no variable set: the relay
+// library's defaults, and the command's own for the rest. `-h` prints it.
+func defaultConfig() config {
+	d := relay.Config{}.WithDefaults()
+	return config{
+		DatabaseURL:     secretURL(d.DatabaseURL),
+		AMQPURL:         secretURL(d.AMQPURL),
+		Table:           d.Table.Name,
+		BatchSize:       d.BatchSize,
+		BatchBytes:      d.BatchBytes,
+		PollInterval:    d.PollInterval,
+		MaxAttempts:     d.MaxAttempts,
+		RetryBackoff:    d.RetryBackoff,
+		RetryBackoffMax: d.RetryBackoffMax,
+		ConfirmTimeout:  d.ConfirmTimeout,
+		MaxMessageSize:  d.MaxMessageSize,
+		// The library's zero VacuumEvery is off, as the variable's 0 is;
+		// the command vacuums unless told not to.
+		VacuumEvery:     relay.VacuumEveryDefault,
+		Mandatory:       !d.AllowUnroutable,
+		MetricsAddr:     metricsAddrDefault,
+		LogLevel:        logLevelDefault,
+		LogFormat:       logFormatDefault,
+		ShutdownTimeout: d.ShutdownTimeout,
+	}
 }
 
 // secretURL is a URL that may hold a password. It formats as "REDACTED" so
@@ -69,7 +120,7 @@ func (e *configError) Error() string { return envPrefix + "_" + e.key + ": " + e
 // loadConfig reads and checks the environment. Its errors name the
 // variable but never echo a value, which could be a secret.
 func loadConfig() (*config, error) {
-	var c config
+	c := defaultConfig()
 	if err := envconfig.Process(envPrefix, &c); err != nil {
 		var pe *envconfig.ParseError
 		if errors.As(err, &pe) {
@@ -86,30 +137,16 @@ func describeType(t string) string {
 		return "whole number"
 	case "bool":
 		return "boolean (true or false)"
-	case "Duration":
+	case "time.Duration":
 		return "duration (e.g. 500ms, 1s, 5m)"
 	}
 	return t
 }
 
+// validate checks what the relay library does not (the table's name, the
+// password file, the command's own variables) and has the library check
+// the rest, naming the variable of a field it refuses.
 func (c *config) validate() error {
-	if _, err := pgxpool.ParseConfig(c.DatabaseURL.reveal()); err != nil {
-		// pgx redacts passwords in its parse errors.
-		return &configError{"DATABASE_URL", err.Error()}
-	}
-	n := 0
-	for _, u := range strings.Split(c.AMQPURL.reveal(), ",") {
-		if u = strings.TrimSpace(u); u == "" {
-			continue
-		}
-		n++
-		if _, err := amqp.ParseURI(u); err != nil {
-			return &configError{"AMQP_URL", fmt.Sprintf("URL #%d: %s", n, relay.RedactURIError(err))}
-		}
-	}
-	if n == 0 {
-		return &configError{"AMQP_URL", "empty"}
-	}
 	if c.AMQPPasswordFile != "" {
 		if _, err := os.ReadFile(c.AMQPPasswordFile); err != nil {
 			return &configError{"AMQP_PASSWORD_FILE", "cannot be read: " + describeFileError(err)}
@@ -120,27 +157,14 @@ func (c *config) validate() error {
 		return &configError{"TABLE", err.Error()}
 	}
 	c.table = t
-	switch {
-	case c.BatchSize < 1 || c.BatchSize > 100_000:
-		return &configError{"BATCH_SIZE", "must be between 1 and 100000"}
-	case c.BatchBytes < 1:
-		return &configError{"BATCH_BYTES", "must be at least 1"}
-	case c.PollInterval < time.Millisecond:
-		return &configError{"POLL_INTERVAL", "must be at least 1ms"}
-	case c.MaxAttempts < 1:
-		return &configError{"MAX_ATTEMPTS", "must be at least 1"}
-	case c.RetryBackoff <= 0:
-		return &configError{"RETRY_BACKOFF", "must be positive"}
-	case c.RetryBackoffMax < c.RetryBackoff:
-		return &configError{"RETRY_BACKOFF_MAX", "must be at least OUTBOX_RETRY_BACKOFF"}
-	case c.ConfirmTimeout <= 0:
-		return &configError{"CONFIRM_TIMEOUT", "must be positive"}
-	case c.MaxMessageSize < 1:
-		return &configError{"MAX_MESSAGE_SIZE", "must be at least 1"}
-	case c.ShutdownTimeout <= 0:
-		return &configError{"SHUTDOWN_TIMEOUT", "must be positive"}
-	case c.VacuumEvery < 0:
-		return &configError{"VACUUM_EVERY", "must be 0 (off) or more"}
+	if err := c.relayConfig(nil).Validate(); err != nil {
+		var fe *relay.FieldError
+		if !errors.As(err, &fe) || envField[fe.Field] == "" {
+			return fmt.Errorf("check configuration: %w", err)
+		}
+		// The library explains the first field it refuses; the value is
+		// not part of that.
+		return &configError{envField[fe.Field], fe.Explain(func(field string) string { return envPrefix + "_" + envField[field] })}
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
@@ -166,7 +190,9 @@ func describeFileError(err error) string {
 	return err.Error()
 }
 
-// relayConfig maps the environment onto the relay's configuration.
+// relayConfig maps the environment onto the relay's configuration. Every
+// field is set, from the variable or from defaultConfig, so a variable set
+// to zero reaches the library as zero, for it to check.
 func (c *config) relayConfig(log *slog.Logger) relay.Config {
 	return relay.Config{
 		DatabaseURL:      c.DatabaseURL.reveal(),
@@ -182,8 +208,10 @@ func (c *config) relayConfig(log *slog.Logger) relay.Config {
 		ConfirmTimeout:   c.ConfirmTimeout,
 		ShutdownTimeout:  c.ShutdownTimeout,
 		MaxMessageSize:   c.MaxMessageSize,
-		VacuumEvery:      cmp.Or(c.VacuumEvery, -1), // 0 here means off
-		AllowUnroutable:  !c.Mandatory,
-		Logger:           log,
+		VacuumEvery:      c.VacuumEvery,
+		// The one place OUTBOX_MANDATORY meets the library's flag, whose
+		// zero value (false) is OUTBOX_MANDATORY=true.
+		AllowUnroutable: !c.Mandatory,
+		Logger:          log,
 	}
 }

@@ -23,11 +23,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"text/template"
+	"time"
 
 	"github.com/kelseyhightower/envconfig"
 	"github.com/lmittmann/tint"
@@ -178,8 +181,31 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// usageFormat is envconfig's usage template, without the type column.
-const usageFormat = "VARIABLE\tDEFAULT\tMEANING\n{{range .}}{{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}"
+// usageTemplate is envconfig's usage table without the type column, its
+// defaults read from defaultConfig rather than from tags.
+var usageTemplate = template.Must(template.New("usage").Funcs(template.FuncMap{
+	"default": showDefault,
+}).Parse("VARIABLE\tDEFAULT\tMEANING\n{{range .}}{{.Key}}\t{{default .Field}}\t{{.Tags.Get \"desc\"}}\n{{end}}"))
+
+// showDefault formats a field of defaultConfig as a user would set it:
+// durations as 5m, not 5m0s, and URLs in full (the defaults hold no
+// secret).
+func showDefault(v reflect.Value) string {
+	switch x := v.Interface().(type) {
+	case secretURL:
+		return x.reveal()
+	case time.Duration:
+		s := x.String()
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		if strings.HasSuffix(s, "h0m") {
+			s = strings.TrimSuffix(s, "0m")
+		}
+		return s
+	}
+	return fmt.Sprint(v.Interface())
+}
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `outbox-relay publishes the rows of a transactional outbox table to RabbitMQ.
@@ -198,6 +224,7 @@ Usage:
 Environment (a bad value exits 2, naming the variable):
 `)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	_ = envconfig.Usagef(envPrefix, &config{}, tw, usageFormat)
+	d := defaultConfig()
+	_ = envconfig.Usaget(envPrefix, &d, tw, usageTemplate)
 	_ = tw.Flush()
 }

@@ -12,12 +12,7 @@ import (
 
 // The defaults of the variables that bound memory are the library's.
 func TestMemoryDefaultsAreTheRelays(t *testing.T) {
-	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "OUTBOX_") {
-			t.Setenv(k, "")
-			os.Unsetenv(k)
-		}
-	}
+	clearEnv(t)
 	c, err := loadConfig()
 	if err != nil {
 		t.Fatal(err)
