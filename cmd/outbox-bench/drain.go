@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 )
 
 // drain compares draining a backlog of rows with raw publishing of as many
@@ -152,14 +154,12 @@ func (b *bench) relayDrain(ctx context.Context, n int) func() error {
 		if err != nil {
 			return err
 		}
-		deadline := time.Now().Add(5 * time.Minute)
-		for published() < float64(n) {
-			if time.Now().After(deadline) {
-				_ = stop()
-				return fmt.Errorf("relay published %.0f of %d rows within 5m", published(), n)
-			}
-			// Gathering the metrics costs some CPU: poll gently.
-			time.Sleep(10 * time.Millisecond)
+		// Gathering the metrics costs some CPU: poll gently.
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		if err := harness.Poll(pctx, 10*time.Millisecond, func() bool { return published() >= float64(n) }); err != nil {
+			_ = stop()
+			return fmt.Errorf("relay published %.0f of %d rows: %w", published(), n, err)
 		}
 		return stop()
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -122,17 +123,21 @@ func (b *bench) waitIdle(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		waiting, err := schema.RelayWaiting(ctx, conn, b.table)
-		if err != nil || waiting {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return errors.New("relay did not go idle")
-		}
-		time.Sleep(10 * time.Millisecond)
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var qerr error
+	err = harness.Poll(pctx, 0, func() bool {
+		var waiting bool
+		waiting, qerr = schema.RelayWaiting(pctx, conn, b.table)
+		return qerr != nil || waiting
+	})
+	if qerr != nil {
+		return fmt.Errorf("relay idle: %w", qerr)
 	}
+	if err != nil {
+		return fmt.Errorf("relay did not go idle: %w", err)
+	}
+	return nil
 }
 
 // startRelay runs a relay on the bench table until the returned stop.

@@ -21,6 +21,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
@@ -57,8 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o.stderr = stderr
 	fs := flag.NewFlagSet("outbox-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.adminURL, "database-url", envOr("OUTBOX_DATABASE_URL", "postgres://postgres@localhost:5432/postgres"), "PostgreSQL URL of a database to create the bench database from")
-	fs.StringVar(&o.amqpURL, "amqp-url", envOr("OUTBOX_AMQP_URL", "amqp://guest:guest@localhost:5672/"), "RabbitMQ URL")
+	fs.StringVar(&o.adminURL, "database-url", envOr("OUTBOX_DATABASE_URL", relay.DatabaseURLDefault), "PostgreSQL URL of a database to create the bench database from")
+	fs.StringVar(&o.amqpURL, "amqp-url", envOr("OUTBOX_AMQP_URL", relay.AMQPURLDefault), "RabbitMQ URL")
 	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory and writers scenarios")
 	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, writers, memory, soak); default all but soak")
 	fs.IntVar(&o.rows, "rows", 100_000, "backlog rows for the drain scenario")
@@ -99,10 +100,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if want["memory"] || want["writers"] {
-		if _, err := os.Stat(o.relayBin); err != nil {
-			fmt.Fprintf(stderr, "outbox-bench: the memory and writers scenarios run %s: build it with `make build` or name it with -relay\n", o.relayBin)
+		bin, err := harness.FindRelay(o.relayBin)
+		if err != nil {
+			fmt.Fprintf(stderr, "outbox-bench: the memory and writers scenarios run %s: build it with `make build` or name it with -relay: %v\n", o.relayBin, err)
 			return 2
 		}
+		o.relayBin = bin
 	}
 	fmt.Fprintf(stdout, "outbox-bench %s, %d CPUs, payload %d bytes, durable queue, persistent messages, confirms\n",
 		time.Now().Format("2006-01-02 15:04"), runtime.NumCPU(), o.payload)

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"fmt"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 )
 
 // Large rows for the memory scenario: the issue's backlog of 600 rows of
@@ -65,6 +67,9 @@ func (b *bench) drainLarge(ctx context.Context, n, size int) (peak int64, rate f
 	return b.drainProcess(ctx, n)
 }
 
+// drainProcessTimeout bounds drainProcess's wait for every row.
+const drainProcessTimeout = 10 * time.Minute
+
 func mib(n int64) string { return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20)) }
 
 // drainProcess fills n rows, runs `outbox-relay run` until the consumer has
@@ -86,26 +91,26 @@ func (b *bench) drainProcess(ctx context.Context, n int) (int64, float64, error)
 	if err != nil {
 		return 0, 0, err
 	}
+	// Sample the peak as the relay drains: it may grow until the end.
 	var peak int64
-	deadline := time.Now().Add(10 * time.Minute)
-	for c.n.Load() < int64(n) {
-		if v, err := vmHWM(p.pid()); err == nil {
+	sample := func() {
+		if v, err := vmHWM(p.Pid()); err == nil {
 			peak = max(peak, v)
 		}
-		if time.Now().After(deadline) {
-			_ = p.stop()
-			return 0, 0, fmt.Errorf("received %d of %d rows", c.n.Load(), n)
-		}
-		select {
-		case <-c.signal:
-		case <-time.After(100 * time.Millisecond):
-		}
+	}
+	pctx, cancel := context.WithTimeout(ctx, drainProcessTimeout)
+	defer cancel()
+	err = harness.Poll(pctx, 0, func() bool { sample(); return c.n.Load() >= int64(n) || p.Exited() })
+	if err == nil && c.n.Load() < int64(n) {
+		err = fmt.Errorf("the relay exited first: %s", p.State())
+	}
+	if err != nil {
+		_ = p.Stop()
+		return 0, 0, fmt.Errorf("received %d of %d rows: %w", c.n.Load(), n, err)
 	}
 	rate := float64(n) / time.Since(begin).Seconds()
-	if v, err := vmHWM(p.pid()); err == nil {
-		peak = max(peak, v)
-	}
-	if err := p.stop(); err != nil {
+	sample()
+	if err := p.Stop(); err != nil {
 		return 0, 0, err
 	}
 	return peak, rate, nil

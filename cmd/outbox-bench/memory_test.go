@@ -3,10 +3,9 @@ package main
 import (
 	"context"
 	"io"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
@@ -22,12 +21,11 @@ const testLargeRows = 150
 func TestRelayMemoryStaysBounded(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	bin := filepath.Join(t.TempDir(), "outbox-relay")
 	// Without -race, as `make build` builds it: the race detector's
 	// shadow memory would be measured too.
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "github.com/outbox-relay/outbox-relay/cmd/outbox-relay")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin, err := harness.Build(ctx, t.TempDir(), "-trimpath")
+	if err != nil {
+		t.Fatal(err)
 	}
 	b, err := newBench(ctx, options{adminURL: testenv.DatabaseURL(), amqpURL: testenv.AMQPURL(), relayBin: bin, stderr: io.Discard}, io.Discard)
 	if err != nil {

@@ -5,41 +5,25 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 )
 
-// relayProcess is `outbox-relay run` on the bench table, as its own
-// process the way it runs beside a service.
-type relayProcess struct {
-	cmd *exec.Cmd
+// startRelayProcess starts `outbox-relay run` on the bench table as its
+// own process, the way it runs beside a service, with its log at warn and
+// no metrics endpoint. The caller stops it with Stop.
+func (b *bench) startRelayProcess(ctx context.Context) (*harness.Process, error) {
+	r := &harness.Relay{Bin: b.o.relayBin, Output: b.o.stderr, Env: map[string]string{
+		"OUTBOX_DATABASE_URL": b.dbURL,
+		"OUTBOX_AMQP_URL":     b.o.amqpURL,
+		"OUTBOX_TABLE":        b.table.String(),
+		"OUTBOX_METRICS_ADDR": "",
+		"OUTBOX_LOG_LEVEL":    "warn",
+	}}
+	return r.Start(ctx)
 }
-
-// startRelayProcess starts the relay binary named by -relay.
-func (b *bench) startRelayProcess(ctx context.Context) (*relayProcess, error) {
-	cmd := exec.CommandContext(ctx, b.o.relayBin, "run")
-	cmd.Env = append(os.Environ(),
-		"OUTBOX_DATABASE_URL="+b.dbURL, "OUTBOX_AMQP_URL="+b.o.amqpURL, "OUTBOX_TABLE="+b.table.String(),
-		"OUTBOX_METRICS_ADDR=", "OUTBOX_LOG_LEVEL=warn")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", b.o.relayBin, err)
-	}
-	return &relayProcess{cmd: cmd}, nil
-}
-
-// stop stops the relay with SIGTERM and waits for it to exit.
-func (p *relayProcess) stop() error {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	if err := p.cmd.Wait(); err != nil {
-		return fmt.Errorf("relay exit: %w", err)
-	}
-	return nil
-}
-
-func (p *relayProcess) pid() int { return p.cmd.Process.Pid }
 
 // vmHWM reads a process's peak resident set size from /proc.
 func vmHWM(pid int) (int64, error) {

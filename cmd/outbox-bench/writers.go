@@ -57,18 +57,18 @@ begin perform pg_notify('bench_naive', ''); return null; end $$`,
 		return err
 	}
 	if err := b.waitIdle(ctx); err != nil {
-		_ = p.stop()
+		_ = p.Stop()
 		return err
 	}
 	broker := brokerPID()
 	brokerBefore, _ := cpuSeconds(broker)
-	relayBefore, _ := cpuSeconds(p.pid())
+	relayBefore, _ := cpuSeconds(p.Pid())
 	begin := time.Now()
 	real, err := b.commitRate(ctx, b.table.Ident())
 	took := time.Since(begin).Seconds()
 	brokerAfter, _ := cpuSeconds(broker)
-	relayAfter, _ := cpuSeconds(p.pid())
-	if serr := p.stop(); err == nil {
+	relayAfter, _ := cpuSeconds(p.Pid())
+	if serr := p.Stop(); err == nil {
 		err = serr
 	}
 	if err != nil {
