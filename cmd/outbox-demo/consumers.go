@@ -51,61 +51,61 @@ func (d *demo) setupBroker() error {
 	if err != nil {
 		return fmt.Errorf("declare exchanges: %w", err)
 	}
-	for _, name := range consumers {
-		s, err := d.subscribe(name, func(ch *amqp.Channel) (string, error) {
-			if name == "api" {
-				q := d.opts.prefix + ".api"
-				if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-					return "", err
-				}
-				n, err := ch.QueuePurge(q, false)
-				if n > 0 {
-					d.say("setup", "purged %d events an earlier run left in %s", n, q)
-				}
-				if err == nil {
-					err = ch.QueueBind(q, "job.completed", d.jobsExchange, false, nil)
-				}
-				return q, err
-			}
-			q, err := ch.QueueDeclare("", false, true, true, false, nil)
-			if err != nil || name == "audit" {
-				return q.Name, err
-			}
-			return q.Name, ch.QueueBind(q.Name, "job.*", d.jobsExchange, false, nil)
-		})
-		if err != nil {
+	for _, c := range consumers {
+		queue, key := "", "job.*"
+		switch c {
+		case "api":
+			queue, key = d.opts.prefix+".api", "job.completed"
+		case "audit":
+			key = ""
+		}
+		if err := d.subscribe(c, queue, key); err != nil {
 			return err
 		}
-		d.subs = append(d.subs, s)
 	}
 	d.say("setup", "exchange %s (topic): queue %s.api bound to job.completed; web-1, web-2 and web-3 each a queue of its own bound to job.*",
 		d.jobsExchange, d.opts.prefix)
 	return nil
 }
 
-// subscribe connects consumer name, lets declare set up its queue and
-// starts consuming from it. Deliveries wait until d.consume takes them.
-func (d *demo) subscribe(name string, declare func(*amqp.Channel) (string, error)) (*subscriber, error) {
+// subscribe connects consumer name, as a separate process would, and
+// starts consuming from its queue: the durable queue named queue, emptied
+// of what an earlier run left, or if queue is "" a server-named one that
+// goes with the consumer; bound to the jobs exchange with key if not "".
+// Deliveries wait until d.consume takes them.
+func (d *demo) subscribe(name, queue, key string) error {
 	conn, err := d.dial(name)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s := &subscriber{name: name, conn: conn}
+	d.subs = append(d.subs, s) // run closes them, whatever happens
+	var q amqp.Queue
+	purged := 0
 	ch, err := conn.Channel()
 	if err == nil {
 		err = ch.Qos(200, 0, false)
 	}
 	if err == nil {
-		s.queue, err = declare(ch)
+		q, err = ch.QueueDeclare(queue, queue != "", false, queue == "", false, nil)
+	}
+	if err == nil && queue != "" {
+		purged, err = ch.QueuePurge(queue, false)
+	}
+	if err == nil && key != "" {
+		err = ch.QueueBind(q.Name, key, d.jobsExchange, false, nil)
 	}
 	if err == nil {
-		s.deliveries, err = ch.Consume(s.queue, name, false, false, false, false, nil)
+		s.queue = q.Name
+		s.deliveries, err = ch.Consume(q.Name, name, false, false, false, false, nil)
 	}
 	if err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("%s: set up its queue: %w", name, err)
+		return fmt.Errorf("%s: set up its queue: %w", name, err)
 	}
-	return s, nil
+	if purged > 0 {
+		d.say("setup", "purged %d events an earlier run left in %s", purged, queue)
+	}
+	return nil
 }
 
 // dial connects to the broker as the relay does (the first of a

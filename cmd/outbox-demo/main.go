@@ -1,21 +1,14 @@
-// Command outbox-demo shows the transactional outbox at work on a local
-// PostgreSQL and RabbitMQ, in a run of a few seconds whose output reads
-// top to bottom. It is the README's first command (`make demo`).
-//
-// It runs the real outbox-relay binary as a subprocess (its log shows as
-// [relay]) and plays four steps (story.go): a job service that writes a
-// job's row and its job.completed event in one transaction, so that the
-// api is pushed the event instead of polling; three web instances that
-// each receive every event; the relay stopped and started again with
-// nothing lost; and a poison row parked dead, then retried with
-// `outbox-relay dead retry` once its cause is fixed. It ends with a check
-// (ledger.go) and exits 1 if the check fails, 2 on a usage error.
+// Command outbox-demo is the README's first command (`make demo`): in a
+// few seconds of output that reads top to bottom, it shows the
+// transactional outbox at work on a local PostgreSQL and RabbitMQ, with
+// the real outbox-relay binary as a subprocess. Its four steps are in
+// story.go; it ends with a check (ledger.go), and exits 1 if that fails, 2
+// on a usage error.
 //
 // It reads OUTBOX_DATABASE_URL, OUTBOX_AMQP_URL and OUTBOX_AMQP_PASSWORD_FILE
-// with the relay's defaults and hands them to the relay, which runs with
-// OUTBOX_MAX_ATTEMPTS=3 and OUTBOX_RETRY_BACKOFF=1s unless they are set.
-// It leaves its schema, exchanges and durable queue behind, and clears
-// what an earlier run left in them at start.
+// with the relay's defaults, and the relay inherits them. It leaves its
+// schema, exchanges and durable queue behind, and clears at start what an
+// earlier run left in them.
 package main
 
 import (
@@ -27,7 +20,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -47,13 +39,9 @@ func main() {
 
 // options are the demo's flags and environment.
 type options struct {
-	relayPath   string
-	table       schema.Table
-	prefix      string // of the exchange and queue names
-	metricsAddr string
-	dbURL       string
-	amqpURL     string
-	amqpPwFile  string
+	relayPath, prefix, metricsAddr string // prefix: of exchange and queue names
+	dbURL, amqpURL, amqpPwFile     string
+	table                          schema.Table
 }
 
 // parseOptions parses the flags and reads the environment.
@@ -79,10 +67,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("-table: %w", err)
 	case o.table.Schema == "" || o.table.Schema == "public":
 		return nil, fmt.Errorf("-table %s: name a schema of the demo's own", *table)
-	case o.prefix == "" || strings.ContainsAny(o.prefix, " \t\n"):
-		return nil, errors.New("-prefix: want a non-empty name without spaces")
-	case o.metricsAddr == "":
-		return nil, errors.New("-metrics-addr: the demo reads the relay's lag there")
+	case o.prefix == "" || o.metricsAddr == "":
+		return nil, errors.New("-prefix and -metrics-addr must not be empty")
 	case fs.NArg() > 0:
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
@@ -101,12 +87,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	d := &demo{opts: o, out: &syncWriter{w: stdout}, ledger: newLedger()}
-	if err := d.run(ctx); err != nil {
+	err = d.run(ctx)
+	if err != nil {
 		d.say("demo", "stopped early: %v", err)
-		d.check()
-		return 1
 	}
-	if !d.check() {
+	if !d.check() || err != nil {
 		return 1
 	}
 	return 0

@@ -43,13 +43,14 @@ func (d *demo) startRelay(ctx context.Context) error {
 	}
 	d.proc = p
 	d.say("demo", "started `outbox-relay run` (pid %d)", p.Pid())
-	return poll(ctx, waitTimeout, "the relay to lead", func() (bool, error) {
-		if p.Exited() {
-			return false, p.Err()
-		}
+	err = waitFor(ctx, waitTimeout, "the relay to lead", func() bool {
 		v, ok := p.Metric("outbox_leader")
-		return ok && v == 1, nil
+		return ok && v == 1 || p.Exited()
 	})
+	if p.Exited() {
+		return fmt.Errorf("the relay exited: %w", p.Err())
+	}
+	return err
 }
 
 // stopRelay sends SIGTERM to the running relay, if any, and records how it
@@ -84,13 +85,13 @@ func (d *demo) relayCommand(ctx context.Context, who string, args ...string) err
 // be a moment after the consumers have them).
 func (d *demo) reportLag(ctx context.Context, published float64) error {
 	var m harness.Metrics
-	err := poll(ctx, waitTimeout, "the relay to count what it published", func() (bool, error) {
-		var err error
-		m, err = d.proc.Metrics(ctx)
+	if err := waitFor(ctx, waitTimeout, "the relay to count what it published", func() bool {
+		sctx, cancel := context.WithTimeout(ctx, harness.ScrapeTimeout)
+		defer cancel()
+		m, _ = d.proc.Metrics(sctx)
 		n, _ := m.Value("outbox_published_total")
-		return err == nil && n >= published, nil
-	})
-	if err != nil {
+		return n >= published
+	}); err != nil {
 		return err
 	}
 	v := func(series string) float64 { x, _ := m.Value(series); return x }

@@ -80,7 +80,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 		}
 		err = step(ctx)
 	}
-	if err := poll(context.WithoutCancel(ctx), drainTimeout, "the last deliveries", func() (bool, error) { return d.ledger.arrived(), nil }); err != nil {
+	if err := waitFor(context.WithoutCancel(ctx), drainTimeout, "the last deliveries", func() bool { return d.ledger.arrived() }); err != nil {
 		d.say("demo", "%v", err)
 	}
 	return errors.Join(err, d.stopRelay("the demo is over"))
@@ -192,11 +192,10 @@ func (d *demo) poison(ctx context.Context) error {
 		return err
 	}
 	var dead []relay.DeadRow
-	err = poll(ctx, waitTimeout, "the audit row to be parked dead", func() (bool, error) {
-		dead, err = relay.ListDead(ctx, d.pool, d.opts.table, relay.DeadFilter{}, 1)
-		return len(dead) > 0, err
-	})
-	if err != nil {
+	if err := waitFor(ctx, waitTimeout, "the audit row to be parked dead", func() bool {
+		dead, _ = relay.ListDead(ctx, d.pool, d.opts.table, relay.DeadFilter{}, 1)
+		return len(dead) > 0
+	}); err != nil {
 		return err
 	}
 	d.say("ops", "row %d is dead after %d attempts", dead[0].ID, dead[0].Attempts)
@@ -215,23 +214,14 @@ func (d *demo) poison(ctx context.Context) error {
 
 // await waits until every consumer that the events ids are for has them.
 func (d *demo) await(ctx context.Context, what string, ids ...outbox.MessageID) error {
-	return poll(ctx, waitTimeout, what, func() (bool, error) { return d.ledger.arrived(ids...), nil })
+	return waitFor(ctx, waitTimeout, what, func() bool { return d.ledger.arrived(ids...) })
 }
 
-// poll calls cond every few milliseconds until it holds or fails, for at
-// most timeout.
-func poll(ctx context.Context, timeout time.Duration, what string, cond func() (bool, error)) error {
+// waitFor polls cond until it holds, for at most timeout.
+func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() bool) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var err error
-	if harness.Poll(ctx, 0, func() bool {
-		var ok bool
-		ok, err = cond()
-		return ok || err != nil
-	}) != nil {
-		return fmt.Errorf("gave up waiting for %s after %s", what, timeout)
-	}
-	if err != nil {
+	if err := harness.Poll(ctx, 0, cond); err != nil {
 		return fmt.Errorf("wait for %s: %w", what, err)
 	}
 	return nil
