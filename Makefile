@@ -15,7 +15,7 @@ build: ## build bin/outbox-relay and bin/outbox-demo
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/outbox-relay ./cmd/outbox-relay
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/outbox-demo ./cmd/outbox-demo
 
-demo: build services ## run the relay with a demo producer and consumers (Ctrl-C stops)
+demo: build services ## run the relay with a demo producer and consumers, then check what arrived
 	bin/outbox-demo -relay bin/outbox-relay
 
 run: build services ## migrate and run the relay against OUTBOX_* (local servers by default)
