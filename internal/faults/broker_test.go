@@ -6,14 +6,13 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os/exec"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
@@ -36,40 +35,22 @@ const (
 	watermarkAlarm = "0.0000001"
 )
 
-// rabbitmqctl runs `rabbitmqctl -q args...` and returns its output, failing
-// the test on error.
-func rabbitmqctl(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := rabbitmqctlErr(args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func rabbitmqctlErr(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "rabbitmqctl", append([]string{"-q"}, args...)...).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("rabbitmqctl %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out)), nil
-}
-
 // brokerConnections returns the broker's ids (pid column) of p's AMQP
 // connections, found by their peer ports.
 func brokerConnections(t *testing.T, p *relayProc) []string {
 	t.Helper()
-	ports, err := p.localPorts(amqpPort(t))
+	ports, err := p.LocalPorts(amqpPort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns, err := harness.BrokerConnections(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	var pids []string
-	for _, line := range strings.Split(rabbitmqctl(t, "list_connections", "--no-table-headers", "pid", "peer_port"), "\n") {
-		pid, port, ok := strings.Cut(strings.TrimSpace(line), "\t")
-		if n, err := strconv.Atoi(strings.TrimSpace(port)); ok && err == nil && slices.Contains(ports, n) {
-			pids = append(pids, pid)
+	for _, c := range conns {
+		if slices.Contains(ports, c.PeerPort) {
+			pids = append(pids, c.PID)
 		}
 	}
 	return pids
@@ -78,6 +59,7 @@ func brokerConnections(t *testing.T, p *relayProc) []string {
 // TestBrokerClosesRelayConnection has the broker close the relay's AMQP
 // connection (rabbitmqctl close_connection) four times under load.
 func TestBrokerClosesRelayConnection(t *testing.T) {
+	ctx := context.Background()
 	s := newScenario(t, "broker_close_connection")
 	s.startLoad()
 	r := s.startRelay(nil)
@@ -93,14 +75,14 @@ func TestBrokerClosesRelayConnection(t *testing.T) {
 		})
 		closed, from := time.Now(), s.cons.mark()
 		for _, pid := range pids {
-			rabbitmqctl(t, "close_connection", pid, "fault injection: broker-side close")
+			must(t, harness.CloseBrokerConnection(ctx, pid, "fault injection: broker-side close"))
 		}
 		s.recovered(fmt.Sprintf("broker closed the relay's connection (%d)", i+1), closed, from)
 	}
 	// The last close may still be under way.
 	var n float64
-	if !waitUntil(10*time.Second, func() bool {
-		n, _ = r.metric(`outbox_reconnects_total{connection="amqp"}`)
+	if !harness.Within(10*time.Second, func() bool {
+		n, _ = r.Metric(`outbox_reconnects_total{connection="amqp"}`)
 		return n >= closes
 	}) {
 		t.Errorf("outbox_reconnects_total{connection=\"amqp\"} = %v after %d closes", n, closes)
@@ -112,13 +94,11 @@ func TestBrokerClosesRelayConnection(t *testing.T) {
 // for brokerOutage, and starts it again, twice. The queue is durable and
 // the messages persistent: nothing confirmed may vanish with the restart.
 func TestBrokerRestart(t *testing.T) {
+	ctx := context.Background()
 	s := newScenario(t, "broker_restart")
 	// Registered after the topology, so it runs before its removal.
 	t.Cleanup(func() {
-		if _, err := rabbitmqctlErr("start_app"); err != nil {
-			t.Errorf("restore broker: %v", err)
-		}
-		if _, err := rabbitmqctlErr("await_startup"); err != nil {
+		if err := harness.StartBroker(context.Background()); err != nil {
 			t.Errorf("restore broker: %v", err)
 		}
 	})
@@ -129,15 +109,14 @@ func TestBrokerRestart(t *testing.T) {
 		time.Sleep(faultSpacing) // spaces the faults
 		s.backlog(burst)
 		stopped := time.Now()
-		rabbitmqctl(t, "stop_app")
+		must(t, harness.StopBroker(ctx))
 		time.Sleep(brokerOutage) // the outage
-		rabbitmqctl(t, "start_app")
-		rabbitmqctl(t, "await_startup")
+		must(t, harness.StartBroker(ctx))
 		back, from := time.Now(), s.cons.mark()
 		t.Logf("restart %d: broker down %s", i+1, back.Sub(stopped).Round(time.Millisecond))
 		s.recovered(fmt.Sprintf("broker restart %d", i+1), back, from)
 	}
-	if n, _ := r.metric(`outbox_reconnects_total{connection="amqp"}`); n < 2 {
+	if n, _ := r.Metric(`outbox_reconnects_total{connection="amqp"}`); n < 2 {
 		t.Errorf("outbox_reconnects_total{connection=\"amqp\"} = %v after 2 restarts", n)
 	}
 	s.finish(0)
@@ -148,17 +127,19 @@ func TestBrokerRestart(t *testing.T) {
 // everything once the alarm clears.
 func TestBrokerMemoryAlarm(t *testing.T) {
 	s := newScenario(t, "broker_memory_alarm")
-	prev := rabbitmqctl(t, "eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
+	ctx := context.Background()
+	prev, err := harness.MemoryWatermark(ctx)
+	must(t, err)
 	if _, err := strconv.ParseFloat(prev, 64); err != nil {
 		t.Logf("memory watermark %q is not a fraction; restoring %s afterwards", prev, watermarkDefault)
 		prev = watermarkDefault
 	}
 	t.Cleanup(func() {
-		if _, err := rabbitmqctlErr("set_vm_memory_high_watermark", prev); err != nil {
+		if err := harness.SetMemoryWatermark(ctx, prev); err != nil {
 			t.Errorf("restore memory watermark: %v", err)
 		}
-		if !waitUntil(30*time.Second, func() bool {
-			out, err := rabbitmqctlErr("eval", "rabbit_alarm:get_alarms().")
+		if !harness.Within(30*time.Second, func() bool {
+			out, err := harness.BrokerAlarms(ctx)
 			return err == nil && out == "[]"
 		}) {
 			t.Errorf("broker alarm still raised 30s after restoring the watermark")
@@ -170,9 +151,9 @@ func TestBrokerMemoryAlarm(t *testing.T) {
 	time.Sleep(faultSpacing) // load before the fault
 
 	raised := time.Now()
-	rabbitmqctl(t, "set_vm_memory_high_watermark", watermarkAlarm)
-	blockedAt := waitFor(t, 15*time.Second, "the relay to log that the broker blocked publishing", func() bool {
-		return r.logs.count("broker blocked publishing") > 0
+	must(t, harness.SetMemoryWatermark(ctx, watermarkAlarm))
+	blockedAt := harness.WaitFor(t, 15*time.Second, "the relay to log that the broker blocked publishing", func() bool {
+		return r.Output().Count("broker blocked publishing") > 0
 	})
 	t.Logf("relay paused %s after the alarm was raised", blockedAt.Sub(raised).Round(time.Millisecond))
 	time.Sleep(alarmSettle)
@@ -187,10 +168,10 @@ func TestBrokerMemoryAlarm(t *testing.T) {
 		t.Errorf("the producer committed nothing during the alarm: the outbox must not slow writers when the broker is away")
 	}
 
-	rabbitmqctl(t, "set_vm_memory_high_watermark", prev)
+	must(t, harness.SetMemoryWatermark(ctx, prev))
 	cleared := time.Now()
 	s.recovered("memory alarm cleared", cleared, from)
-	if r.logs.count("broker unblocked publishing") == 0 {
+	if r.Output().Count("broker unblocked publishing") == 0 {
 		t.Errorf("the relay did not log that the broker unblocked publishing")
 	}
 	s.finish(0)
@@ -212,13 +193,13 @@ func TestBrokerNodeAcceptsButNeverAnswers(t *testing.T) {
 	began, from := time.Now(), s.cons.mark()
 	r := s.startRelay(map[string]string{"OUTBOX_AMQP_URL": "amqp://guest:guest@" + hole + "/," + testenv.AMQPURL()})
 	var at time.Time
-	if !waitUntil(handshakeBound, func() bool {
+	if !harness.Within(handshakeBound, func() bool {
 		var ok bool
 		at, ok = s.cons.firstBeganAfter(began, from)
 		return ok
 	}) {
 		t.Errorf("nothing delivered %s after start: the relay is stuck on the silent node %s instead of failing over to %s\nrelay log:\n%s",
-			handshakeBound, hole, testenv.AMQPURL(), r.logs.grep(20, "broker", "connect", "leadership"))
+			handshakeBound, hole, testenv.AMQPURL(), r.Output().Grep(20, "broker", "connect", "leadership"))
 		r.threadStacks()
 		if _, exited := r.terminate(10 * time.Second); !exited {
 			t.Errorf("the relay, stuck on the silent node, did not exit within 10s of SIGTERM (OUTBOX_SHUTDOWN_TIMEOUT 5s); its goroutines are dumped into its log below")

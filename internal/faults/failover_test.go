@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
@@ -37,17 +38,17 @@ func TestFailoverToPromotedStandby(t *testing.T) {
 	s := newScenarioOn(t, "failover_promoted_standby", pg.Env(t))
 	s.startLoad()
 	r := s.startRelay(nil)
-	waitFor(t, startTimeout, "relay-1 to lead on the primary", r.isLeader)
+	harness.WaitFor(t, startTimeout, "relay-1 to lead on the primary", r.isLeader)
 	s.waitFlowing("relay-1 on the primary")
 
 	pg.WaitReplayed(t) // the table exists on the standby
 	ro := s.startRelay(map[string]string{"OUTBOX_DATABASE_URL": pg.StandbyURL})
-	waitFor(t, startTimeout, "relay-2, given the standby alone, to refuse to lead", func() bool {
-		return ro.logs.count("relay cannot lead") > 0
+	harness.WaitFor(t, startTimeout, "relay-2, given the standby alone, to refuse to lead", func() bool {
+		return ro.Output().Count("relay cannot lead") > 0
 	})
 	time.Sleep(readOnlyLeeway) // relay-2 must publish nothing meanwhile
-	if n := ro.logs.count("reason=read_only"); n == 0 {
-		t.Errorf("relay-2 refused to lead on the standby, but not with reason=read_only:\n%s", ro.logs.grep(5, "cannot lead"))
+	if n := ro.Output().Count("reason=read_only"); n == 0 {
+		t.Errorf("relay-2 refused to lead on the standby, but not with reason=read_only:\n%s", ro.Output().Grep(5, "cannot lead"))
 	}
 	if ro.isLeader() || ro.published() != 0 {
 		t.Errorf("relay-2, on the standby, reports outbox_leader=%t and outbox_published_total %v; want false and 0",
@@ -61,8 +62,8 @@ func TestFailoverToPromotedStandby(t *testing.T) {
 	if !r.isLeader() {
 		t.Fatalf("relay-1 stopped leading on the primary")
 	}
-	if n := r.logs.count("relay cannot lead"); n > 0 {
-		t.Errorf("relay-1 refused to lead %d times on the primary:\n%s", n, r.logs.grep(5, "cannot lead"))
+	if n := r.Output().Count("relay cannot lead"); n > 0 {
+		t.Errorf("relay-1 refused to lead %d times on the primary:\n%s", n, r.Output().Grep(5, "cannot lead"))
 	}
 
 	s.backlog(burst) // the kill strikes a busy relay
@@ -73,22 +74,22 @@ func TestFailoverToPromotedStandby(t *testing.T) {
 	// Its lock session died with the primary: outbox_leader 1 here would
 	// tell an alert that all is well.
 	t.Logf("relay-1, %s into the outage: outbox_leader=%t, /readyz ready=%t",
-		time.Since(killed).Round(time.Millisecond), r.isLeader(), r.ready())
+		time.Since(killed).Round(time.Millisecond), r.isLeader(), r.Ready())
 	pg.Promote(t)
 	promoted, from := time.Now(), s.cons.mark()
 	t.Logf("primary killed; standby promoted %s later", promoted.Sub(killed).Round(time.Millisecond))
 	s.recovered("primary killed, standby promoted: promotion to first delivery", promoted, from)
-	waitFor(t, recoverTimeout, "relay-1 to lead on the promoted standby", r.isLeader)
-	ports, err := r.localPorts(pg.StandbyPort())
+	harness.WaitFor(t, recoverTimeout, "relay-1 to lead on the promoted standby", r.isLeader)
+	ports, err := r.LocalPorts(pg.StandbyPort())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ports) == 0 {
 		t.Errorf("relay-1 leads but has no connection to the promoted standby (port %d)", pg.StandbyPort())
 	}
-	if n, _ := r.metric(`outbox_reconnects_total{connection="postgres_listener"}`); n < 1 {
+	if n, _ := r.Metric(`outbox_reconnects_total{connection="postgres_listener"}`); n < 1 {
 		t.Errorf("outbox_reconnects_total{connection=\"postgres_listener\"} = %v after the failover; want at least 1", n)
 	}
-	t.Logf("relay-1 during the failover:\n%s", r.logs.grep(20, "listener", "leadership", "cannot lead", "failed"))
+	t.Logf("relay-1 during the failover:\n%s", r.Output().Grep(20, "listener", "leadership", "cannot lead", "failed"))
 	s.finish(0)
 }

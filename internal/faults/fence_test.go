@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/Shopify/toxiproxy/v2"
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 )
 
 // wireDelay holds back what the deposed leader sends to the broker: its
@@ -33,12 +34,12 @@ func TestFailoverWithBatchOnTheWire(t *testing.T) {
 	for i := range relays {
 		wire, env := proxyTo(t, "broker")
 		relays[i] = relay{p: s.startRelay(env), wire: wire}
-		waitFor(t, startTimeout, relays[i].p.name+" to be ready", relays[i].p.ready)
+		harness.WaitFor(t, startTimeout, relays[i].p.name+" to be ready", relays[i].p.Ready)
 	}
 	s.waitFlowing("leader")
 	for round := range 3 {
 		var leader, standby relay
-		waitFor(t, recoverTimeout, "exactly one relay to lead", func() bool {
+		harness.WaitFor(t, recoverTimeout, "exactly one relay to lead", func() bool {
 			return relays[0].p.isLeader() != relays[1].p.isLeader()
 		})
 		leader, standby = relays[0], relays[1]
@@ -53,7 +54,7 @@ func TestFailoverWithBatchOnTheWire(t *testing.T) {
 		addToxic(t, leader.wire, name, "latency", "upstream", fmt.Sprintf(`{"latency": %d}`, wireDelay.Milliseconds()))
 		s.terminateLockSession(leader.p)
 		struck, from := time.Now(), s.cons.mark()
-		led := waitFor(t, recoverTimeout, standby.p.name+" to lead", standby.p.isLeader)
+		led := harness.WaitFor(t, recoverTimeout, standby.p.name+" to lead", standby.p.isLeader)
 		t.Logf("round %d: %s leads %s after %s lost its lock session with batches on a slow wire",
 			round+1, standby.p.name, led.Sub(struck).Round(time.Millisecond), leader.p.name)
 		time.Sleep(wireDelay) // the deposed leader's batches arrive meanwhile

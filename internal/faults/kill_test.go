@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
@@ -28,7 +29,7 @@ func TestKill9Relay(t *testing.T) {
 	for i := range 5 {
 		s.backlog(burst)
 		time.Sleep(rand.N(killWithin)) // a random moment
-		r.kill()
+		r.Kill()
 		killed, from := time.Now(), s.cons.mark()
 		r = s.startRelay(nil)
 		s.recovered(fmt.Sprintf("SIGKILL %d, relay restarted", i+1), killed, from)
@@ -74,10 +75,10 @@ func killLeaders(t *testing.T, name string, n int, extra map[string]string) {
 		relays[i] = s.startRelay(extra)
 	}
 	for _, r := range relays {
-		waitFor(t, startTimeout, r.name+" to be ready", r.ready)
+		harness.WaitFor(t, startTimeout, r.name+" to be ready", r.Ready)
 	}
 	var leader *relayProc
-	waitFor(t, startTimeout, "one relay to report outbox_leader 1", func() bool {
+	harness.WaitFor(t, startTimeout, "one relay to report outbox_leader 1", func() bool {
 		leader = findLeader(relays)
 		return leader != nil
 	})
@@ -92,11 +93,11 @@ func killLeaders(t *testing.T, name string, n int, extra map[string]string) {
 
 		s.backlog(burst)
 		time.Sleep(rand.N(killWithin)) // a random moment
-		leader.kill()
+		leader.Kill()
 		killed, from := time.Now(), s.cons.mark()
 		alive := slices.DeleteFunc(slices.Clone(relays), func(r *relayProc) bool { return r == leader })
 		var next *relayProc
-		led := waitFor(t, recoverTimeout, "a standby to report outbox_leader 1", func() bool {
+		led := harness.WaitFor(t, recoverTimeout, "a standby to report outbox_leader 1", func() bool {
 			next = findLeader(alive)
 			return next != nil
 		})
@@ -110,7 +111,7 @@ func killLeaders(t *testing.T, name string, n int, extra map[string]string) {
 			t.Errorf("takeover %d took %s, want at most %s", k+1, takeover.Round(time.Millisecond), maxTakeover)
 		}
 		standby := s.startRelay(extra)
-		waitFor(t, startTimeout, standby.name+" to be ready", standby.ready)
+		harness.WaitFor(t, startTimeout, standby.name+" to be ready", standby.Ready)
 		relays = append(alive, standby)
 		leader = next
 	}
@@ -185,7 +186,7 @@ func (s *scenario) checkStatusNamesLeader(leader *relayProc) {
 	if err := s.env.Pool.QueryRow(context.Background(), "select coalesce(client_port, -1) from pg_stat_activity where pid = $1", st.Leader.PID).Scan(&port); err != nil {
 		t.Fatalf("session of leader pid %d: %v", st.Leader.PID, err)
 	}
-	ports, err := leader.localPorts(dbPort(t))
+	ports, err := leader.LocalPorts(dbPort(t))
 	if err != nil {
 		t.Fatal(err)
 	}

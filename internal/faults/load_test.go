@@ -209,9 +209,15 @@ func (c *consumer) stop() {
 
 func (c *consumer) run(ctx context.Context) {
 	defer close(c.done)
+	retry := time.NewTimer(0)
+	defer retry.Stop()
 	for ctx.Err() == nil {
 		c.session(ctx)
-		sleepCtx(ctx, consumerRetry)
+		retry.Reset(consumerRetry)
+		select {
+		case <-retry.C:
+		case <-ctx.Done():
+		}
 	}
 }
 

@@ -6,14 +6,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 )
 
 // bin is the outbox-relay binary under test: built for this run with the
@@ -32,12 +31,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bin = filepath.Join(dir, "outbox-relay")
-	if prebuilt := os.Getenv("OUTBOX_FAULTS_BIN"); prebuilt != "" {
-		// Test a binary built elsewhere (a release, another revision).
-		bin = prebuilt
-	} else if out, err := exec.Command("go", "build", "-race", "-o", bin, "github.com/outbox-relay/outbox-relay/cmd/outbox-relay").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build outbox-relay: %v\n%s", err, out)
+	bin = os.Getenv("OUTBOX_FAULTS_BIN") // a binary built elsewhere (a release, another revision)
+	if bin == "" {
+		bin, err = harness.Build(context.Background(), dir, "-race")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -57,39 +56,27 @@ func TestMain(m *testing.M) {
 func repairBroker() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ctl := func(args ...string) (string, error) {
-		out, err := exec.CommandContext(ctx, "rabbitmqctl", append([]string{"-q"}, args...)...).CombinedOutput()
-		if err != nil {
-			return "", fmt.Errorf("rabbitmqctl %s: %w\n%s", strings.Join(args, " "), err, out)
-		}
-		return strings.TrimSpace(string(out)), nil
-	}
-	if _, err := ctl("start_app"); err != nil {
+	if err := harness.StartBroker(ctx); err != nil {
 		return err
 	}
-	if _, err := ctl("await_startup"); err != nil {
-		return err
-	}
-	wm, err := ctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
+	wm, err := harness.MemoryWatermark(ctx)
 	if err != nil {
 		return err
 	}
 	if f, err := strconv.ParseFloat(wm, 64); err == nil && f < 0.01 {
 		fmt.Fprintf(os.Stderr, "faults: memory watermark was %s (left by a killed run): setting %s\n", wm, watermarkDefault)
-		if _, err := ctl("set_vm_memory_high_watermark", watermarkDefault); err != nil {
+		if err := harness.SetMemoryWatermark(ctx, watermarkDefault); err != nil {
 			return err
 		}
 	}
-	mms, err := ctl("eval", "application:get_env(rabbit, max_message_size).")
+	n, err := harness.MaxMessageSize(ctx)
 	if err != nil {
 		return err
 	}
-	if v, ok := strings.CutPrefix(mms, "{ok,"); ok {
-		if n, err := strconv.Atoi(strings.TrimSuffix(v, "}")); err == nil && n < 1<<20 {
-			fmt.Fprintf(os.Stderr, "faults: broker max_message_size was %d (left by a killed run): setting %d\n", n, maxMessageSizeDefault)
-			if _, err := ctl("eval", fmt.Sprintf("application:set_env(rabbit, max_message_size, %d).", maxMessageSizeDefault)); err != nil {
-				return err
-			}
+	if n < 1<<20 {
+		fmt.Fprintf(os.Stderr, "faults: broker max_message_size was %d (left by a killed run): setting %d\n", n, harness.MaxMessageSizeDefault)
+		if err := harness.SetMaxMessageSize(ctx, harness.MaxMessageSizeDefault); err != nil {
+			return err
 		}
 	}
 	return nil

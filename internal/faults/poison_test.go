@@ -4,12 +4,11 @@ package faults
 
 import (
 	"context"
-	"fmt"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -147,33 +146,26 @@ func (s *scenario) runPoison(kinds []poison) {
 	if sum.maxLatency > poisonMaxLatency {
 		t.Errorf("a healthy row took %s to arrive with poison in the stream; want at most %s", sum.maxLatency, poisonMaxLatency)
 	}
-	if n := r.logs.count("row parked dead"); n != len(bad) {
+	if n := r.Output().Count("row parked dead"); n != len(bad) {
 		t.Errorf("the relay logged %d rows parked dead, want %d", n, len(bad))
 	}
 }
 
 // brokerMaxMessageSize is the broker's max_message_size during
-// TestPoisonRowOverBrokerMaxMessageSize; maxMessageSizeDefault is RabbitMQ's default.
-const (
-	brokerMaxMessageSize  = 600
-	maxMessageSizeDefault = 134217728
-)
+// TestPoisonRowOverBrokerMaxMessageSize.
+const brokerMaxMessageSize = 600
 
 // setBrokerMaxMessageSize sets the broker's max_message_size, which channels
 // opened afterwards obey, and restores the one in force in t.Cleanup.
 func setBrokerMaxMessageSize(t *testing.T, n int) {
 	t.Helper()
-	prev := maxMessageSizeDefault
-	out := rabbitmqctl(t, "eval", "application:get_env(rabbit, max_message_size).")
-	if v, ok := strings.CutPrefix(out, "{ok,"); ok {
-		if p, err := strconv.Atoi(strings.TrimSuffix(v, "}")); err == nil {
-			prev = p
-		}
-	}
+	ctx := context.Background()
+	prev, err := harness.MaxMessageSize(ctx)
+	must(t, err)
 	t.Cleanup(func() {
-		if _, err := rabbitmqctlErr("eval", fmt.Sprintf("application:set_env(rabbit, max_message_size, %d).", prev)); err != nil {
+		if err := harness.SetMaxMessageSize(ctx, prev); err != nil {
 			t.Errorf("restore max_message_size: %v", err)
 		}
 	})
-	rabbitmqctl(t, "eval", fmt.Sprintf("application:set_env(rabbit, max_message_size, %d).", n))
+	must(t, harness.SetMaxMessageSize(ctx, n))
 }

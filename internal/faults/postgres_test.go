@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 )
 
 // TestPostgresTerminatesRelaySessions terminates every PostgreSQL session
@@ -33,8 +35,8 @@ func TestPostgresTerminatesRelaySessions(t *testing.T) {
 	}
 	// A busy relay notices a dead listener only when it next waits.
 	var n float64
-	if !waitUntil(10*time.Second, func() bool {
-		n, _ = r.metric(`outbox_reconnects_total{connection="postgres_listener"}`)
+	if !harness.Within(10*time.Second, func() bool {
+		n, _ = r.Metric(`outbox_reconnects_total{connection="postgres_listener"}`)
 		return n >= rounds
 	}) {
 		t.Errorf("outbox_reconnects_total{connection=\"postgres_listener\"} = %v after %d rounds", n, rounds)
@@ -46,7 +48,7 @@ func TestPostgresTerminatesRelaySessions(t *testing.T) {
 // relay's sockets to PostgreSQL, and returns how many it terminated.
 func (s *scenario) terminateSessions(r *relayProc) int {
 	s.t.Helper()
-	ports, err := r.localPorts(dbPort(s.t))
+	ports, err := r.LocalPorts(dbPort(s.t))
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -83,7 +85,7 @@ func TestLeaderLockLostWhileBusy(t *testing.T) {
 	s := newScenario(t, "leader_lock_lost_busy")
 	s.startLoad()
 	a := s.startRelay(nil)
-	waitFor(t, startTimeout, "relay-1 to lead", a.isLeader)
+	harness.WaitFor(t, startTimeout, "relay-1 to lead", a.isLeader)
 	s.waitFlowing("leader")
 
 	s.backlog(lockBacklog)
@@ -93,17 +95,17 @@ func TestLeaderLockLostWhileBusy(t *testing.T) {
 	s.terminateLockSession(a)
 	lost, from := time.Now(), s.cons.mark()
 	// relay-1 must notice at its next claim, not when the backlog is gone.
-	waitFor(t, lockLostWatch, "relay-1 to notice that it lost the leader lock", func() bool {
-		_, ok := a.logs.firstLineTime("leadership lost")
+	harness.WaitFor(t, lockLostWatch, "relay-1 to notice that it lost the leader lock", func() bool {
+		_, ok := a.Output().FirstLineTime("leadership lost")
 		return ok
 	})
-	at, _ := a.logs.firstLineTime("leadership lost")
+	at, _ := a.Output().FirstLineTime("leadership lost")
 	t.Logf("relay-1 logged %q %s after its lock session was terminated", "leadership lost", at.Sub(lost).Round(time.Millisecond))
 
 	// The lock is free again: relay-1 may take it back, or relay-2 may.
 	// Either way exactly one leads, and the other publishes nothing.
 	b := s.startRelay(nil)
-	waitFor(t, recoverTimeout, "exactly one relay to lead", func() bool { return a.isLeader() != b.isLeader() })
+	harness.WaitFor(t, recoverTimeout, "exactly one relay to lead", func() bool { return a.isLeader() != b.isLeader() })
 	leader, standby := a, b
 	if b.isLeader() {
 		leader, standby = b, a
@@ -124,7 +126,7 @@ func TestLeaderLockLostWhileBusy(t *testing.T) {
 func (s *scenario) terminateLockSession(r *relayProc) {
 	t := s.t
 	t.Helper()
-	ports, err := r.localPorts(dbPort(t))
+	ports, err := r.LocalPorts(dbPort(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,7 +52,7 @@ func TestProxyFaults(t *testing.T) {
 						healed, from := f.apply(t, s, proxy)
 						s.recovered(fmt.Sprintf("%s healed (%d)", f.name, i+1), healed, from)
 					}
-					if f.name == "stall" && target == "broker" && r.logs.count("no confirms within") == 0 {
+					if f.name == "stall" && target == "broker" && r.Output().Count("no confirms within") == 0 {
 						t.Logf("note: the stall did not catch a batch waiting for confirms")
 					}
 					s.finish(0)
