@@ -99,18 +99,3 @@ func (d *demo) transact(ctx context.Context, commit bool, msgs []outbox.Message,
 	d.ledger.ended(ids, true)
 	return ids, nil
 }
-
-// burst commits n job.progress events in one transaction, as a bulk import
-// would; only the web instances bind job.progress.
-func (d *demo) burst(ctx context.Context, n int) ([]outbox.MessageID, error) {
-	msgs := make([]outbox.Message, n)
-	for i := range msgs {
-		msgs[i] = outbox.Message{Exchange: d.jobsExchange, RoutingKey: "job.progress", Payload: fmt.Appendf(nil, `{"seq":%d}`, i)}
-	}
-	ids, err := d.transact(ctx, true, msgs, webInstances, nil)
-	if err != nil {
-		return nil, fmt.Errorf("burst: %w", err)
-	}
-	d.say("jobs", "%d job.progress events committed in one transaction", n)
-	return ids, nil
-}

@@ -1,7 +1,7 @@
 // Command outbox-demo is the README's first command (`make demo`): in a
 // few seconds of output that reads top to bottom, it shows the
 // transactional outbox at work on a local PostgreSQL and RabbitMQ, with
-// the real outbox-relay binary as a subprocess. Its four steps are in
+// the real outbox-relay binary as a subprocess. Its three steps are in
 // story.go; it ends with a check (ledger.go), and exits 1 if that fails, 2
 // on a usage error.
 //
