@@ -76,7 +76,8 @@ func fakeRelay(args []string) int {
 	return code
 }
 
-// errExit is how a test learns the exit code from Process.Err.
+// exitCode returns the exit status an error from Stop, Err or Command
+// wraps; 0 if none.
 func exitCode(err error) int {
 	var ee interface{ ExitCode() int }
 	if errors.As(err, &ee) {

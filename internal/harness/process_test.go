@@ -40,7 +40,7 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// fakeRelay returns a Relay that runs the test binary as a fake relay.
+// newFakeRelay returns a Relay that runs the test binary as a fake relay.
 func newFakeRelay(t *testing.T, env map[string]string) *Relay {
 	t.Helper()
 	bin, err := os.Executable()
