@@ -126,19 +126,19 @@ func (p *fakePublisher) Watch(context.Context) func() {
 	return func() { p.watching = false }
 }
 
-func (p *fakePublisher) Check(_ context.Context, b *batch) error {
+func (p *fakePublisher) Prepare(context.Context, *batch) error {
 	if !p.connected {
 		return errors.New("not connected to broker")
 	}
-	if p.checkErr != nil {
-		return p.checkErr
+	return p.checkErr
+}
+
+func (p *fakePublisher) Check(b *batch, i int) bool {
+	if p.refuse[b.rows[i].ID] {
+		b.results[i] = failed(&b.rows[i], ReasonInvalid, errors.New("refused"))
+		return false
 	}
-	for i := range b.rows {
-		if p.refuse[b.rows[i].ID] {
-			b.results[i] = failed(&b.rows[i], ReasonInvalid, errors.New("refused"))
-		}
-	}
-	return nil
+	return true
 }
 
 func (p *fakePublisher) Send(_ context.Context, b *batch) {

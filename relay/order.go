@@ -50,9 +50,10 @@ type keyOrder struct {
 }
 
 // plan decides which rows of b go out, given the batches still on the wire
-// (sent before b, not yet awaited), after the publisher's Check has failed
-// the rows it would refuse.
-func (o *keyOrder) plan(b *batch, wire []*batch) {
+// (sent before b, not yet awaited). check asks the publisher whether a row
+// can be sent at all (see publisher.Check); it is asked only for rows not
+// held back, and fails those it refuses.
+func (o *keyOrder) plan(b *batch, wire []*batch, check func(i int) bool) {
 	hold := make(map[string]bool, len(o.broken))
 	for k := range o.broken {
 		hold[k] = true
@@ -69,8 +70,8 @@ func (o *keyOrder) plan(b *batch, wire []*batch) {
 		switch {
 		case r.PartitionKey != nil && hold[*r.PartitionKey]:
 			b.results[i] = Result{Row: r, Outcome: NotSent, Reason: reasonHeld}
-		case b.results[i].Outcome == Failed:
-			addKey(hold, r) // refused by Check
+		case !check(i):
+			addKey(hold, r) // failed before it was sent
 		case r.deferred:
 			b.results[i] = Result{Row: r, Outcome: NotSent, Reason: reasonHeld}
 			addKey(hold, r)

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -109,14 +110,15 @@ func TestLoopKeyOrder(t *testing.T) {
 					await()
 				}
 				b := newBatch(&claim{rows: ob.rows})
-				for i := range b.rows {
-					for _, id := range ob.refuse {
-						if b.rows[i].ID == id {
-							b.results[i] = failed(&b.rows[i], ReasonInvalid, errors.New("refused"))
-						}
+				checked := map[int64]bool{}
+				o.plan(b, wire, func(i int) bool {
+					checked[b.rows[i].ID] = true
+					if slices.Contains(ob.refuse, b.rows[i].ID) {
+						b.results[i] = failed(&b.rows[i], ReasonInvalid, errors.New("refused"))
+						return false
 					}
-				}
-				o.plan(b, wire)
+					return true
+				})
 				var sent, held []Row
 				for i, r := range b.rows {
 					if b.send[i] {
@@ -124,6 +126,9 @@ func TestLoopKeyOrder(t *testing.T) {
 					}
 					if b.results[i].Reason == reasonHeld {
 						held = append(held, r)
+						if checked[r.ID] && !r.deferred {
+							t.Errorf("batch %d: row %d held back behind its key, yet checked", n+1, r.ID)
+						}
 					}
 				}
 				if got := ids(sent); got != tc.sent[n] {

@@ -51,8 +51,8 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 	)
 	send := func(c *claim) {
 		b := newBatch(c)
-		if b.err = l.pub.Check(ctx, b); b.err == nil {
-			order.plan(b, wire)
+		if b.err = l.pub.Prepare(ctx, b); b.err == nil {
+			order.plan(b, wire, func(i int) bool { return l.pub.Check(b, i) })
 			l.pub.Send(ctx, b)
 		}
 		dropPayloads(c.rows)

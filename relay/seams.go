@@ -41,10 +41,13 @@ type publisher interface {
 	// no confirm for the confirm timeout, or ctx done, breaks the
 	// connection.
 	Watch(ctx context.Context) (stop func())
-	// Check fails, in b.results, the rows the client library or the broker
-	// would refuse, before anything is sent. An error means nothing of the
-	// batch can be sent now.
-	Check(ctx context.Context, b *batch) error
+	// Prepare readies a batch for Check and Send (e.g. looks up its
+	// exchanges). An error means nothing of it can be sent now.
+	Prepare(ctx context.Context, b *batch) error
+	// Check reports whether row i of a prepared batch can be sent; if the
+	// client library or the broker would refuse it, it fails it in
+	// b.results. keyOrder asks only for rows it would send.
+	Check(b *batch, i int) bool
 	// Send publishes the rows b.send marks, in order, without waiting for
 	// their confirms. It stops at the first failure (b.err).
 	Send(ctx context.Context, b *batch)

@@ -15,16 +15,14 @@ import (
 type amqpSent struct {
 	msgs     []amqp.Publishing
 	confirms []*amqp.DeferredConfirmation
-	isolate  bool // sent one message at a time
+	isolate  bool             // sent one message at a time
+	missing  map[string]error // exchanges found missing, by name
 }
 
-// Check builds the message of every row and fails, in b.results, the rows
-// the client library or the broker would refuse: a payload over
-// MaxMessageSize, headers that cannot be mapped, a message AMQP cannot
-// carry over this connection (see carriable), an exchange that does not
-// exist. A deferred row (claimed without its payload) is only checked for
-// its size: it is not sent.
-func (p *amqpPublisher) Check(_ context.Context, b *batch) error {
+// Prepare readies a batch for Check and Send: it passively declares the
+// exchanges of its rows not seen recently. An error means nothing of the
+// batch can be sent now.
+func (p *amqpPublisher) Prepare(_ context.Context, b *batch) error {
 	if !p.Connected() {
 		return errors.New("not connected to broker")
 	}
@@ -32,27 +30,37 @@ func (p *amqpPublisher) Check(_ context.Context, b *batch) error {
 	if err != nil {
 		return err
 	}
-	s := &amqpSent{msgs: make([]amqp.Publishing, len(b.rows)), confirms: make([]*amqp.DeferredConfirmation, len(b.rows))}
-	b.sent = s
-	for i := range b.rows {
-		r := &b.rows[i]
-		if r.deferred {
-			if res, ok := p.sizeOK(r); !ok {
-				b.results[i] = res
-			}
-			continue
-		}
-		msg, res, ok := p.check(r)
-		if ok {
-			res, ok = missingResult(r, missing)
-		}
+	b.sent = &amqpSent{msgs: make([]amqp.Publishing, len(b.rows)), confirms: make([]*amqp.DeferredConfirmation, len(b.rows)),
+		missing: missing}
+	return nil
+}
+
+// Check builds the message of row i, or fails it in b.results if the client
+// library or the broker would refuse it: a payload over MaxMessageSize,
+// headers that cannot be mapped, a message AMQP cannot carry over this
+// connection (see carriable), an exchange that does not exist. A deferred
+// row (claimed without its payload) is only checked for its size: it is
+// not sent.
+func (p *amqpPublisher) Check(b *batch, i int) bool {
+	s := b.sent.(*amqpSent)
+	r := &b.rows[i]
+	if r.deferred {
+		res, ok := p.sizeOK(r)
 		if !ok {
 			b.results[i] = res
-			continue
 		}
-		s.msgs[i] = msg
+		return ok
 	}
-	return nil
+	msg, res, ok := p.check(r)
+	if ok {
+		res, ok = missingResult(r, s.missing)
+	}
+	if !ok {
+		b.results[i] = res
+		return false
+	}
+	s.msgs[i] = msg
+	return true
 }
 
 // Send publishes the rows b.send marks, in order, without waiting for
@@ -63,7 +71,7 @@ func (p *amqpPublisher) Check(_ context.Context, b *batch) error {
 func (p *amqpPublisher) Send(ctx context.Context, b *batch) {
 	s, _ := b.sent.(*amqpSent)
 	if s == nil {
-		b.err = errors.New("batch not checked")
+		b.err = errors.New("batch not prepared")
 		return
 	}
 	defer func() { s.msgs = nil }() // the payloads: sent, or read again when claimed again
