@@ -19,6 +19,24 @@ func splitURLs(s string) []string {
 	return urls
 }
 
+// parseAMQPURLs parses a comma-separated list of broker URLs. Its error
+// names the URL by its place in the list and leaves the password out.
+func parseAMQPURLs(s string) ([]amqp.URI, error) {
+	var uris []amqp.URI
+	for i, u := range splitURLs(s) {
+		uri, err := amqp.ParseURI(u)
+		if err != nil {
+			err = RedactURIError(err)
+			return nil, &FieldError{Field: "AMQPURL", Reason: fmt.Sprintf("URL #%d: %s", i+1, err), Err: err}
+		}
+		uris = append(uris, uri)
+	}
+	if len(uris) == 0 {
+		return nil, &FieldError{Field: "AMQPURL", Reason: "empty"}
+	}
+	return uris, nil
+}
+
 // RedactAMQPURI formats uri without its password, for logs and errors. The
 // password shows as "xxxxx" ("guest:@" read as an empty password).
 func RedactAMQPURI(uri amqp.URI) string {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -188,16 +187,8 @@ func (c Config) validate() error {
 		// pgx leaves the password out of its parse errors.
 		errs = append(errs, &FieldError{Field: "DatabaseURL", Reason: err.Error(), Err: err})
 	}
-	urls := splitURLs(c.AMQPURL)
-	if len(urls) == 0 {
-		bad("AMQPURL", "empty")
-	}
-	for i, u := range urls {
-		if _, err := amqp.ParseURI(u); err != nil {
-			err = RedactURIError(err)
-			errs = append(errs, &FieldError{Field: "AMQPURL", Reason: fmt.Sprintf("URL #%d: %s", i+1, err), Err: err})
-			break
-		}
+	if _, err := parseAMQPURLs(c.AMQPURL); err != nil {
+		errs = append(errs, err)
 	}
 	if c.BatchSize < 1 || c.BatchSize > batchSizeMax {
 		bad("BatchSize", fmt.Sprintf("must be between 1 and %d", batchSizeMax))

@@ -32,13 +32,13 @@ type loopBundle struct {
 func setupLoop(t *testing.T) *loopBundle {
 	t.Helper()
 	logs, logger := testenv.BufferedLogger(t)
-	cfg := Config{BatchSize: 3, PollInterval: time.Second, Logger: logger, VacuumEvery: -1}.withDefaults()
+	cfg := Config{BatchSize: 3, PollInterval: time.Second, Logger: logger}.withDefaults()
 	j := &journal{}
 	b := &loopBundle{j: j, logs: logs, clock: &fakeClock{now: time.Unix(1000, 0)},
 		store: &fakeStore{j: j}, pub: &fakePublisher{j: j}, lis: &fakeListener{j: j, lead: true}}
 	r := &Relay{cfg: cfg, log: logger, metrics: newMetrics(prometheus.NewRegistry())}
 	b.l = &loop{Relay: r, store: b.store, pub: b.pub, lis: b.lis, clock: b.clock,
-		vac: newVacuumer(nil, "outbox", -1, logger), prog: &progress{}, channel: "outbox",
+		vac: newVacuumer(nil, "outbox", 0, logger), prog: &progress{}, channel: "outbox",
 		idle: make(chan struct{}, 1), resetPool: func() { b.resets++ }}
 	return b
 }

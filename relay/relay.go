@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -50,10 +49,14 @@ func New(cfg Config) (*Relay, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	// Both URLs parsed in validate.
 	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		// pgx redacts the password in its parse errors.
-		return nil, fmt.Errorf("database URL: %w", err)
+		return nil, err
+	}
+	uris, err := parseAMQPURLs(cfg.AMQPURL)
+	if err != nil {
+		return nil, err
 	}
 	appName := cfg.Name
 	if h, err := os.Hostname(); err == nil {
@@ -67,17 +70,6 @@ func New(cfg Config) (*Relay, error) {
 	poolCfg, lisCfg, fromURL := r.sessionConfigs(poolCfg, appName, acquireTracer{log: cfg.Logger, metrics: m})
 	r.fromURL = fromURL
 
-	var uris []amqp.URI
-	for i, u := range splitURLs(cfg.AMQPURL) {
-		uri, err := amqp.ParseURI(u)
-		if err != nil {
-			return nil, fmt.Errorf("AMQP URL #%d: %w", i+1, RedactURIError(err))
-		}
-		uris = append(uris, uri)
-	}
-	if len(uris) == 0 {
-		return nil, errors.New("AMQP URL: empty")
-	}
 	r.cfg, r.log, r.metrics, r.poolCfg, r.lisCfg, r.amqpURIs, r.appName = cfg, cfg.Logger, m, poolCfg, lisCfg, uris, appName
 	return r, nil
 }

@@ -150,7 +150,7 @@ func (b *bench) startRelay(ctx context.Context) (stop func() error, err error) {
 // relay has published and deleted so far (outbox_published_total).
 func (b *bench) startRelayCounting(ctx context.Context) (stop func() error, published func() float64, err error) {
 	reg := prometheus.NewRegistry()
-	cfg := relay.Config{BatchSize: b.o.batch, Registerer: reg}
+	cfg := relay.Config{BatchSize: b.o.batch, VacuumEvery: relay.VacuumEveryDefault, Registerer: reg}
 	cfg.DatabaseURL, cfg.AMQPURL, cfg.Table, cfg.Logger = b.dbURL, b.o.amqpURL, b.table, b.log
 	r, err := relay.New(cfg)
 	if err != nil {
