@@ -12,15 +12,13 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
-// TestBrokerConnections finds a connection of its own by name among the
-// broker's, with the peer port it dialled from, and closes it by name:
+// TestBrokerConnections finds a connection of its own, dialled by
+// DialAMQP, by name among the broker's, with the peer port it dialled from, and closes it by name:
 // only its own, whatever else the shared broker serves.
 func TestBrokerConnections(t *testing.T) {
 	t.Parallel()
 	name := "harness-" + t.Name() + "-" + rand.Text()[:8]
-	cfg := amqp.Config{Properties: amqp.NewConnectionProperties(), Dial: amqp.DefaultDial(5 * time.Second)}
-	cfg.Properties.SetClientConnectionName(name)
-	conn, err := amqp.DialConfig(testenv.AMQPURL(), cfg)
+	conn, err := dialAMQP(testenv.AMQPURL(), "", name)
 	if err != nil {
 		t.Fatalf("connect to RabbitMQ at OUTBOX_TEST_AMQP_URL (is it running? `make services`): %v", err)
 	}

@@ -9,7 +9,8 @@
 // built by `make build`) and the environment it runs with. [Relay.Start]
 // starts `outbox-relay run` and returns a [Process]: its output is kept in
 // an [Output] (thread-safe, with Count, Grep and FirstLineTime for tests)
-// and copied, a whole line at a time, to [Relay.Output] if set. Stop it
+// and copied, a whole line at a time after [Relay.OutputPrefix], to
+// [Relay.Output] if set. Stop it
 // with [Process.Stop] (SIGTERM, then SIGKILL after a timeout) or
 // [Process.Kill]; every goroutine the package starts for a process ends
 // when the process has exited and is joined by Stop, Kill and Wait.
@@ -28,12 +29,16 @@
 //
 // # Waiting
 //
-// [Poll], [Within] and [WaitFor] poll a condition until it holds or a
-// deadline passes: never a sleep to synchronise.
+// [Poll], [Within], [WaitUntil] and [WaitFor] poll a condition until it
+// holds or a deadline passes: never a sleep to synchronise. WaitFor fails
+// a test through the small interface [TB]: the package does not import
+// testing, which the programs built on it would otherwise carry.
 //
 // # The broker
 //
-// [Rabbitmqctl] runs the local node's rabbitmqctl; [StopBroker],
-// [StartBroker], [BrokerConnections], [CloseBrokerConnection] and the
-// setting helpers are built on it.
+// [DialAMQP] connects as the relay would from OUTBOX_AMQP_URL and
+// OUTBOX_AMQP_PASSWORD_FILE, under a connection name, and never shows the
+// password in an error. [Rabbitmqctl] runs the local node's rabbitmqctl;
+// [StopBroker], [StartBroker], [BrokerConnections],
+// [CloseBrokerConnectionsNamed] and the setting helpers are built on it.
 package harness

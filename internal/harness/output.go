@@ -17,8 +17,8 @@ type Output struct {
 	copy lineCopier // to Relay.Output, if set
 }
 
-func newOutput(to io.Writer) *Output {
-	return &Output{copy: lineCopier{to: to}}
+func newOutput(to io.Writer, prefix string) *Output {
+	return &Output{copy: lineCopier{to: to, prefix: prefix}}
 }
 
 // Write appends p, and copies each line it completes to Relay.Output. It
@@ -107,10 +107,11 @@ func (o *Output) FirstLineTime(sub string) (time.Time, bool) {
 }
 
 // lineCopier writes what it is given to another writer one whole line per
-// Write call. It is not safe for concurrent use.
+// Write call, after prefix. It is not safe for concurrent use.
 type lineCopier struct {
 	to      io.Writer // nil: copy nothing
-	partial []byte    // the start of a line not yet complete
+	prefix  string
+	partial []byte // the start of a line not yet complete
 }
 
 func (c *lineCopier) Write(p []byte) (int, error) {
@@ -124,7 +125,7 @@ func (c *lineCopier) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		_, _ = c.to.Write(rest[:i+1])
+		c.write(rest[:i+1])
 		rest = rest[i+1:]
 	}
 	c.partial = append(c.partial[:0], rest...)
@@ -136,6 +137,14 @@ func (c *lineCopier) flush() {
 	if c.to == nil || len(c.partial) == 0 {
 		return
 	}
-	_, _ = c.to.Write(append(c.partial, '\n'))
+	c.write(append(c.partial, '\n'))
 	c.partial = c.partial[:0]
+}
+
+// write writes one line, after the prefix.
+func (c *lineCopier) write(line []byte) {
+	if c.prefix != "" {
+		line = append([]byte(c.prefix), line...)
+	}
+	_, _ = c.to.Write(line)
 }

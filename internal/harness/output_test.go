@@ -18,12 +18,12 @@ func (l *lineRecorder) Write(p []byte) (int, error) {
 func TestOutputCopiesWholeLines(t *testing.T) {
 	t.Parallel()
 	rec := &lineRecorder{}
-	o := newOutput(rec)
+	o := newOutput(rec, "[relay] ")
 	for _, chunk := range []string{"first ", "line\nsecond line\nthi", "rd", " line\nno newline"} {
 		fmt.Fprint(o, chunk)
 	}
 	o.flush()
-	want := []string{"first line\n", "second line\n", "third line\n", "no newline\n"}
+	want := []string{"[relay] first line\n", "[relay] second line\n", "[relay] third line\n", "[relay] no newline\n"}
 	if strings.Join(rec.writes, "|") != strings.Join(want, "|") {
 		t.Errorf("Output copied %q; want %q", rec.writes, want)
 	}
@@ -35,7 +35,7 @@ func TestOutputCopiesWholeLines(t *testing.T) {
 func TestOutputSearch(t *testing.T) {
 	t.Parallel()
 	stamp := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
-	o := newOutput(nil)
+	o := newOutput(nil, "")
 	fmt.Fprintf(o, "%s INF relay started\n", stamp.Add(-time.Second).Format(time.StampMilli))
 	fmt.Fprintf(o, "%s WRN leadership lost reason=lock\n", stamp.Format(time.StampMilli))
 	fmt.Fprintf(o, "%s INF row parked dead id=1\n", stamp.Format(time.StampMilli))

@@ -50,6 +50,9 @@ type Relay struct {
 	// started side by side write to it concurrently; the writes of one
 	// process come one at a time. Its errors are ignored.
 	Output io.Writer
+	// OutputPrefix begins each line copied to Output, e.g. "[relay] ", so
+	// that the relay's lines stand out among a program's own.
+	OutputPrefix string
 	// StopTimeout is how long the relay may take to exit after SIGTERM
 	// (from Process.Stop, or the end of Start's context) before it is
 	// killed. Defaults to StopTimeoutDefault.
@@ -98,7 +101,7 @@ func Build(ctx context.Context, dir string, flags ...string) (string, error) {
 // caller must end the process with Stop, Kill or Wait (or the end of ctx
 // followed by Wait): until then a goroutine of the package waits for it.
 func (r *Relay) Start(ctx context.Context) (*Process, error) {
-	out := newOutput(r.Output)
+	out := newOutput(r.Output, r.OutputPrefix)
 	cmd := r.command(ctx, "run")
 	cmd.SysProcAttr = procAttr()
 	cmd.Stdout, cmd.Stderr = out, out
@@ -132,7 +135,7 @@ func (r *Relay) Command(ctx context.Context, args ...string) (string, error) {
 	if r.Output != nil {
 		// Separate line buffers: a line of stdout and one of stderr never
 		// mix.
-		outCopy, errCopy := &lineCopier{to: r.Output}, &lineCopier{to: r.Output}
+		outCopy, errCopy := &lineCopier{to: r.Output, prefix: r.OutputPrefix}, &lineCopier{to: r.Output, prefix: r.OutputPrefix}
 		defer outCopy.flush()
 		defer errCopy.flush()
 		cmd.Stdout, cmd.Stderr = io.MultiWriter(&stdout, outCopy), io.MultiWriter(&stderr, errCopy)

@@ -3,12 +3,11 @@ package harness
 import (
 	"context"
 	"fmt"
-	"testing"
 	"time"
 )
 
-// PollInterval is how often Within and WaitFor check their condition, and
-// Poll's default.
+// PollInterval is how often Within, WaitUntil and WaitFor check their
+// condition, and Poll's default.
 const PollInterval = 10 * time.Millisecond
 
 // Poll calls cond every interval (PollInterval if 0) until it returns
@@ -38,10 +37,32 @@ func Within(timeout time.Duration, cond func() bool) bool {
 	return Poll(ctx, PollInterval, cond) == nil
 }
 
+// WaitUntil polls cond every PollInterval until it holds, for at most
+// timeout and until ctx is done. Its error, on a timeout or the end of
+// ctx, names the condition with what ("the relay to lead") and wraps
+// ctx's error. It is WaitFor for programs, which have no test to fail.
+func WaitUntil(ctx context.Context, timeout time.Duration, what string, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := Poll(ctx, PollInterval, cond); err != nil {
+		return fmt.Errorf("wait %s for %s: %w", timeout, what, err)
+	}
+	return nil
+}
+
+// TB is the part of testing.TB that WaitFor uses: a *testing.T or
+// *testing.B passes. The package does not import testing, so that the
+// programs built on it (cmd/outbox-demo, cmd/outbox-bench) do not carry
+// it and its flags.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
 // WaitFor polls cond every PollInterval until it holds, and returns when
 // it first did; after timeout it fails the test with what, which names
 // the condition ("relay-1 to lead").
-func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) time.Time {
+func WaitFor(tb TB, timeout time.Duration, what string, cond func() bool) time.Time {
 	tb.Helper()
 	if !Within(timeout, cond) {
 		tb.Fatalf("timed out after %s waiting for %s", timeout, what)

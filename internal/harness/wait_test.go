@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -56,14 +57,28 @@ func TestWithin(t *testing.T) {
 }
 
 // fakeTB records a failure instead of ending the test.
-type fakeTB struct {
-	testing.TB
-	failed string
-}
+type fakeTB struct{ failed string }
 
 func (f *fakeTB) Helper() {}
 func (f *fakeTB) Fatalf(format string, args ...any) {
 	f.failed = format
+}
+
+func TestWaitUntil(t *testing.T) {
+	t.Parallel()
+	begin := time.Now()
+	if err := WaitUntil(t.Context(), time.Minute, "time to pass", func() bool { return time.Since(begin) > 20*time.Millisecond }); err != nil {
+		t.Fatal(err)
+	}
+	err := WaitUntil(t.Context(), 20*time.Millisecond, "nothing", func() bool { return false })
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "wait 20ms for nothing") {
+		t.Errorf("WaitUntil = %v; want an error naming the wait and wrapping context.DeadlineExceeded", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := WaitUntil(ctx, time.Hour, "nothing", func() bool { return false }); !errors.Is(err, context.Canceled) {
+		t.Errorf("WaitUntil = %v; want an error wrapping context.Canceled", err)
+	}
 }
 
 func TestWaitFor(t *testing.T) {
