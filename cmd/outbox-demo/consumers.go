@@ -4,14 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/outbox"
-	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 // subscriber is one consumer, with a connection of its own as a separate
@@ -35,7 +33,7 @@ type subscriber struct {
 //     a copy of each event in every bound queue.
 //   - audit: a queue bound to nothing until the poison row's exchange exists.
 func (d *demo) setupBroker() error {
-	conn, err := d.dial("setup")
+	conn, err := harness.DialAMQP("outbox-demo setup")
 	if err != nil {
 		return err
 	}
@@ -55,7 +53,7 @@ func (d *demo) setupBroker() error {
 		queue, key := "", "job.*"
 		switch c {
 		case "api":
-			queue, key = d.opts.prefix+".api", "job.completed"
+			queue, key = d.apiQueue, "job.completed"
 		case "audit":
 			key = ""
 		}
@@ -63,8 +61,8 @@ func (d *demo) setupBroker() error {
 			return err
 		}
 	}
-	d.say("setup", "exchange %s (topic): queue %s.api bound to job.completed; web-1, web-2 and web-3 each a queue of its own bound to job.*",
-		d.jobsExchange, d.opts.prefix)
+	d.say("setup", "exchange %s (topic): queue %s bound to job.completed; web-1, web-2 and web-3 each a queue of its own bound to job.*",
+		d.jobsExchange, d.apiQueue)
 	return nil
 }
 
@@ -74,14 +72,13 @@ func (d *demo) setupBroker() error {
 // goes with the consumer; bound to the jobs exchange with key if not "".
 // Deliveries wait until d.consume takes them.
 func (d *demo) subscribe(name, queue, key string) error {
-	conn, err := d.dial(name)
+	conn, err := harness.DialAMQP("outbox-demo " + name)
 	if err != nil {
 		return err
 	}
 	s := &subscriber{name: name, conn: conn}
 	d.subs = append(d.subs, s) // run closes them, whatever happens
 	var q amqp.Queue
-	purged := 0
 	ch, err := conn.Channel()
 	if err == nil {
 		err = ch.Qos(200, 0, false)
@@ -90,7 +87,7 @@ func (d *demo) subscribe(name, queue, key string) error {
 		q, err = ch.QueueDeclare(queue, queue != "", false, queue == "", false, nil)
 	}
 	if err == nil && queue != "" {
-		purged, err = ch.QueuePurge(queue, false)
+		_, err = ch.QueuePurge(queue, false)
 	}
 	if err == nil && key != "" {
 		err = ch.QueueBind(q.Name, key, d.jobsExchange, false, nil)
@@ -102,36 +99,7 @@ func (d *demo) subscribe(name, queue, key string) error {
 	if err != nil {
 		return fmt.Errorf("%s: set up its queue: %w", name, err)
 	}
-	if purged > 0 {
-		d.say("setup", "purged %d events an earlier run left in %s", purged, queue)
-	}
 	return nil
-}
-
-// dial connects to the broker as the relay does (the first of a
-// comma-separated OUTBOX_AMQP_URL, the password from
-// OUTBOX_AMQP_PASSWORD_FILE if set), as a connection RabbitMQ names
-// "outbox-demo <name>". Its errors never hold the password.
-func (d *demo) dial(name string) (*amqp.Connection, error) {
-	first, _, _ := strings.Cut(d.opts.amqpURL, ",")
-	uri, err := amqp.ParseURI(strings.TrimSpace(first))
-	if err != nil {
-		return nil, fmt.Errorf("OUTBOX_AMQP_URL: %w", relay.RedactURIError(err))
-	}
-	cfg := amqp.Config{Properties: amqp.NewConnectionProperties(), Dial: amqp.DefaultDial(10 * time.Second)}
-	cfg.Properties.SetClientConnectionName("outbox-demo " + name)
-	if f := d.opts.amqpPwFile; f != "" {
-		pw, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("OUTBOX_AMQP_PASSWORD_FILE: %w", err)
-		}
-		cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: uri.Username, Password: strings.TrimSpace(string(pw))}}
-	}
-	conn, err := amqp.DialConfig(uri.String(), cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to RabbitMQ (OUTBOX_AMQP_URL) as %s: %w", name, err)
-	}
-	return conn, nil
 }
 
 // fixAudit is the operator's fix for the poison row: declare its exchange
@@ -156,7 +124,6 @@ func (d *demo) fixAudit() error {
 // consume records, shows and acknowledges s's deliveries until ctx is done
 // (unacknowledged ones go back to the queue) or the broker ends them.
 func (d *demo) consume(ctx context.Context, s *subscriber) error {
-	defer func() { _ = s.conn.Close() }()
 	for {
 		var m amqp.Delivery
 		var ok bool

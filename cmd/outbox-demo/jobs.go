@@ -47,7 +47,7 @@ func (d *demo) runJob(ctx context.Context, commit, wait bool) (outbox.MessageID,
 		ContentType:  "application/json",
 		Payload:      body,
 	}
-	ids, err := d.transact(ctx, commit, []outbox.Message{msg}, append([]string{"api"}, webInstances...), func(tx pgx.Tx) error {
+	msgID, err := d.transact(ctx, commit, msg, append([]string{"api"}, webInstances...), func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, "update "+d.jobsTable+" set state = 'completed', result = $2 where id = $1", id, ev.Result)
 		return err
 	})
@@ -56,46 +56,42 @@ func (d *demo) runJob(ctx context.Context, commit, wait bool) (outbox.MessageID,
 		return outbox.MessageID{}, fmt.Errorf("complete job %d: %w", id, err)
 	case !commit:
 		d.say("jobs", "job %d failed before COMMIT: its update and its job.completed rolled back together; no event will come", id)
-		return ids[0], nil
+		return msgID, nil
 	}
 	d.say("jobs", "job %d completed: row updated and job.completed enqueued in one transaction, committed", id)
 	if !wait {
-		return ids[0], nil
+		return msgID, nil
 	}
-	return ids[0], d.await(ctx, fmt.Sprintf("job %d's event", id), ids...)
+	return msgID, d.await(ctx, fmt.Sprintf("job %d's event", id), msgID)
 }
 
-// transact runs change (if any) and enqueues msgs, for the consumers to,
-// in one transaction, then commits, or rolls back if !commit. Each message
+// transact runs change (if any) and enqueues msg, for the consumers to,
+// in one transaction, then commits, or rolls back if !commit. The message
 // gets its id and the commit-time header here, and enters the ledger
 // before the transaction ends, so that no delivery can beat it there.
-func (d *demo) transact(ctx context.Context, commit bool, msgs []outbox.Message, to []string, change func(pgx.Tx) error) ([]outbox.MessageID, error) {
+func (d *demo) transact(ctx context.Context, commit bool, msg outbox.Message, to []string, change func(pgx.Tx) error) (outbox.MessageID, error) {
 	tx, err := d.pool.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return outbox.MessageID{}, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }() // a no-op once committed
 	if change != nil {
 		if err := change(tx); err != nil {
-			return nil, err
+			return outbox.MessageID{}, err
 		}
 	}
-	ids := make([]outbox.MessageID, len(msgs))
-	for i := range msgs {
-		ids[i] = outbox.NewMessageID()
-		msgs[i].MessageID = ids[i]
-		msgs[i].Headers = map[string]any{headerCommittedAt: time.Now().UnixMicro()}
-	}
-	d.ledger.enqueued(ids, to)
-	if _, err := d.writer.Enqueue(ctx, tx, msgs...); err != nil || !commit {
-		d.ledger.ended(ids, false)
-		return ids, err // the deferred Rollback rolls back
+	msg.MessageID = outbox.NewMessageID()
+	msg.Headers = map[string]any{headerCommittedAt: time.Now().UnixMicro()}
+	d.ledger.enqueued(msg.MessageID, to)
+	if _, err := d.writer.Enqueue(ctx, tx, msg); err != nil || !commit {
+		d.ledger.ended(msg.MessageID, false)
+		return msg.MessageID, err // the deferred Rollback rolls back
 	}
 	if err := tx.Commit(ctx); err != nil {
-		// Whether it committed is unknown: the events stay in the ledger
+		// Whether it committed is unknown: the event stays in the ledger
 		// as neither, and the demo stops with this error.
-		return nil, fmt.Errorf("commit: %w", err)
+		return outbox.MessageID{}, fmt.Errorf("commit: %w", err)
 	}
-	d.ledger.ended(ids, true)
-	return ids, nil
+	d.ledger.ended(msg.MessageID, true)
+	return msg.MessageID, nil
 }

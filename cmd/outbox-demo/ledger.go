@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -32,22 +33,18 @@ type event struct {
 
 func newLedger() *ledger { return &ledger{events: map[outbox.MessageID]*event{}} }
 
-// enqueued enters events about to be written in a transaction.
-func (l *ledger) enqueued(ids []outbox.MessageID, to []string) {
+// enqueued enters an event about to be written in a transaction.
+func (l *ledger) enqueued(id outbox.MessageID, to []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, id := range ids {
-		l.events[id] = &event{to: to, got: map[string]int{}}
-	}
+	l.events[id] = &event{to: to, got: map[string]int{}}
 }
 
-// ended records how the transaction that wrote ids ended.
-func (l *ledger) ended(ids []outbox.MessageID, committed bool) {
+// ended records how the transaction that wrote id ended.
+func (l *ledger) ended(id outbox.MessageID, committed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, id := range ids {
-		l.events[id].committed, l.events[id].ended = committed, true
-	}
+	l.events[id].committed, l.events[id].ended = committed, true
 }
 
 // received records that consumer c got the event id, and reports whether
@@ -126,7 +123,7 @@ func (d *demo) check() bool {
 		}
 	}
 	d.say("check", "the relay exited: %s", strings.Join(d.relayExits, ", "))
-	if len(d.relayExits) == 0 || d.relayFailed {
+	if len(d.relayExits) == 0 || slices.ContainsFunc(d.relayExits, func(s string) bool { return s != "exit status 0" }) {
 		failures = append(failures, "the relay did not exit 0 each time it was stopped")
 	}
 	if committed == 0 {

@@ -23,6 +23,8 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -37,48 +39,39 @@ func main() {
 	os.Exit(code)
 }
 
-// options are the demo's flags and environment.
-type options struct {
-	relayPath, prefix, metricsAddr string // prefix: of exchange and queue names
-	dbURL, amqpURL, amqpPwFile     string
-	table                          schema.Table
-}
-
-// parseOptions parses the flags and reads the environment.
-func parseOptions(args []string, stderr io.Writer) (*options, error) {
+// newDemo reads the flags and the environment, and finds the relay binary.
+func newDemo(args []string, stdout, stderr io.Writer) (*demo, error) {
 	fs := flag.NewFlagSet("outbox-demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	o := options{
-		dbURL:      cmp.Or(os.Getenv("OUTBOX_DATABASE_URL"), relay.DatabaseURLDefault),
-		amqpURL:    cmp.Or(os.Getenv("OUTBOX_AMQP_URL"), relay.AMQPURLDefault),
-		amqpPwFile: os.Getenv("OUTBOX_AMQP_PASSWORD_FILE"),
-	}
+	d := &demo{out: &syncWriter{w: stdout}, ledger: newLedger(), dbURL: cmp.Or(os.Getenv("OUTBOX_DATABASE_URL"), relay.DatabaseURLDefault)}
 	table := fs.String("table", "outbox_demo.outbox", "outbox table, in a schema of the demo's own (it creates a jobs table there)")
-	fs.StringVar(&o.relayPath, "relay", "", "outbox-relay binary (default: next to this program, else in PATH)")
-	fs.StringVar(&o.prefix, "prefix", "outbox_demo", "prefix of the exchange and queue names")
-	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "the relay's OUTBOX_METRICS_ADDR, read for its lag")
+	relayPath := fs.String("relay", "", "outbox-relay binary (default: next to this program, else in PATH)")
+	prefix := fs.String("prefix", "outbox_demo", "prefix of the exchange and queue names")
+	fs.StringVar(&d.metricsAddr, "metrics-addr", "127.0.0.1:9464", "the relay's OUTBOX_METRICS_ADDR, read for its lag")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	var err error
-	o.table, err = schema.ParseTable(*table)
+	d.table, err = schema.ParseTable(*table)
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("-table: %w", err)
-	case o.table.Schema == "" || o.table.Schema == "public":
+	case d.table.Schema == "" || d.table.Schema == "public":
 		return nil, fmt.Errorf("-table %s: name a schema of the demo's own", *table)
-	case o.prefix == "" || o.metricsAddr == "":
+	case *prefix == "" || d.metricsAddr == "":
 		return nil, errors.New("-prefix and -metrics-addr must not be empty")
 	case fs.NArg() > 0:
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	return &o, nil
+	d.jobsTable = pgx.Identifier{d.table.Schema, "jobs"}.Sanitize()
+	d.apiQueue, d.jobsExchange, d.auditExchange = *prefix+".api", *prefix+".jobs", *prefix+".audit"
+	return d, d.newRelay(*relayPath)
 }
 
 // run runs the demo with args (without the program name) and returns its
 // exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parseOptions(args, stderr)
+	d, err := newDemo(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -86,9 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "outbox-demo: %v\n", err)
 		return 2
 	}
-	d := &demo{opts: o, out: &syncWriter{w: stdout}, ledger: newLedger()}
-	err = d.run(ctx)
-	if err != nil {
+	if err = d.run(ctx); err != nil {
 		d.say("demo", "stopped early: %v", err)
 	}
 	if !d.check() || err != nil {

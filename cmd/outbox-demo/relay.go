@@ -1,35 +1,30 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 
 	"github.com/outbox-relay/outbox-relay/internal/harness"
 )
 
-// newRelay prepares the relay binary as internal/harness runs it: its log
-// shows as [relay]; it inherits the demo's environment (the URLs reach it
-// there, never on its command line where ps shows them), plus the demo's
-// table and metrics address, and quick retries so that the poison row is
-// parked dead within seconds, unless the environment says otherwise.
-func (d *demo) newRelay() error {
-	bin, err := harness.FindRelay(d.opts.relayPath)
+// newRelay prepares the relay binary at path, its log shown as [relay]. It
+// inherits the demo's environment (the URLs, never on its command line where
+// ps shows them), plus the demo's table and metrics address, and quick
+// retries unless set, so that the poison row is parked dead within seconds.
+func (d *demo) newRelay(path string) error {
+	bin, err := harness.FindRelay(path)
 	if err != nil {
 		return fmt.Errorf("-relay: %w", err)
 	}
-	d.relay = harness.Relay{Bin: bin, Output: prefixed{d.out, "[relay]  "}, Env: map[string]string{
-		"OUTBOX_DATABASE_URL": d.opts.dbURL, "OUTBOX_AMQP_URL": d.opts.amqpURL,
-		"OUTBOX_TABLE": d.opts.table.String(), "OUTBOX_METRICS_ADDR": d.opts.metricsAddr, "OUTBOX_LOG_FORMAT": "text",
+	d.relay = harness.Relay{Bin: bin, Output: d.out, OutputPrefix: "[relay]  ", Env: map[string]string{
+		"OUTBOX_TABLE": d.table.String(), "OUTBOX_METRICS_ADDR": d.metricsAddr, "OUTBOX_LOG_FORMAT": "text",
+		"OUTBOX_MAX_ATTEMPTS":  cmp.Or(os.Getenv("OUTBOX_MAX_ATTEMPTS"), "3"),
+		"OUTBOX_RETRY_BACKOFF": cmp.Or(os.Getenv("OUTBOX_RETRY_BACKOFF"), "1s"),
 	}}
-	for k, v := range map[string]string{"OUTBOX_MAX_ATTEMPTS": "3", "OUTBOX_RETRY_BACKOFF": "1s"} {
-		if os.Getenv(k) == "" {
-			d.relay.Env[k] = v
-		}
-	}
-	d.say("demo", "outbox table %s, relay %s; its log shows as [relay]", d.opts.table, bin)
+	d.say("demo", "outbox table %s, relay %s; its log shows as [relay]", d.table, bin)
 	return nil
 }
 
@@ -43,7 +38,7 @@ func (d *demo) startRelay(ctx context.Context) error {
 	}
 	d.proc = p
 	d.say("demo", "started `outbox-relay run` (pid %d)", p.Pid())
-	err = waitFor(ctx, waitTimeout, "the relay to lead", func() bool {
+	err = harness.WaitUntil(ctx, waitTimeout, "the relay to lead", func() bool {
 		v, ok := p.Metric("outbox_leader")
 		return ok && v == 1 || p.Exited()
 	})
@@ -62,7 +57,7 @@ func (d *demo) stopRelay(why string) error {
 	d.say("demo", "%s: SIGTERM to the relay", why)
 	err := d.proc.Stop()
 	st := d.proc.State().String() // Stop returns once the process is gone
-	d.relayExits, d.relayFailed, d.proc = append(d.relayExits, st), d.relayFailed || err != nil, nil
+	d.relayExits, d.proc = append(d.relayExits, st), nil
 	d.say("demo", "the relay stopped: %s", st)
 	return err
 }
@@ -72,7 +67,7 @@ func (d *demo) stopRelay(why string) error {
 func (d *demo) relayCommand(ctx context.Context, who string, args ...string) error {
 	d.say(who, "$ outbox-relay %s", strings.Join(args, " "))
 	r := d.relay
-	r.Output = prefixed{d.out, fmt.Sprintf("%-8s ", "["+who+"]")}
+	r.OutputPrefix = fmt.Sprintf("%-8s ", "["+who+"]")
 	_, err := r.Command(ctx, args...)
 	return err
 }
@@ -83,7 +78,7 @@ func (d *demo) relayCommand(ctx context.Context, who string, args ...string) err
 // after the consumers may have the events).
 func (d *demo) reportLag(ctx context.Context, published float64) error {
 	var m harness.Metrics
-	if err := waitFor(ctx, waitTimeout, "the relay's metrics to show it published and idle", func() bool {
+	if err := harness.WaitUntil(ctx, waitTimeout, "the relay's metrics to show it published and idle", func() bool {
 		sctx, cancel := context.WithTimeout(ctx, harness.ScrapeTimeout)
 		defer cancel()
 		m, _ = d.proc.Metrics(sctx)
@@ -99,16 +94,4 @@ func (d *demo) reportLag(ctx context.Context, published float64) error {
 	d.say("lag", "   outbox_delivery_latency_seconds (row created to broker ack) %.0fms on average: they waited for the relay",
 		1000*v("outbox_delivery_latency_seconds_sum")/max(v("outbox_delivery_latency_seconds_count"), 1))
 	return nil
-}
-
-// prefixed writes each line it is given (the harness gives whole lines)
-// after a prefix.
-type prefixed struct {
-	w      io.Writer
-	prefix string
-}
-
-func (p prefixed) Write(b []byte) (int, error) {
-	_, err := p.w.Write(append([]byte(p.prefix), b...))
-	return len(b), err
 }

@@ -8,15 +8,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/relay"
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
-// Time limits.
 const (
 	setupTimeout = 30 * time.Second // connect, migrate, declare
 	waitTimeout  = 30 * time.Second // for an event, the relay's lead, a dead row
@@ -25,33 +24,30 @@ const (
 
 // demo is one run: what it set up, and what it saw.
 type demo struct {
-	opts          *options
 	out           *syncWriter
 	ledger        *ledger
+	dbURL         string
+	table         schema.Table
+	metricsAddr   string
 	pool          *pgxpool.Pool
 	writer        *outbox.Writer
 	jobsTable     string // quoted, in the outbox table's schema
+	apiQueue      string
 	jobsExchange  string
 	auditExchange string
 	subs          []*subscriber // as in consumers: api, web-1..3, audit
 	relay         harness.Relay
 	proc          *harness.Process // the running relay, or nil
-	relayExits    []string         // how each relay process exited
-	relayFailed   bool             // one did not exit with status 0
+	relayExits    []string         // how each relay process exited, e.g. "exit status 0"
 }
 
 // run plays the story: set-up, the three steps, then the wait for the last
 // deliveries. When it returns, the relay has stopped and every goroutine
 // it started has returned.
 func (d *demo) run(ctx context.Context) (err error) {
-	d.jobsTable = pgx.Identifier{d.opts.table.Schema, "jobs"}.Sanitize()
-	d.jobsExchange, d.auditExchange = d.opts.prefix+".jobs", d.opts.prefix+".audit"
-	if err := d.newRelay(); err != nil {
-		return err
-	}
 	defer func() {
 		for _, s := range d.subs {
-			_ = s.conn.Close() // if setup failed before they ran
+			_ = s.conn.Close()
 		}
 		if d.pool != nil {
 			d.pool.Close()
@@ -80,7 +76,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 		}
 		err = step(ctx)
 	}
-	if err := waitFor(context.WithoutCancel(ctx), drainTimeout, "the last deliveries", func() bool { return d.ledger.arrived() }); err != nil {
+	if err := harness.WaitUntil(context.WithoutCancel(ctx), drainTimeout, "the last deliveries", func() bool { return d.ledger.arrived() }); err != nil {
 		d.say("demo", "%v", err)
 	}
 	return errors.Join(err, d.stopRelay("the demo is over"))
@@ -93,7 +89,7 @@ func (d *demo) setup(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	var err error
-	if d.pool, err = pgxpool.New(ctx, d.opts.dbURL); err == nil {
+	if d.pool, err = pgxpool.New(ctx, d.dbURL); err == nil {
 		err = d.pool.Ping(ctx)
 	}
 	if err != nil {
@@ -107,13 +103,13 @@ func (d *demo) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create jobs table: %w", err)
 	}
-	tag, err := d.pool.Exec(ctx, "delete from "+d.opts.table.Ident())
+	tag, err := d.pool.Exec(ctx, "delete from "+d.table.Ident())
 	if err != nil {
 		return fmt.Errorf("clear the outbox: %w", err)
 	} else if tag.RowsAffected() > 0 {
-		d.say("setup", "deleted %d rows an earlier run left in %s", tag.RowsAffected(), d.opts.table)
+		d.say("setup", "deleted %d rows an earlier run left in %s", tag.RowsAffected(), d.table)
 	}
-	if d.writer, err = outbox.NewWriter(d.opts.table.String()); err != nil {
+	if d.writer, err = outbox.NewWriter(d.table.String()); err != nil {
 		return err
 	}
 	return d.setupBroker()
@@ -167,8 +163,7 @@ func (d *demo) relayDown(ctx context.Context) error {
 func (d *demo) poison(ctx context.Context) error {
 	d.say("step", "3. A POISON ROW. The service sends audit.job to exchange %s, which nobody declared yet.", d.auditExchange)
 	d.say("step", "   The relay retries it, then parks it dead; the events behind it keep flowing.")
-	msg := outbox.Message{Exchange: d.auditExchange, RoutingKey: "audit.job", Payload: []byte(`{}`)}
-	ids, err := d.transact(ctx, true, []outbox.Message{msg}, []string{"audit"}, nil)
+	id, err := d.transact(ctx, true, outbox.Message{Exchange: d.auditExchange, RoutingKey: "audit.job", Payload: []byte(`{}`)}, []string{"audit"}, nil)
 	if err != nil {
 		return fmt.Errorf("audit event: %w", err)
 	}
@@ -176,8 +171,8 @@ func (d *demo) poison(ctx context.Context) error {
 		return err
 	}
 	var dead []relay.DeadRow
-	if err := waitFor(ctx, waitTimeout, "the audit row to be parked dead", func() bool {
-		dead, _ = relay.ListDead(ctx, d.pool, d.opts.table, relay.DeadFilter{}, 1)
+	if err := harness.WaitUntil(ctx, waitTimeout, "the audit row to be parked dead", func() bool {
+		dead, _ = relay.ListDead(ctx, d.pool, d.table, relay.DeadFilter{}, 1)
 		return len(dead) > 0
 	}); err != nil {
 		return err
@@ -193,20 +188,10 @@ func (d *demo) poison(ctx context.Context) error {
 	if err := d.relayCommand(ctx, "ops", "dead", "retry", strconv.FormatInt(dead[0].ID, 10)); err != nil {
 		return err
 	}
-	return d.await(ctx, "the audit event", ids...)
+	return d.await(ctx, "the audit event", id)
 }
 
 // await waits until every consumer that the events ids are for has them.
 func (d *demo) await(ctx context.Context, what string, ids ...outbox.MessageID) error {
-	return waitFor(ctx, waitTimeout, what, func() bool { return d.ledger.arrived(ids...) })
-}
-
-// waitFor polls cond until it holds, for at most timeout.
-func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if err := harness.Poll(ctx, 0, cond); err != nil {
-		return fmt.Errorf("wait for %s: %w", what, err)
-	}
-	return nil
+	return harness.WaitUntil(ctx, waitTimeout, what, func() bool { return d.ledger.arrived(ids...) })
 }
