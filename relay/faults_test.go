@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
@@ -217,40 +217,18 @@ func TestRelayRetriesBadBrokerCredentials(t *testing.T) {
 	}
 }
 
-// rabbitmqctl runs rabbitmqctl, failing the test on error.
-func rabbitmqctl(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("rabbitmqctl", append([]string{"-q"}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("rabbitmqctl %s: %v\n%s", args[0], err, out)
-	}
-	return string(out)
-}
-
-// closeConnections closes the broker connections whose client-provided name
-// starts with prefix and returns how many it closed.
-func closeConnections(t *testing.T, prefix string) int {
-	t.Helper()
-	n := 0
-	out := rabbitmqctl(t, "list_connections", "--no-table-headers", "pid", "client_properties")
-	for _, line := range strings.Split(out, "\n") {
-		pid, props, ok := strings.Cut(strings.TrimSpace(line), "\t")
-		if ok && strings.Contains(props, `{"connection_name","`+prefix) {
-			// A connection already gone is fine.
-			_ = exec.Command("rabbitmqctl", "-q", "close_connection", pid, "test closes it").Run()
-			n++
-		}
-	}
-	return n
-}
-
 func TestRelayRereadsPasswordFileOnReconnect(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
+	ctx := t.Context()
 	user := b.env.Name
-	rabbitmqctl(t, "add_user", user, "first-Pa55")
-	t.Cleanup(func() { _ = exec.Command("rabbitmqctl", "-q", "delete_user", user).Run() })
-	rabbitmqctl(t, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+	if _, err := harness.Rabbitmqctl(ctx, "add_user", user, "first-Pa55"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = harness.Rabbitmqctl(context.Background(), "delete_user", user) })
+	if _, err := harness.Rabbitmqctl(ctx, "set_permissions", "-p", "/", user, ".*", ".*", ".*"); err != nil {
+		t.Fatal(err)
+	}
 	pwFile := filepath.Join(t.TempDir(), "password")
 	if err := os.WriteFile(pwFile, []byte("first-Pa55\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -267,12 +245,14 @@ func TestRelayRereadsPasswordFileOnReconnect(t *testing.T) {
 
 	// Rotate the secret, then cut the relay's connection: it must
 	// reconnect with the new password from the file.
-	rabbitmqctl(t, "change_password", user, "second-Pa55")
+	if _, err := harness.Rabbitmqctl(ctx, "change_password", user, "second-Pa55"); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(pwFile, []byte("second-Pa55"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if n := closeConnections(t, cfg.Name+"@"); n != 1 {
-		t.Fatalf("closed %d relay connections, want 1", n)
+	if n, err := harness.CloseBrokerConnectionsNamed(ctx, cfg.Name+"@", "test closes it"); err != nil || n != 1 {
+		t.Fatalf("closed %d relay connections (%v), want 1", n, err)
 	}
 	insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "after", payload: []byte("2")})
 	if d := testenv.Receive(t, b.recv, 1, 15*time.Second)[0]; d.RoutingKey != "after" {
