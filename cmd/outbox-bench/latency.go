@@ -65,10 +65,11 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 	return sorted[int(q*float64(len(sorted)-1))]
 }
 
-// insertOne commits one row and records its commit time.
-func (b *bench) insertOne(ctx context.Context, db *pgxpool.Pool, lat *latencies) error {
+// insertOne commits one row into table (quoted) and records its commit
+// time.
+func (b *bench) insertOne(ctx context.Context, db *pgxpool.Pool, table string, lat *latencies) error {
 	var id string
-	if err := db.QueryRow(ctx, "insert into "+b.table.Ident()+" (routing_key, payload) values ($1, $2) returning message_id::text",
+	if err := db.QueryRow(ctx, "insert into "+table+" (routing_key, payload) values ($1, $2) returning message_id::text",
 		b.queue, b.payload).Scan(&id); err != nil {
 		return fmt.Errorf("insert: %w", err)
 	}
@@ -100,7 +101,7 @@ func (b *bench) idleLatency(ctx context.Context, rep *report) error {
 	}
 	base := c.n.Load()
 	for i := 0; i < b.o.events; i++ {
-		if err := b.insertOne(ctx, pool, lat); err != nil {
+		if err := b.insertOne(ctx, pool, b.table.Ident(), lat); err != nil {
 			return err
 		}
 		if err := c.waitFor(ctx, base+int64(i)+1, 10*time.Second); err != nil {
@@ -170,8 +171,9 @@ func (b *bench) steady(ctx context.Context, rep *report) error {
 
 const steadyWriters = 8
 
-// runSteady writes rate rows a second for d and waits until all arrived. If
-// tick is set it is called every minute with that minute's latencies.
+// runSteady writes rate rows a second for d with the relay running in
+// this process, and waits until all arrived. If tick is set it is called
+// every minute with that minute's latencies.
 func (b *bench) runSteady(ctx context.Context, rate int, d time.Duration, tick func(minute int, lat []time.Duration) error) ([]time.Duration, int, error) {
 	lat := newLatencies()
 	c, err := b.consume(ctx, lat.receive)
@@ -184,25 +186,53 @@ func (b *bench) runSteady(ctx context.Context, rate int, d time.Duration, tick f
 		return nil, 0, err
 	}
 	defer stop()
-	pool, err := b.pool(ctx, steadyWriters)
+	return b.steadyWrites(ctx, steadyLoad{table: b.table.Ident(), rate: rate, writers: steadyWriters, d: d}, lat, c, tick)
+}
+
+// steadyLoad is what steadyWrites writes: rate one-row transactions a
+// second into table (quoted), from writers connections, for d.
+type steadyLoad struct {
+	table   string
+	rate    int
+	writers int
+	d       time.Duration
+}
+
+// writerAppName is the application_name of the steady writers'
+// connections.
+const writerAppName = "outbox-bench-writer"
+
+// steadyWrites writes the load, and waits until the consumer c, which
+// feeds lat, has received every row. Its writers' connections are closed
+// when it returns. If tick is set it is called every minute with that
+// minute's latencies. It returns the latencies, sorted, and the rows
+// written.
+func (b *bench) steadyWrites(ctx context.Context, load steadyLoad, lat *latencies, c *consumer, tick func(minute int, lat []time.Duration) error) ([]time.Duration, int, error) {
+	cfg, err := pgxpool.ParseConfig(b.dbURL)
+	if err != nil {
+		return nil, 0, err
+	}
+	cfg.MaxConns = int32(load.writers)
+	cfg.ConnConfig.RuntimeParams["application_name"] = writerAppName
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer pool.Close()
 
 	base := c.n.Load()
-	wctx, cancel := context.WithTimeout(ctx, d)
+	wctx, cancel := context.WithTimeout(ctx, load.d)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, steadyWriters)
+	errs := make(chan error, load.writers)
 	var written sync.Map
-	interval := time.Duration(float64(time.Second) * steadyWriters / float64(rate))
-	for w := 0; w < steadyWriters; w++ {
+	interval := time.Duration(float64(time.Second) * float64(load.writers) / float64(load.rate))
+	for w := 0; w < load.writers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// Spread the writers over the interval.
-			time.Sleep(interval * time.Duration(w) / steadyWriters)
+			time.Sleep(interval * time.Duration(w) / time.Duration(load.writers))
 			t := time.NewTicker(interval)
 			defer t.Stop()
 			n := 0
@@ -213,7 +243,7 @@ func (b *bench) runSteady(ctx context.Context, rate int, d time.Duration, tick f
 					return
 				case <-t.C:
 				}
-				if err := b.insertOne(ctx, pool, lat); err != nil {
+				if err := b.insertOne(ctx, pool, load.table, lat); err != nil {
 					errs <- err
 					return
 				}
@@ -247,7 +277,7 @@ func (b *bench) runSteady(ctx context.Context, rate int, d time.Duration, tick f
 	total := 0
 	written.Range(func(_, v any) bool { total += v.(int); return true })
 	if err := c.waitFor(ctx, base+int64(total), 10*time.Second); err != nil {
-		return nil, 0, fmt.Errorf("steady: the relay did not keep up: %w", err)
+		return nil, 0, fmt.Errorf("steady: not every row arrived: %w", err)
 	}
 	all = append(all, lat.take()...)
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })

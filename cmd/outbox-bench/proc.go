@@ -22,6 +22,9 @@ func (b *bench) startRelayProcess(ctx context.Context) (*harness.Process, error)
 		"OUTBOX_METRICS_ADDR": "",
 		"OUTBOX_LOG_LEVEL":    "warn",
 	}}
+	if b.o.batch > 0 {
+		r.Env["OUTBOX_BATCH_SIZE"] = strconv.Itoa(b.o.batch)
+	}
 	return r.Start(ctx)
 }
 
