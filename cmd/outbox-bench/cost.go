@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -34,10 +33,8 @@ type cpuMeter struct {
 	proc         int // 0 for none
 	procFirst    float64
 	benchFirst   float64
-	mu           sync.Mutex
 	first, last  map[int]float64
-	stop         context.CancelFunc
-	done         chan struct{}
+	stop, done   chan struct{}
 	sampleFailed error
 }
 
@@ -50,7 +47,8 @@ func (b *bench) meterCPU(ctx context.Context, proc int, prefix string) (*cpuMete
 	if err != nil {
 		return nil, fmt.Errorf("cpu meter: %w", err)
 	}
-	m := &cpuMeter{conn: conn, db: b.dbName, prefix: prefix, proc: proc, first: map[int]float64{}, last: map[int]float64{}, done: make(chan struct{})}
+	m := &cpuMeter{conn: conn, db: b.dbName, prefix: prefix, proc: proc, first: map[int]float64{}, last: map[int]float64{},
+		stop: make(chan struct{}), done: make(chan struct{})}
 	if proc != 0 {
 		if m.procFirst, err = cpuSeconds(proc); err != nil {
 			_ = conn.Close(ctx)
@@ -62,19 +60,21 @@ func (b *bench) meterCPU(ctx context.Context, proc int, prefix string) (*cpuMete
 		return nil, err
 	}
 	m.benchFirst, _ = cpuSeconds(os.Getpid())
-	sctx, cancel := context.WithCancel(ctx)
-	m.stop = cancel
+	// Samples end between queries, never in one: a query cut short would
+	// leave the connection unusable for the last sample.
 	go func() {
 		defer close(m.done)
 		t := time.NewTicker(cpuSampleEvery)
 		defer t.Stop()
 		for {
 			select {
-			case <-sctx.Done():
+			case <-m.stop:
+				return
+			case <-ctx.Done():
 				return
 			case <-t.C:
 			}
-			if err := m.sample(sctx, false); err != nil && sctx.Err() == nil {
+			if err := m.sample(ctx, false); err != nil {
 				m.sampleFailed = err
 				return
 			}
@@ -94,8 +94,6 @@ func (m *cpuMeter) sample(ctx context.Context, initial bool) error {
 	if err != nil {
 		return fmt.Errorf("list backends: %w", err)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	for _, pid := range pids {
 		s, err := cpuSeconds(int(pid))
 		if err != nil {
@@ -114,7 +112,7 @@ func (m *cpuMeter) sample(ctx context.Context, initial bool) error {
 
 // finish takes a last sample, stops the meter and returns what was used.
 func (m *cpuMeter) finish(ctx context.Context) (cpuUse, error) {
-	m.stop()
+	close(m.stop)
 	<-m.done
 	defer m.conn.Close(context.WithoutCancel(ctx))
 	if m.sampleFailed != nil {
