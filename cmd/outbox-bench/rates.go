@@ -80,14 +80,14 @@ func (b *bench) rates(ctx context.Context, rep *report) error {
 			return fmt.Errorf("%d/s through the minimal loop: %w", rate, err)
 		}
 		fmt.Fprintf(b.o.stderr, "outbox-bench: %d/s: relay %s; minimal loop %s\n", rate, relayed.latency(), loop.latency())
-		b.reportRate(rep, load, relayed, loop)
+		reportRate(rep, load, relayed, loop)
 	}
 	rep.add("  (*) the minimal loop runs in the bench", "its CPU: its backend's, plus the bench process's per message in its step",
 		"minus the same in the relay's step", "", "(writers, consumer: the same work in both)", true)
 	return nil
 }
 
-func (b *bench) reportRate(rep *report, load steadyLoad, relayed, loop rateStep) {
+func reportRate(rep *report, load steadyLoad, relayed, loop rateStep) {
 	rate := load.rate
 	p99, lp99 := quantile(relayed.lat, 0.99), quantile(loop.lat, 0.99)
 	bound, target := 50*time.Millisecond, "keeps up, p99 <= 50ms"
