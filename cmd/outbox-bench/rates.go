@@ -113,8 +113,13 @@ func reportRate(rep *report, load steadyLoad, relayed, loop rateStep) {
 		perK(relayed.cpu.proc, relayed.rows), perK(relayed.cpu.backends, relayed.rows)),
 		fmt.Sprintf("loop %.3f = backend %.3f + bench %.3f (*)", loopCPU, perK(loop.cpu.backends, loop.rows), loopBench),
 		ratio, cpuTarget, cpuOK)
-	rep.add("  queries/s; rows/s written", fmt.Sprintf("relay %.0f/s; %.0f/s", relayed.qps, float64(relayed.rows)/load.d.Seconds()),
-		fmt.Sprintf("loop %.0f/s; %.0f/s", loop.qps, float64(loop.rows)/load.d.Seconds()), "", "", true)
+	// On 2 cores, one-row commits, the relay, the broker and a consumer
+	// saturate the machine near 1,000-1,300 rows/s: a higher rate is not
+	// reached, and the figures above are those of that ceiling.
+	written := float64(relayed.rows) / load.d.Seconds()
+	rep.add("  queries/s; rows/s written", fmt.Sprintf("relay %.0f/s; %.0f/s", relayed.qps, written),
+		fmt.Sprintf("loop %.0f/s; %.0f/s", loop.qps, float64(loop.rows)/load.d.Seconds()), "",
+		fmt.Sprintf("writers reach >= 0.9 x %d/s", rate), written >= 0.9*float64(rate))
 }
 
 // runRate writes the load through the relay (a process of its own) or
