@@ -231,24 +231,28 @@ func (b *bench) steadyWrites(ctx context.Context, load steadyLoad, lat *latencie
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Spread the writers over the interval.
-			time.Sleep(interval * time.Duration(w) / time.Duration(load.writers))
+			// Spread the writers over the interval; each writes at once,
+			// then at every tick, so that a short run writes rate x d rows
+			// too.
+			select {
+			case <-wctx.Done():
+			case <-time.After(interval * time.Duration(w) / time.Duration(load.writers)):
+			}
 			t := time.NewTicker(interval)
 			defer t.Stop()
 			n := 0
-			for {
-				select {
-				case <-wctx.Done():
-					written.Store(w, n)
-					return
-				case <-t.C:
-				}
+			for wctx.Err() == nil {
 				if err := b.insertOne(ctx, pool, load.table, lat); err != nil {
 					errs <- err
 					return
 				}
 				n++
+				select {
+				case <-wctx.Done():
+				case <-t.C:
+				}
 			}
+			written.Store(w, n)
 		}()
 	}
 	var all []time.Duration
