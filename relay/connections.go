@@ -28,7 +28,7 @@ func (l *loop) loseLeadership() {
 	l.leader = false
 	l.store.SetLeader(0)
 	l.prog.setLeader(0)
-	l.waiting = false // re-announce once leader again
+	l.waiting, l.armed = false, false // armed again once leader again
 	l.metrics.leader.Set(0)
 }
 

@@ -25,7 +25,8 @@
 //	    └──────────── listener lost ───────────────┴──── lock or listener lost ──┘
 //
 // A leader is idle (asleep on LISTEN), lingering (polling briefly after its
-// last rows) or busy (draining batches back to back). Without a broker
+// last rows, or while a writer that did not notify is still in its
+// transaction) or busy (draining batches). Without a broker
 // connection, or while the broker blocks publishing, it claims nothing. On
 // shutdown it stops claiming, waits up to ShutdownTimeout for the batches
 // on the wire, settles them and returns.
@@ -53,11 +54,16 @@
 //
 // # Wake-up
 //
-// A writer's insert trigger notifies only while the relay's wake-up flag
-// (a sequence) says it sleeps on LISTEN. The relay clears the flag while
-// busy, and after its last rows polls a few times (lingerSteps) before it
-// sets the flag again, then claims once more before it sleeps. The poll
-// interval is a safety net.
+// A writer's insert trigger notifies, at its commit, while the relay's
+// wake-up flag (a sequence) is up. The relay raises the flag to sleep, then
+// waits a few milliseconds for the transactions that wrote to the table
+// while it was down, by taking the table's SHARE lock (pgStore.Arm), and
+// stays awake while one is still open: no row waits for the poll however
+// long its transaction ran after the insert, and writers pay nothing for
+// it. When rows arrive sparsely the flag stays up and the relay sleeps on
+// LISTEN between batches; when they arrive densely it lowers the flag,
+// claims at a steady pace and lingers a little before raising it again
+// (wake.go). The poll interval is a safety net.
 //
 // # Claim, publish, settle
 //

@@ -30,6 +30,7 @@ type fakeStore struct {
 	settleErr error
 	settled   [][]Result
 	waitErr   error
+	armed     []bool // what Arm reports, in turn; then true
 	fenceErr  error
 	fences    int
 	leader    []int32 // SetLeader calls
@@ -82,6 +83,15 @@ func (s *fakeStore) Settle(_ context.Context, c *claim, results []Result, next i
 func (s *fakeStore) SetWaiting(_ context.Context, w bool) error {
 	s.j.add("waiting " + map[bool]string{true: "on", false: "off"}[w])
 	return s.waitErr
+}
+
+func (s *fakeStore) Arm(context.Context) (bool, error) {
+	ok := true
+	if len(s.armed) > 0 {
+		ok, s.armed = s.armed[0], s.armed[1:]
+	}
+	s.j.add(map[bool]string{true: "arm", false: "arm: writers in flight"}[ok])
+	return ok, s.waitErr
 }
 
 func (s *fakeStore) Fence(context.Context, time.Duration) error {

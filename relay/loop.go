@@ -26,10 +26,18 @@ type loop struct {
 	// those opened while the server was read-only stay so.
 	resetPool func()
 	leader    bool
-	waiting   bool // the wake-up flag says we sleep on LISTEN
+	waiting   bool // the wake-up flag is up: writers notify
+	// armed says the flag has been up since the writers that did not
+	// notify ended (see pgStore.Arm): the relay may sleep on LISTEN.
+	armed bool
 	// lingered counts the empty claims since the last rows, while the relay
-	// polls before announcing that it waits (see lingerSteps).
+	// polls before it arms the flag (see lingerSteps).
 	lingered int
+	// arrivals estimates the rate of rows, for the wake-up policy.
+	arrivals arrivals
+	// armFailures counts the tries to arm the flag since it last worked
+	// (see armRetry).
+	armFailures int
 	// lastClaim is when the last claim started.
 	lastClaim time.Time
 
@@ -54,6 +62,7 @@ const (
 	stepLinger     step = "linger"      // no rows: polled again shortly
 	stepAnnounce   step = "announce"    // no rows: set the wake-up flag, to claim once more
 	stepWait       step = "wait"        // no rows: slept on LISTEN
+	stepStopped    step = "stopped"     // the relay is stopping: the batches on the wire were settled
 )
 
 func (l *loop) run(ctx, work context.Context) {
@@ -115,77 +124,12 @@ func (l *loop) runOnce(ctx, work context.Context) step {
 		return stepFailed
 	}
 	l.dbFailures = 0
-	if n > 0 {
-		// Busy: writers need not notify. The first batch after a
-		// wake-up goes out before the flag is cleared, so the
-		// clearing costs that event no latency.
-		if l.waiting {
-			l.setWaiting(ctx, false)
-		}
-		l.lingered = 0
-		// The last batch was short: rows trickle in. Let a few more
-		// gather rather than pay a claim and a commit for each handful.
-		if d := l.lastClaim.Add(busyClaimInterval).Sub(l.clock.Now()); d > 0 {
-			l.clock.Sleep(ctx, d)
-		}
-		return stepBusy
+	if ctx.Err() != nil {
+		return stepStopped
 	}
-	switch {
-	case l.waiting:
-		l.wait(ctx, l.cfg.PollInterval)
-		return stepWait
-	case l.lingered < len(lingerSteps):
-		// Not idle yet: under a steady load the next row is a
-		// moment away, and announcing the wait now would make its
-		// writer pay for a NOTIFY. Poll a few times, closer first.
-		l.wait(ctx, min(lingerSteps[l.lingered], l.cfg.PollInterval))
-		l.lingered++
-		return stepLinger
-	default:
-		// Idle: announce the wait, then claim once more (a row
-		// committed before the announcement did not notify), then
-		// sleep on LISTEN.
-		l.setWaiting(ctx, true)
-		select {
-		case l.idle <- struct{}{}:
-		default:
-		}
-		return stepAnnounce
-	}
+	return l.rest(ctx, n)
 }
 
 // blockedPause is how long a leader whose broker blocks publishing waits
 // before it looks again.
 const blockedPause = 200 * time.Millisecond
-
-// busyClaimInterval is the least time between the starts of two claims
-// while rows trickle in (batches are not full). A backlog is drained
-// back to back.
-const busyClaimInterval = 5 * time.Millisecond
-
-// lingerSteps are the pauses between the claims a relay makes after its
-// last rows before it announces that it waits for a NOTIFY: about 130ms in
-// all, a few cheap queries at the end of each busy spell, against a NOTIFY
-// in every writer's commit while the load goes on.
-var lingerSteps = []time.Duration{2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond,
-	16 * time.Millisecond, 32 * time.Millisecond, 64 * time.Millisecond}
-
-func (l *loop) setWaiting(ctx context.Context, w bool) {
-	sctx, cancel := context.WithTimeout(ctx, dbTimeout)
-	defer cancel()
-	if err := l.store.SetWaiting(sctx, w); err != nil {
-		if ctx.Err() == nil {
-			l.log.Error("record wait state", tint.Err(err))
-			l.clock.Sleep(ctx, retryDelay(1))
-		}
-		return
-	}
-	l.waiting = w
-}
-
-// wait sleeps on LISTEN until a notification, the timeout or ctx.
-func (l *loop) wait(ctx context.Context, timeout time.Duration) {
-	if _, err := l.lis.Wait(ctx, timeout); err != nil && ctx.Err() == nil {
-		l.listenerLost(err)
-	}
-}

@@ -184,7 +184,10 @@ func TestLoopShutdownWithBatchInFlight(t *testing.T) {
 	b.store.claims = []fakeClaim{{rows: rows("1", "2", "3"), full: true}, {rows: rows("4", "5", "6"), full: true},
 		{rows: rows("7", "8", "9"), full: true}}
 	b.pub.onAwait = cancel
-	b.l.run(stop, context.Background())
+	if got := b.l.runOnce(stop, context.Background()); got != stepStopped {
+		t.Errorf("step %q, want %q", got, stepStopped)
+	}
+	b.l.run(stop, context.Background()) // returns at once
 	wantJournal(t, b.since(n), "claim [1 2 3]", "send [1 2 3]", "claim [4 5 6]", "send [4 5 6]",
 		"settle [1 2 3]", "settle [4 5 6]")
 	if len(b.store.claims) != 1 || testutil.ToFloat64(b.l.metrics.published) != 6 {
@@ -207,7 +210,7 @@ func TestLoopListenerSetupErrors(t *testing.T) {
 			break
 		}
 	}
-	if last := got[len(got)-1]; last != stepLinger {
+	if last := got[len(got)-1]; last != stepAnnounce {
 		t.Fatalf("steps %q: never led", got)
 	}
 	wantLog(t, b, `msg="relay cannot lead" reason=pooler`, 1)
@@ -225,7 +228,7 @@ func TestLoopListenerSetupErrors(t *testing.T) {
 	if waited < 750*time.Millisecond || waited > 3100*time.Millisecond {
 		t.Errorf("waited %s over 5 failed connects (%v), want the retry delays 0.1s to 1.6s", waited, b.clock.sleeps)
 	}
-	if !b.l.ready.Load() && b.step(t) != stepLinger || !b.l.ready.Load() {
+	if !b.l.ready.Load() && b.step(t) != stepWait || !b.l.ready.Load() {
 		t.Error("not ready once connected and leading")
 	}
 }

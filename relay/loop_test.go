@@ -91,20 +91,13 @@ func wantLog(t *testing.T, b *loopBundle, line string, times int) {
 	}
 }
 
-// Idle, the leader polls a few times, closer first, before it announces
-// the wait; then it claims once more and sleeps on LISTEN. Rows found end
-// the wait: the batch goes out first, then the flag is cleared, and
-// lingering starts again from the shortest pause.
-func TestLoopWakeUpAndLinger(t *testing.T) {
+// Sparse rows: the leader arms the wake-up flag at once and sleeps on
+// LISTEN between batches, the flag staying up: every commit wakes it.
+func TestLoopWakeUpSparse(t *testing.T) {
 	t.Parallel()
 	b := setupLoop(t)
-	b.l.cfg.PollInterval = 10 * time.Millisecond
-	wantSteps(t, b.steps(t, 9), stepLinger, stepLinger, stepLinger, stepLinger, stepLinger, stepLinger,
-		stepAnnounce, stepWait, stepWait)
-	ms := time.Millisecond
-	if want := []time.Duration{2 * ms, 4 * ms, 8 * ms, 10 * ms, 10 * ms, 10 * ms, 10 * ms, 10 * ms}; !slices.Equal(b.lis.waits, want) {
-		t.Errorf("waits %v, want %v (lingering capped by the poll interval, then the poll interval)", b.lis.waits, want)
-	}
+	wantSteps(t, b.steps(t, 3), stepAnnounce, stepWait, stepWait)
+	wantJournal(t, b.since(0), "fence", "waiting off", "claim 0", "arm", "claim 0", "wait 1s", "claim 0", "wait 1s")
 	select {
 	case <-b.l.idle:
 	default:
@@ -112,39 +105,79 @@ func TestLoopWakeUpAndLinger(t *testing.T) {
 	}
 	n := len(*b.j)
 	b.store.claims = []fakeClaim{{rows: rows("1", "2")}}
-	wantSteps(t, b.steps(t, 2), stepBusy, stepLinger)
-	wantJournal(t, b.since(n), "claim [1 2]", "send [1 2]", "settle [1 2]", "waiting off", "claim 0", "wait 2ms")
+	wantSteps(t, b.steps(t, 1), stepBusy)
+	wantJournal(t, b.since(n), "claim [1 2]", "send [1 2]", "settle [1 2]", "wait 1s")
+	if len(b.clock.sleeps) != 0 {
+		t.Errorf("slept %v: a sparse leader sleeps on LISTEN only", b.clock.sleeps)
+	}
 }
 
-// A leader that finds rows drains back to back while claims come back
-// full, with two batches on the wire; after a short batch it lets rows
-// gather until busyClaimInterval after the last claim began.
-func TestLoopClaimPacing(t *testing.T) {
+// Dense rows: the flag goes down once the batch after a wake-up is out,
+// the leader claims at most every busyClaimInterval, and after its last
+// rows polls a few times, closer first, before it arms the flag again.
+func TestLoopWakeUpDense(t *testing.T) {
 	t.Parallel()
 	b := setupLoop(t)
-	b.step(t) // leadership
+	b.l.cfg.PollInterval = 10 * time.Millisecond
+	b.steps(t, 2) // armed, asleep
 	n := len(*b.j)
-	b.store.claims = []fakeClaim{{rows: rows("1", "2", "3"), full: true}, {rows: rows("4", "5", "6"), full: true},
-		{rows: rows("7")}}
-	sleeps := len(b.clock.sleeps)
-	wantSteps(t, []step{b.step(t)}, stepBusy)
-	wantJournal(t, b.since(n), "claim [1 2 3]", "send [1 2 3]", "claim [4 5 6]", "send [4 5 6]",
-		"settle [1 2 3]", "claim [7]", "send [7]", "settle [4 5 6]", "settle [7]")
-	if got := b.clock.sleeps[sleeps:]; !slices.Equal(got, []time.Duration{busyClaimInterval}) {
-		t.Errorf("sleeps after the drain %v, want [%s]", got, busyClaimInterval)
+	b.l.arrivals.add(b.clock.now, 2*denseRate)
+	b.store.claims = []fakeClaim{{rows: rows("1", "2")}}
+	wantSteps(t, b.steps(t, 9), stepBusy, stepLinger, stepLinger, stepLinger, stepLinger, stepLinger, stepLinger,
+		stepAnnounce, stepWait)
+	wantJournal(t, b.since(n), "claim [1 2]", "send [1 2]", "settle [1 2]", "waiting off",
+		"claim 0", "wait 2ms", "claim 0", "wait 4ms", "claim 0", "wait 8ms", "claim 0", "wait 10ms", "claim 0", "wait 10ms",
+		"claim 0", "wait 10ms", "claim 0", "arm", "claim 0", "wait 10ms")
+	if !slices.Equal(b.clock.sleeps, []time.Duration{busyClaimInterval}) {
+		t.Errorf("sleeps %v, want [%s] after the short batch", b.clock.sleeps, busyClaimInterval)
 	}
-	if got := testutil.ToFloat64(b.l.metrics.published); got != 7 {
-		t.Errorf("published %v, want 7", got)
-	}
+}
 
-	// Time spent since the claim counts against the pause.
-	b.store.claims = []fakeClaim{{rows: rows("8")}}
-	b.pub.onAwait = func() { b.clock.now = b.clock.now.Add(3 * time.Millisecond) }
-	sleeps = len(b.clock.sleeps)
-	b.step(t)
-	if got := b.clock.sleeps[sleeps:]; !slices.Equal(got, []time.Duration{2 * time.Millisecond}) {
-		t.Errorf("sleeps after a drain of 3ms %v, want [2ms]", got)
+// When rows come sparsely again, the leader arms the flag as soon as a
+// batch is out, not after an empty claim.
+func TestLoopWakeUpDenseToSparse(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	b.steps(t, 2) // armed, asleep
+	b.l.arrivals.add(b.clock.now, 2*denseRate)
+	b.store.claims = []fakeClaim{{rows: rows("1")}}
+	wantSteps(t, b.steps(t, 1), stepBusy)
+	b.clock.now = b.clock.now.Add(5 * arrivalWindow)
+	n := len(*b.j)
+	b.store.claims = []fakeClaim{{rows: rows("2")}}
+	wantSteps(t, b.steps(t, 2), stepAnnounce, stepWait)
+	wantJournal(t, b.since(n), "claim [2]", "send [2]", "settle [2]", "arm", "claim 0", "wait 1s")
+}
+
+// The rate estimate follows the load and forgets it.
+func TestLoopArrivalRate(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1000, 0)
+	for _, perSecond := range []int{10, 50, 200, 1000, 5000} {
+		var a arrivals
+		every := time.Second / time.Duration(perSecond)
+		for range 5 * perSecond {
+			now = now.Add(every)
+			a.add(now, 1)
+		}
+		if got := a.rateAt(now); got < 0.8*float64(perSecond) || got > 1.2*float64(perSecond) {
+			t.Errorf("%d rows/s: estimate %.0f", perSecond, got)
+		}
+		if got := a.rateAt(now.Add(5 * time.Second)); got > 0.01*float64(perSecond) {
+			t.Errorf("%d rows/s, then 5s without: estimate %.1f", perSecond, got)
+		}
 	}
+}
+
+// Arming waits for writers that inserted without notifying; while one is
+// still in its transaction, the leader stays awake and looks again.
+func TestLoopArmWaitsForWriters(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	b.store.armed = []bool{false, false, true}
+	wantSteps(t, b.steps(t, 4), stepLinger, stepLinger, stepAnnounce, stepWait)
+	wantJournal(t, b.since(0), "fence", "waiting off", "claim 0", "arm: writers in flight", "wait 2ms",
+		"claim 0", "arm: writers in flight", "wait 4ms", "claim 0", "arm", "claim 0", "wait 1s")
 }
 
 // A batch on the wire that holds rows back behind an earlier row of their
@@ -159,7 +192,8 @@ func TestLoopClaimWaitsForHeldRows(t *testing.T) {
 	first[1].deferred = true
 	b.store.claims = []fakeClaim{{rows: first, full: true}, {rows: rows("2b", "3b")}}
 	b.step(t)
-	wantJournal(t, b.since(n), "claim [1 2 3]", "send [1]", "settle [1 2 3]", "claim [2 3]", "send [2 3]", "settle [2 3]")
+	wantJournal(t, b.since(n), "claim [1 2 3]", "send [1]", "settle [1 2 3]", "claim [2 3]", "send [2 3]", "settle [2 3]",
+		"wait 1s")
 	if s := b.store.settled[0]; s[0].Outcome != Acked || s[1].Reason != reasonHeld || s[2].Reason != reasonHeld {
 		t.Errorf("first batch settled as %v", s)
 	}
@@ -180,14 +214,14 @@ func TestLoopLeadership(t *testing.T) {
 			t.Errorf("a standby fenced (%d) or led (%v)", b.store.fences, b.store.leader)
 		}
 		b.lis.lead = true
-		wantSteps(t, b.steps(t, 1), stepLinger)
+		wantSteps(t, b.steps(t, 1), stepAnnounce)
 		wantLog(t, b, "leadership gained", 1)
 	})
 	t.Run("gained", func(t *testing.T) {
 		t.Parallel()
 		b := setupLoop(t)
-		wantSteps(t, b.steps(t, 2), stepLinger, stepLinger)
-		wantJournal(t, b.since(0), "fence", "waiting off", "claim 0", "wait 2ms", "claim 0", "wait 4ms")
+		wantSteps(t, b.steps(t, 2), stepAnnounce, stepWait)
+		wantJournal(t, b.since(0), "fence", "waiting off", "claim 0", "arm", "claim 0", "wait 1s")
 		if lastPID(b) != 4242 || b.l.prog.leaderPID.Load() != 4242 {
 			t.Errorf("leader pid given to the store %v, to the gauges %d; want the listener's 4242", b.store.leader, b.l.prog.leaderPID.Load())
 		}
@@ -221,7 +255,7 @@ func TestLoopLeadership(t *testing.T) {
 		wantLog(t, b, "leadership lost", 1)
 		wantLog(t, b, "listener connect failed", 1)
 		// Connected again, it fences again before it claims.
-		wantSteps(t, b.steps(t, 2), stepNoListener, stepLinger)
+		wantSteps(t, b.steps(t, 2), stepNoListener, stepAnnounce)
 		if b.store.fences != 2 {
 			t.Errorf("fences %d, want 2", b.store.fences)
 		}

@@ -140,6 +140,7 @@ func (l *loop) claimed(c *claim) {
 	}
 	if c != nil {
 		l.prog.claimed(len(c.rows))
+		l.arrivals.add(l.clock.Now(), c.loaded)
 	}
 }
 

@@ -191,12 +191,36 @@ func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.
 			}
 		}
 		if err == nil {
+			r.warnPendingMigrations(ctx, q, t)
 			return t, nil
 		}
 		r.log.Error("database not ready, retrying", tint.Err(withHint(err)), slog.Int("attempt", attempt))
 		if !sleep(ctx, retryDelay(attempt)) {
 			return t, ctx.Err()
 		}
+	}
+}
+
+// warnPendingMigrations says so when the table's schema is older than this
+// relay: it runs, but what the missing migrations bring is missing (with
+// 005, rows committed while the relay goes to sleep wait for the poll).
+func (r *Relay) warnPendingMigrations(ctx context.Context, q simpleQuerier, t schema.Table) {
+	ms, err := schema.Migrations()
+	if err != nil || len(ms) == 0 {
+		return
+	}
+	applied, err := schema.AppliedMigrations(ctx, q, t)
+	if err != nil {
+		r.log.Warn("could not read the table's migrations", tint.Err(err))
+		return
+	}
+	have := 0
+	for _, a := range applied {
+		have = max(have, a.Version)
+	}
+	if want := ms[len(ms)-1].Version; have < want {
+		r.log.Warn("the table's schema is older than this relay: run `outbox-relay migrate`",
+			slog.Int("schema_version", have), slog.Int("relay_version", want))
 	}
 }
 

@@ -19,6 +19,9 @@ type store interface {
 	Settle(ctx context.Context, c *claim, results []Result, next int) (st settled, nc *claim, settleErr, claimErr error)
 	// SetWaiting sets the wake-up flag that makes writers notify.
 	SetWaiting(ctx context.Context, waiting bool) error
+	// Arm raises the flag and waits briefly for the writers that did not
+	// notify; false: one is still in its transaction (see pgStore.Arm).
+	Arm(ctx context.Context) (bool, error)
 	// Fence waits up to wait for the claims made before it to settle.
 	Fence(ctx context.Context, wait time.Duration) error
 	// SetLeader gives the backend pid of the session holding the leader

@@ -211,3 +211,8 @@ type simpleQuerier struct{ pool *pgxpool.Pool }
 func (q simpleQuerier) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	return q.pool.QueryRow(ctx, sql, append([]any{simple}, args...)...)
 }
+
+// Query runs Query on the pool without prepared statements.
+func (q simpleQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	return q.pool.Query(ctx, sql, append([]any{simple}, args...)...)
+}

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -21,7 +22,7 @@ type pgStore struct {
 	maxAttempts int
 	backoff     func(attempts int) time.Duration
 
-	claimSQL, promoteSQL, deleteSQL, failSQL, waitingSQL string
+	claimSQL, promoteSQL, deleteSQL, failSQL, waitingSQL, writersSQL string
 
 	// maxBytes bounds the payload bytes a claim loads, and maxRowBytes
 	// the payload of a row it loads at all (see claimQuery); 0 is no
@@ -104,6 +105,14 @@ returning o.id, o.dead_at is not null`,
 		// The flag the insert trigger reads (migration 002): setval is
 		// seen by every session at once and outside this transaction.
 		waitingSQL: `select setval($1::regclass, $2::bigint)`,
+		// Whether a live session other than this one holds ROW EXCLUSIVE
+		// on the table: a transaction that wrote to it and has not ended
+		// (see Arm).
+		writersSQL: `select exists (select 1 from pg_locks
+         where locktype = 'relation' and relation = $1::regclass
+           and database = (select oid from pg_database where datname = current_database())
+           and mode = 'RowExclusiveLock' and granted
+           and pid is not null and pid <> pg_backend_pid())`,
 	}
 }
 
@@ -218,6 +227,62 @@ func (s *pgStore) SetWaiting(ctx context.Context, waiting bool) error {
 	}
 	return nil
 }
+
+// armWait bounds the wait of Arm for writers in their transactions. New
+// writers queue behind the relay's request meanwhile, so it stays short.
+const armWait = 5 * time.Millisecond
+
+// Arm raises the wake-up flag, then waits up to armWait for the
+// transactions that may have inserted rows while it was down to end, and
+// reports whether they did. Only then may the relay sleep on LISTEN, after
+// one more claim: a writer that reads the flag after it was raised
+// notifies at its commit; one that read it before still holds the ROW
+// EXCLUSIVE lock its insert took (from before it read the flag until its
+// commit is visible), which LOCK TABLE ... IN SHARE MODE waits for. So
+// writers pay nothing for it, and no row waits for the poll however long
+// its transaction runs after the insert. false means such a transaction is
+// still open: stay awake.
+//
+// The lock also waits for what cannot have inserted rows: a VACUUM, a
+// prepared transaction (it could have, but nobody knows when it commits;
+// see the README). If the wait times out, the holders are looked up, and
+// only live sessions holding ROW EXCLUSIVE keep the relay awake.
+func (s *pgStore) Arm(ctx context.Context) (bool, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return false, fmt.Errorf("raise wake-up flag: %w", err)
+	}
+	b := &pgx.Batch{}
+	b.Queue(s.waitingSQL, s.table.Derived("relay_waiting"), 1)
+	b.Queue("begin")
+	b.Queue(fmt.Sprintf("set local lock_timeout = %d", armWait.Milliseconds()))
+	b.Queue("lock table " + s.table.Ident() + " in share mode")
+	b.Queue("commit")
+	err = conn.SendBatch(ctx, b).Close()
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != sqlstateLockNotAvailable {
+		if err != nil {
+			discard(conn)
+			return false, fmt.Errorf("raise wake-up flag: %w", err)
+		}
+		conn.Release()
+		return true, nil
+	}
+	var writers bool
+	_, err = conn.Exec(ctx, "rollback")
+	if err == nil {
+		err = conn.QueryRow(ctx, s.writersSQL, s.table.Ident()).Scan(&writers)
+	}
+	if err != nil {
+		discard(conn)
+		return false, fmt.Errorf("raise wake-up flag: %w", err)
+	}
+	conn.Release()
+	return !writers, nil
+}
+
+// sqlstateLockNotAvailable is lock_not_available: a lock_timeout passed.
+const sqlstateLockNotAvailable = "55P03"
 
 // maxLastError bounds last_error so a huge broker reply cannot bloat rows.
 const maxLastError = 1000

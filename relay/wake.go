@@ -1,0 +1,195 @@
+package relay
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"github.com/lmittmann/tint"
+)
+
+// The wake-up policy: how the relay learns of new rows.
+//
+// Writers notify at commit while the wake-up flag is up. A notification
+// costs a writer little when commits are sparse, and a global lock at
+// every commit when many writers commit at once. So the relay watches the
+// rate at which rows arrive (arrivals):
+//
+//   - Sparse (below denseRate): the flag stays up and armed (see
+//     pgStore.Arm), and the relay sleeps on LISTEN between batches: every
+//     commit wakes it, with no poll to wait for.
+//   - Dense: the flag is down while rows keep coming, and the relay claims
+//     again busyClaimInterval after its last claim, collecting the rows
+//     that arrived meanwhile in one claim. When a claim comes back empty it
+//     lingers, claiming a few times closer first (lingerSteps), since the
+//     next row is likely a moment away, and then arms the flag.
+//
+// Arming raises the flag and waits a few milliseconds for the transactions
+// that wrote to the table while it was down; if one is still open, the
+// relay stays awake and tries again (stepLinger), so that no row committed
+// after its last claim waits for the poll, however long its transaction
+// ran after the insert. Armed, it claims once more and sleeps on LISTEN for
+// at most PollInterval.
+
+// denseRate is the arrival rate, in rows per second, from which writers
+// stop notifying while the relay is busy.
+const denseRate = 1500
+
+// arrivalWindow is the time constant of the arrival rate's average.
+const arrivalWindow = time.Second
+
+// busyClaimInterval is the least time between the starts of two claims
+// while rows arrive densely and batches are not full. A backlog is drained
+// back to back.
+const busyClaimInterval = 5 * time.Millisecond
+
+// lingerSteps are the pauses between the claims a relay makes after its
+// last rows, when they came densely, before it arms the flag: about 130ms
+// in all, a few cheap queries at the end of each busy spell, against a
+// NOTIFY in every writer's commit while the load goes on.
+var lingerSteps = []time.Duration{2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond,
+	16 * time.Millisecond, 32 * time.Millisecond, 64 * time.Millisecond}
+
+// armRetry is the pause before arming again after n failed tries: short
+// at first, since a writer's transaction usually ends within milliseconds
+// (its row then waits at most that long), longer once it has run for a
+// second.
+func armRetry(n int) time.Duration {
+	switch {
+	case n < 3:
+		return 2 * time.Millisecond << n
+	case n < 64:
+		return 10 * time.Millisecond
+	}
+	return 100 * time.Millisecond
+}
+
+// arrivals estimates the rate at which rows arrive: an exponentially
+// decaying sum of the rows claimed, with time constant arrivalWindow,
+// whose mean is the arrival rate.
+type arrivals struct {
+	rate float64 // rows per second, as of at
+	at   time.Time
+}
+
+// add records n rows claimed at now.
+func (a *arrivals) add(now time.Time, n int) {
+	a.rate = a.rateAt(now) + float64(n)/arrivalWindow.Seconds()
+	a.at = now
+}
+
+// rateAt returns the estimate at now.
+func (a arrivals) rateAt(now time.Time) float64 {
+	if a.at.IsZero() {
+		return 0
+	}
+	return a.rate * math.Exp(-max(0, now.Sub(a.at).Seconds())/arrivalWindow.Seconds())
+}
+
+// rest decides what a leader does after a drain that claimed n rows (see
+// the policy above).
+func (l *loop) rest(ctx context.Context, n int) step {
+	dense := l.arrivals.rateAt(l.clock.Now()) >= denseRate
+	if n > 0 {
+		l.lingered = 0
+		if dense {
+			// Writers need not notify: the relay claims again soon. The
+			// first batch after a wake-up goes out before the flag is
+			// lowered, so lowering it costs that event no latency.
+			if l.waiting {
+				l.setWaiting(ctx, false)
+			}
+			if d := l.lastClaim.Add(busyClaimInterval).Sub(l.clock.Now()); d > 0 {
+				l.clock.Sleep(ctx, d)
+			}
+			return stepBusy
+		}
+		if l.armed {
+			// The drain's last claim came back short, and every commit
+			// since notifies: sleep until one does.
+			l.wentIdle()
+			l.wait(ctx, l.cfg.PollInterval)
+			return stepBusy
+		}
+		// Sparse again: arm now rather than after an empty claim; the
+		// next claim is the one before sleeping.
+		if l.arm(ctx) {
+			l.wentIdle()
+			return stepAnnounce
+		}
+		return stepBusy
+	}
+	switch {
+	case l.armed:
+		l.wait(ctx, l.cfg.PollInterval)
+		return stepWait
+	case dense && l.lingered < len(lingerSteps):
+		// Not idle yet: the next row is likely a moment away, and arming
+		// now would make its writer pay for a NOTIFY.
+		l.wait(ctx, min(lingerSteps[l.lingered], l.cfg.PollInterval))
+		l.lingered++
+		return stepLinger
+	}
+	if !l.arm(ctx) {
+		// A writer that may not have notified is still in its
+		// transaction: stay awake, look again shortly.
+		l.wait(ctx, min(armRetry(l.armFailures), l.cfg.PollInterval))
+		l.armFailures++
+		return stepLinger
+	}
+	// Armed: claim once more (a row committed before the flag was up did
+	// not notify), then sleep on LISTEN.
+	l.wentIdle()
+	return stepAnnounce
+}
+
+// wentIdle tells the gauges that the relay ran out of rows, so that they
+// show a drained backlog now rather than at their next refresh (they
+// refresh at most once a second for it).
+func (l *loop) wentIdle() {
+	select {
+	case l.idle <- struct{}{}:
+	default:
+	}
+}
+
+// arm raises the wake-up flag and reports whether the relay may sleep on
+// LISTEN after one more claim (see pgStore.Arm).
+func (l *loop) arm(ctx context.Context) bool {
+	actx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	armed, err := l.store.Arm(actx)
+	if err != nil {
+		if ctx.Err() == nil {
+			l.log.Error("record wait state", tint.Err(err))
+			l.clock.Sleep(ctx, retryDelay(1))
+		}
+		return false
+	}
+	l.waiting, l.armed = true, armed
+	if armed {
+		l.armFailures = 0
+	}
+	return armed
+}
+
+// setWaiting lowers (or raises) the wake-up flag.
+func (l *loop) setWaiting(ctx context.Context, w bool) {
+	sctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	if err := l.store.SetWaiting(sctx, w); err != nil {
+		if ctx.Err() == nil {
+			l.log.Error("record wait state", tint.Err(err))
+			l.clock.Sleep(ctx, retryDelay(1))
+		}
+		return
+	}
+	l.waiting, l.armed = w, false
+}
+
+// wait sleeps on LISTEN until a notification, the timeout or ctx.
+func (l *loop) wait(ctx context.Context, timeout time.Duration) {
+	if _, err := l.lis.Wait(ctx, timeout); err != nil && ctx.Err() == nil {
+		l.listenerLost(err)
+	}
+}
