@@ -2,12 +2,13 @@ package harness
 
 import (
 	"context"
-	"net"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
 // syncRecorder is lineRecorder safe for the processes' goroutines.
@@ -29,17 +30,6 @@ func (s *syncRecorder) String() string {
 	return strings.Join(s.lines, "")
 }
 
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // newFakeRelay returns a Relay that runs the test binary as a fake relay.
 func newFakeRelay(t *testing.T, env map[string]string) *Relay {
 	t.Helper()
@@ -57,7 +47,7 @@ func newFakeRelay(t *testing.T, env map[string]string) *Relay {
 func TestProcessStartStop(t *testing.T) {
 	t.Parallel()
 	rec := &syncRecorder{}
-	r := newFakeRelay(t, map[string]string{"OUTBOX_METRICS_ADDR": freeAddr(t)})
+	r := newFakeRelay(t, map[string]string{"OUTBOX_METRICS_ADDR": testenv.FreeAddr(t)})
 	r.Output = rec
 	p, err := r.Start(context.Background())
 	if err != nil {
