@@ -33,8 +33,10 @@ type loop struct {
 	// lingered counts the empty claims since the last rows, while the relay
 	// polls before it arms the flag (see lingerSteps).
 	lingered int
-	// arrivals estimates the rate of rows, for the wake-up policy.
+	// arrivals estimates the rate of rows, for the wake-up policy, and
+	// dense is what the policy made of it last (see isDense).
 	arrivals arrivals
+	dense    bool
 	// armFailures counts the tries to arm the flag since it last worked
 	// (see armRetry).
 	armFailures int

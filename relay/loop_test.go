@@ -149,6 +149,24 @@ func TestLoopWakeUpDenseToSparse(t *testing.T) {
 	wantJournal(t, b.since(n), "claim [2]", "send [2]", "settle [2]", "arm", "claim 0", "wait 1s")
 }
 
+// Near the crossover the mode holds: dense from denseRate, sparse again
+// only under sparseRate.
+func TestLoopDenseHysteresis(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		rate     float64
+		wasDense bool
+		want     bool
+	}{
+		{0, false, false}, {sparseRate, false, false}, {denseRate - 1, false, false}, {denseRate, false, true},
+		{denseRate, true, true}, {sparseRate, true, true}, {sparseRate - 1, true, false}, {0, true, false},
+	} {
+		if got := isDense(tc.rate, tc.wasDense); got != tc.want {
+			t.Errorf("isDense(%v, %t) = %t, want %t", tc.rate, tc.wasDense, got, tc.want)
+		}
+	}
+}
+
 // The rate estimate follows the load and forgets it.
 func TestLoopArrivalRate(t *testing.T) {
 	t.Parallel()

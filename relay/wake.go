@@ -15,7 +15,7 @@ import (
 // every commit when many writers commit at once. So the relay watches the
 // rate at which rows arrive (arrivals):
 //
-//   - Sparse (below denseRate): the flag stays up and armed (see
+//   - Sparse (below denseRate, or sparseRate once dense): the flag stays up and armed (see
 //     pgStore.Arm), and the relay sleeps on LISTEN between batches: every
 //     commit wakes it, with no poll to wait for.
 //   - Dense: the flag is down while rows keep coming, and the relay claims
@@ -32,8 +32,26 @@ import (
 // at most PollInterval.
 
 // denseRate is the arrival rate, in rows per second, from which writers
-// stop notifying while the relay is busy.
-const denseRate = 1500
+// stop notifying while the relay is busy, and sparseRate the rate under
+// which they notify again: between the two the relay keeps its mode, so a
+// load near the crossover does not flip it at every batch. Measured side
+// by side on 2 cores (make bench, rates): at 200-500 rows/s sleeping on
+// LISTEN gave p50 1.5-1.6ms and p99 7-9ms, polling p50 4ms and p99 11ms;
+// at 1,000 rows/s both reached p99 11-13ms, and polling took half the CPU
+// per message (0.38 against 0.79 ms) and a seventh of the queries.
+const (
+	denseRate  = 1000
+	sparseRate = 600
+)
+
+// isDense applies the hysteresis: whether rows arrive densely at rate,
+// given whether they did so far.
+func isDense(rate float64, wasDense bool) bool {
+	if wasDense {
+		return rate >= sparseRate
+	}
+	return rate >= denseRate
+}
 
 // arrivalWindow is the time constant of the arrival rate's average.
 const arrivalWindow = time.Second
@@ -89,7 +107,8 @@ func (a arrivals) rateAt(now time.Time) float64 {
 // rest decides what a leader does after a drain that claimed n rows (see
 // the policy above).
 func (l *loop) rest(ctx context.Context, n int) step {
-	dense := l.arrivals.rateAt(l.clock.Now()) >= denseRate
+	dense := isDense(l.arrivals.rateAt(l.clock.Now()), l.dense)
+	l.dense = dense
 	if n > 0 {
 		l.lingered = 0
 		if dense {
