@@ -15,9 +15,9 @@ func TestArmWaitsForOpenWriters(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	for _, tc := range []struct {
-		name   string
-		open   string // run in a transaction left open while Arm runs
-		armed  bool
+		name  string
+		open  string // run in a transaction left open while Arm runs
+		armed bool
 	}{
 		{name: "no one", armed: true},
 		{name: "a reader", open: "select count(*) from {{t}}", armed: true},
