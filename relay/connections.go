@@ -24,6 +24,9 @@ func (l *loop) listenerLost(err error) {
 func (l *loop) loseLeadership() {
 	if l.leader {
 		l.log.Warn("leadership lost")
+		// Let a standby, if there is one, take over rather than race it
+		// for the lock: it tries every standbyInterval.
+		l.leadNotBefore = l.clock.Now().Add(deposedPause)
 	}
 	l.leader = false
 	l.store.SetLeader(0)
@@ -96,6 +99,21 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 	if l.leader {
 		return true
 	}
+	if d := l.leadNotBefore.Sub(l.clock.Now()); d > 0 {
+		// Just deposed: if another relay stands by, leave it the lead.
+		others, err := l.lis.Others(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				l.listenerLost(err)
+			}
+			return false
+		}
+		if others {
+			l.wait(ctx, d)
+			return false
+		}
+		l.leadNotBefore = time.Time{}
+	}
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	got, err := l.lis.TryLead(lctx)
@@ -135,6 +153,12 @@ func (l *loop) ensureLeader(ctx context.Context) bool {
 	l.setWaiting(ctx, false)
 	return true
 }
+
+// deposedPause is how long a relay that lost the lead waits before it
+// tries to lead again while another relay is connected: two standby
+// intervals, so that the standby, which tries every standbyInterval, takes
+// over. Alone, it tries at once.
+const deposedPause = 2 * standbyInterval
 
 // fenceWait bounds one try of a new leader's wait for the claims before
 // it; it logs and tries again after that. The old leader's batches settle

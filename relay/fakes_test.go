@@ -187,11 +187,13 @@ func (p *fakePublisher) RowRefused() bool { return p.rowRefused }
 
 type fakeListener struct {
 	j           *journal
+	clock       *fakeClock // a wait with no notification lasts its timeout
 	connected   bool
 	connectErrs []error
 	pid         int32
 	lead        bool
 	leadErr     error
+	others      bool // another relay is connected
 	waits       []time.Duration
 	waitErr     error
 	pingErr     error
@@ -220,9 +222,14 @@ func (l *fakeListener) TryLead(context.Context) (bool, error) {
 	return l.lead, nil
 }
 
+func (l *fakeListener) Others(context.Context) (bool, error) { return l.others, nil }
+
 func (l *fakeListener) Wait(_ context.Context, d time.Duration) (bool, error) {
 	l.waits = append(l.waits, d)
 	l.j.add("wait " + d.String())
+	if l.clock != nil {
+		l.clock.now = l.clock.now.Add(d)
+	}
 	if l.waitErr != nil {
 		l.connected = false
 		return false, l.waitErr

@@ -33,6 +33,9 @@ type pgListener struct {
 	config  *pgx.ConnConfig
 	channel string
 	lockKey int64 // the table's leader lock
+	// relaysKey is a lock every relay's LISTEN session holds shared, so
+	// that a relay can tell whether others stand by (see Others).
+	relaysKey int64
 	// probe runs on another session (the pool): it returns that session's
 	// backend pid and sends payload on channel.
 	probe func(ctx context.Context, channel, payload string) (int32, error)
@@ -44,9 +47,9 @@ type pgListener struct {
 	lastPing time.Time
 }
 
-func newListener(cfg *pgx.ConnConfig, channel string, lockKey int64, probe func(context.Context, string, string) (int32, error),
+func newListener(cfg *pgx.ConnConfig, channel string, lockKey, relaysKey int64, probe func(context.Context, string, string) (int32, error),
 	waits acquireTracer, own func(context.Context, *pgconn.PgConn) error) *pgListener {
-	return &pgListener{config: cfg, channel: channel, lockKey: lockKey, probe: probe, waits: waits, own: own}
+	return &pgListener{config: cfg, channel: channel, lockKey: lockKey, relaysKey: relaysKey, probe: probe, waits: waits, own: own}
 }
 
 // Connected reports whether the LISTEN connection is up.
@@ -126,7 +129,30 @@ func (l *pgListener) setUp(ctx context.Context, conn *pgx.Conn, readOnly bool) e
 	if err := l.checkSession(ctx, conn); err != nil {
 		return err
 	}
-	return l.own(ctx, conn.PgConn())
+	if err := l.own(ctx, conn.PgConn()); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, "select pg_advisory_lock_shared($1)", simple, l.relaysKey); err != nil {
+		return fmt.Errorf("join the table's relays: %w", err)
+	}
+	return nil
+}
+
+// Others reports whether another relay of the table has its LISTEN
+// session up: a standby that would take the lead.
+func (l *pgListener) Others(ctx context.Context) (bool, error) {
+	if !l.Connected() {
+		return false, errors.New("listener not connected")
+	}
+	classid, objid := lockParts(l.relaysKey)
+	var others bool
+	err := l.conn.QueryRow(ctx, "select count(*) > 1 from pg_locks l where "+heldLock("l", "$1", "$2"), simple,
+		classid, objid).Scan(&others)
+	if err != nil {
+		l.Close(ctx)
+		return false, fmt.Errorf("look for other relays: %w", err)
+	}
+	return others, nil
 }
 
 // checkSession proves that conn is a server session of its own, as LISTEN

@@ -43,6 +43,10 @@ type loop struct {
 	// lastClaim is when the last claim started.
 	lastClaim time.Time
 
+	// leadNotBefore is when a relay that lost the lead may try again
+	// (see deposedPause).
+	leadNotBefore time.Time
+
 	lisFailures, lisConnects   int
 	lisNextTry                 time.Time
 	lisSetupErr                string // kind of the last setupError logged, so it is logged once per streak

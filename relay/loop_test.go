@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -35,7 +36,8 @@ func setupLoop(t *testing.T) *loopBundle {
 	cfg := Config{BatchSize: 3, PollInterval: time.Second, Logger: logger}.withDefaults()
 	j := &journal{}
 	b := &loopBundle{j: j, logs: logs, clock: &fakeClock{now: time.Unix(1000, 0)},
-		store: &fakeStore{j: j}, pub: &fakePublisher{j: j}, lis: &fakeListener{j: j, lead: true}}
+		store: &fakeStore{j: j}, pub: &fakePublisher{j: j}}
+	b.lis = &fakeListener{j: j, lead: true, clock: b.clock}
 	r := &Relay{cfg: cfg, log: logger, metrics: newMetrics(prometheus.NewRegistry())}
 	b.l = &loop{Relay: r, store: b.store, pub: b.pub, lis: b.lis, clock: b.clock,
 		vac: newVacuumer(nil, "outbox", 0, logger), prog: &progress{}, channel: "outbox",
@@ -257,27 +259,41 @@ func TestLoopLeadership(t *testing.T) {
 		}
 		wantLog(t, b, "previous leader's claims did not settle in time", 2)
 	})
-	t.Run("lost with the listener", func(t *testing.T) {
-		t.Parallel()
-		b := setupLoop(t)
-		b.step(t)
-		b.lis.connected = false
-		b.lis.connectErrs = []error{context.DeadlineExceeded}
-		wantSteps(t, b.steps(t, 1), stepNoListener)
-		if !slices.Contains(b.store.leader, 4242) || lastPID(b) != 0 || b.l.prog.leaderPID.Load() != 0 {
-			t.Errorf("leader pids %v, gauges %d; want 4242 then 0", b.store.leader, b.l.prog.leaderPID.Load())
-		}
-		if testutil.ToFloat64(b.l.metrics.leader) != 0 {
-			t.Error("outbox_leader still 1")
-		}
-		wantLog(t, b, "leadership lost", 1)
-		wantLog(t, b, "listener connect failed", 1)
-		// Connected again, it fences again before it claims.
-		wantSteps(t, b.steps(t, 2), stepNoListener, stepAnnounce)
-		if b.store.fences != 2 {
-			t.Errorf("fences %d, want 2", b.store.fences)
-		}
-	})
+	for _, others := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lost with the listener, another relay connected: %t", others), func(t *testing.T) {
+			t.Parallel()
+			b := setupLoop(t)
+			b.lis.others = others
+			b.step(t)
+			b.lis.connected = false
+			b.lis.connectErrs = []error{context.DeadlineExceeded}
+			lostAt := b.clock.now
+			wantSteps(t, b.steps(t, 1), stepNoListener)
+			if !slices.Contains(b.store.leader, 4242) || lastPID(b) != 0 || b.l.prog.leaderPID.Load() != 0 {
+				t.Errorf("leader pids %v, gauges %d; want 4242 then 0", b.store.leader, b.l.prog.leaderPID.Load())
+			}
+			if testutil.ToFloat64(b.l.metrics.leader) != 0 {
+				t.Error("outbox_leader still 1")
+			}
+			wantLog(t, b, "leadership lost", 1)
+			wantLog(t, b, "listener connect failed", 1)
+			// Connected again, alone it leads at once; with another relay
+			// connected it leaves it time to take over. Either way it
+			// fences again before it claims.
+			n := len(*b.j)
+			if others {
+				wantSteps(t, b.steps(t, 3), stepNoListener, stepStandby, stepAnnounce)
+				if waited := b.clock.now.Sub(lostAt); waited < deposedPause {
+					t.Errorf("led again %s after losing the lead, want at least %s", waited, deposedPause)
+				}
+			} else {
+				wantSteps(t, b.steps(t, 2), stepNoListener, stepAnnounce)
+			}
+			if calls := b.since(n); b.store.fences != 2 || !slices.Contains(calls, "fence") {
+				t.Errorf("fences %d, want 2; calls %q", b.store.fences, calls)
+			}
+		})
+	}
 	t.Run("lock query fails", func(t *testing.T) {
 		t.Parallel()
 		b := setupLoop(t)

@@ -100,7 +100,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		Relay: r,
 		store: store,
 		pub:   newPublisher(r.cfg, r.amqpURIs, r.appName),
-		lis: newListener(r.lisCfg, table.Channel(), table.LockKey("leader"), probeSession(pool),
+		lis: newListener(r.lisCfg, table.Channel(), table.LockKey("leader"), table.LockKey("relays"), probeSession(pool),
 			acquireTracer{log: r.log, metrics: r.metrics},
 			func(ctx context.Context, c *pgconn.PgConn) error {
 				if !r.sessionsOwn.Swap(true) {

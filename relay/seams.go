@@ -76,6 +76,8 @@ type listener interface {
 	PID() int32
 	// TryLead tries to take the leader lock on the session.
 	TryLead(ctx context.Context) (bool, error)
+	// Others reports whether another relay of the table is connected.
+	Others(ctx context.Context) (bool, error)
 	// Wait sleeps until a notification (true), the timeout or ctx. An error
 	// means the session broke and was closed.
 	Wait(ctx context.Context, timeout time.Duration) (bool, error)
