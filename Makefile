@@ -37,7 +37,7 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-bench: build services ## measure drain, latency, writers' cost and memory against the local servers (sizes: BENCH_FLAGS)
+bench: build services ## measure drain, latency across rates, writers' cost and memory against the local servers (sizes: BENCH_FLAGS)
 	$(GO) run ./cmd/outbox-bench -relay bin/outbox-relay $(BENCH_FLAGS)
 
 services: ## install and start PostgreSQL and RabbitMQ if needed
