@@ -41,6 +41,10 @@ func TestArmWaitsForOpenWriters(t *testing.T) {
 			if err != nil || armed != tc.armed {
 				t.Errorf("Arm = %t, %v; want %t", armed, err, tc.armed)
 			}
+			// Tried again, it says the same, looking the holders up.
+			if armed, err := b.store.Arm(ctx); err != nil || armed != tc.armed {
+				t.Errorf("Arm again = %t, %v; want %t", armed, err, tc.armed)
+			}
 			if waiting, err := schema.RelayWaiting(ctx, b.env.Pool, b.env.Table); err != nil || !waiting {
 				t.Errorf("flag after Arm: %t, %v; want raised", waiting, err)
 			}
