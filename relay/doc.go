@@ -4,10 +4,9 @@
 // context ends.
 //
 // The package is split by seam: the store (PostgreSQL: claim, settle, the
-// wake-up flag, the fence; store.go, claim.go, arm.go,
-// pool.go), the listener (the
-// LISTEN session, which also holds the leader lock; listener.go,
-// session.go), the publisher (AMQP: connection, check, send and await,
+// wake-up flag, the fence; store.go, claim.go, arm.go, pool.go), the
+// listener (the LISTEN session, which also holds the leader lock;
+// listener.go, session.go), the publisher (AMQP: connection, check, send and await,
 // watchdog; publisher.go, send.go, watchdog.go) and the loop that joins
 // them (loop.go, connections.go, pipeline.go, order.go). The loop sees the
 // other three through small interfaces (seams.go) and a clock: runOnce
