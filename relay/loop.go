@@ -37,6 +37,9 @@ type loop struct {
 	// dense is what the policy made of it last (see isDense).
 	arrivals arrivals
 	dense    bool
+	// backlog says the relay claimed rows that had waited since the
+	// gauges were last told it went idle (see wentIdle).
+	backlog bool
 	// armFailures counts the tries to arm the flag since it last worked
 	// (see armRetry).
 	armFailures int

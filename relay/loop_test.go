@@ -114,6 +114,32 @@ func TestLoopWakeUpSparse(t *testing.T) {
 	}
 }
 
+// While rows come sparsely and go out at once, the gauges are not told
+// after every batch that the relay ran out of rows; after rows that had
+// waited (a backlog), they are.
+func TestLoopIdleSignalAfterBacklogOnly(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	b.steps(t, 2) // armed, asleep
+	<-b.l.idle    // told when it first went to sleep
+	fresh := rows("1")
+	fresh[0].CreatedAt = b.clock.now
+	b.store.claims = []fakeClaim{{rows: fresh}}
+	b.steps(t, 1)
+	select {
+	case <-b.l.idle:
+		t.Error("told the gauges after rows published at once")
+	default:
+	}
+	b.store.claims = []fakeClaim{{rows: rows("2")}} // created long ago
+	b.steps(t, 1)
+	select {
+	case <-b.l.idle:
+	default:
+		t.Error("not told the gauges after a backlog")
+	}
+}
+
 // Dense rows: the flag goes down once the batch after a wake-up is out,
 // the leader claims at most every busyClaimInterval, and after its last
 // rows polls a few times, closer first, before it arms the flag again.

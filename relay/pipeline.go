@@ -139,8 +139,12 @@ func (l *loop) claimed(c *claim) {
 		l.metrics.batchSize.Observe(float64(c.loaded))
 	}
 	if c != nil {
+		now := l.clock.Now()
 		l.prog.claimed(len(c.rows))
-		l.arrivals.add(l.clock.Now(), c.loaded)
+		l.arrivals.add(now, c.loaded)
+		if len(c.rows) > 0 && now.Sub(c.rows[0].CreatedAt) > idleRefreshGap {
+			l.backlog = true // see wentIdle
+		}
 	}
 }
 

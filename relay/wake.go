@@ -126,7 +126,9 @@ func (l *loop) rest(ctx context.Context, n int) step {
 		if l.armed {
 			// The drain's last claim came back short, and every commit
 			// since notifies: sleep until one does.
-			l.wentIdle()
+			if l.backlog {
+				l.wentIdle()
+			}
 			l.wait(ctx, l.cfg.PollInterval)
 			return stepBusy
 		}
@@ -164,8 +166,11 @@ func (l *loop) rest(ctx context.Context, n int) step {
 
 // wentIdle tells the gauges that the relay ran out of rows, so that they
 // show a drained backlog now rather than at their next refresh (they
-// refresh at most once a second for it).
+// refresh at most once a second for it). While rows come sparsely and are
+// published at once, the relay runs out of rows after every batch: it
+// tells them only when it has published rows that had waited (backlog).
 func (l *loop) wentIdle() {
+	l.backlog = false
 	select {
 	case l.idle <- struct{}{}:
 	default:
