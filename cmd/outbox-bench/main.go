@@ -5,8 +5,11 @@
 //
 // It creates its own database, queue and table, and drops them at the end.
 //
-//	outbox-bench [-only drain,idle,steady,rates,writers,memory,soak] [-rows 100000] [-rate 2000]
-//	             [-rates 10,50,200,1000,5000] [-rate-for 10s] [-rate-events 300] ...
+//	outbox-bench [-only drain,idle,steady,rates,python,writers,memory,soak] [-rows 100000] [-rate 2000]
+//	             [-rates 10,50,200,1000,5000] [-rate-for 10s] [-rate-events 300] [-python-for 20s] ...
+//
+// The python scenario runs /usr/bin/python3 with python3-psycopg2 and
+// python3-pika (`bash .ci/services` installs them).
 package main
 
 import (
@@ -50,6 +53,7 @@ type options struct {
 	rates      []int
 	rateFor    time.Duration
 	rateEvents int
+	pythonFor  time.Duration
 	writersFor time.Duration
 	memoryRows int
 	soakFor    time.Duration
@@ -64,8 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.adminURL, "database-url", envOr("OUTBOX_DATABASE_URL", relay.DatabaseURLDefault), "PostgreSQL URL of a database to create the bench database from")
 	fs.StringVar(&o.amqpURL, "amqp-url", envOr("OUTBOX_AMQP_URL", relay.AMQPURLDefault), "RabbitMQ URL")
-	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory, writers and rates scenarios")
-	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, rates, writers, memory, soak); default all but soak")
+	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory, writers, rates and python scenarios")
+	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, rates, python, writers, memory, soak); default all but soak")
 	fs.IntVar(&o.rows, "rows", 100_000, "backlog rows for the drain scenario")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds of raw publishing and drain, compared side by side")
 	fs.IntVar(&o.events, "events", 100, "single events for the idle-latency scenario")
@@ -77,6 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	rates := fs.String("rates", "10,50,200,1000,5000", "comma-separated rows per second for the rates scenario")
 	fs.DurationVar(&o.rateFor, "rate-for", 10*time.Second, "duration of each rate of the rates scenario, through the relay and through the minimal loop")
 	fs.IntVar(&o.rateEvents, "rate-events", 300, "rows each rate writes at least, however long it takes: 300 make the 10/s step last 30s")
+	fs.DurationVar(&o.pythonFor, "python-for", 20*time.Second, "duration of the python scenario's Python path at 50/s, and then of its Go path")
 	fs.DurationVar(&o.writersFor, "writers-for", 10*time.Second, "duration of each writers measurement")
 	fs.IntVar(&o.memoryRows, "memory-rows", 1_000_000, "large backlog for the memory scenario")
 	fs.DurationVar(&o.soakFor, "soak", 5*time.Minute, "duration of the soak scenario (run it with -only soak)")
@@ -97,6 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		{"idle", (*bench).idleLatency},
 		{"steady", (*bench).steady},
 		{"rates", (*bench).rates},
+		{"python", (*bench).pythonPath},
 		{"writers", (*bench).writers},
 		{"memory", (*bench).memory},
 		{"soak", (*bench).soak},
@@ -112,10 +118,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			want[s.name] = true
 		}
 	}
-	if want["memory"] || want["writers"] || want["rates"] {
+	if want["memory"] || want["writers"] || want["rates"] || want["python"] {
 		bin, err := harness.FindRelay(o.relayBin)
 		if err != nil {
-			fmt.Fprintf(stderr, "outbox-bench: the memory, writers and rates scenarios run %s: build it with `make build` or name it with -relay: %v\n", o.relayBin, err)
+			fmt.Fprintf(stderr, "outbox-bench: the memory, writers, rates and python scenarios run %s: build it with `make build` or name it with -relay: %v\n", o.relayBin, err)
 			return 2
 		}
 		o.relayBin = bin

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -26,6 +27,19 @@ func (b *bench) startRelayProcess(ctx context.Context) (*harness.Process, error)
 		r.Env["OUTBOX_BATCH_SIZE"] = strconv.Itoa(b.o.batch)
 	}
 	return r.Start(ctx)
+}
+
+// startRelayIdle starts a relay process (startRelayProcess) and waits
+// until it sleeps on LISTEN. The caller stops it with Stop.
+func (b *bench) startRelayIdle(ctx context.Context) (*harness.Process, error) {
+	p, err := b.startRelayProcess(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.waitIdle(ctx); err != nil {
+		return nil, errors.Join(err, p.Stop())
+	}
+	return p, nil
 }
 
 // vmHWM reads a process's peak resident set size from /proc.

@@ -138,9 +138,8 @@ func (b *bench) runRate(ctx context.Context, load steadyLoad, viaLoop bool) (s r
 		stop, err = b.startLoop(ctx, loopTable, 0)
 	} else {
 		var p *harness.Process
-		if p, err = b.startRelayProcess(ctx); err == nil {
+		if p, err = b.startRelayIdle(ctx); err == nil {
 			proc, prefix, stop = p.Pid(), harness.Name, p.Stop
-			err = b.waitIdle(ctx)
 		}
 	}
 	if stop != nil {
