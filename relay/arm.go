@@ -82,6 +82,3 @@ func (s *pgStore) Arm(ctx context.Context) (bool, error) {
 	s.writersSeen = writers
 	return !writers, nil
 }
-
-// sqlstateLockNotAvailable is lock_not_available: a lock_timeout passed.
-const sqlstateLockNotAvailable = "55P03"

@@ -79,9 +79,7 @@ func (l *loop) listenerFailed(err error) {
 	if se.kind == setupReadOnly {
 		// Sessions opened while the server was read-only stay so: open
 		// new ones once it accepts writes.
-		if l.resetPool != nil {
-			l.resetPool()
-		}
+		l.resetPool()
 	}
 	if l.lisSetupErr == se.kind {
 		l.log.Debug("relay still cannot lead", slog.String("reason", se.kind), slog.Int("attempt", l.lisFailures))

@@ -232,3 +232,23 @@ func TestLoopListenerSetupErrors(t *testing.T) {
 		t.Error("not ready once connected and leading")
 	}
 }
+
+// A wake-up flag that cannot be written is logged and retried after a
+// pause; the relay does not sleep on LISTEN until the flag is armed.
+func TestLoopFlagWriteFails(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	b.store.waitErr = errors.New("connection refused")
+	wantSteps(t, b.steps(t, 1), stepLinger)
+	wantLog(t, b, "record wait state", 2) // lowering it on leading, then arming it
+	if b.l.armed || len(b.clock.sleeps) != 2 {
+		t.Errorf("armed %t, sleeps %v; want unarmed after two pauses", b.l.armed, b.clock.sleeps)
+	}
+	for _, d := range b.clock.sleeps {
+		if d < 50*time.Millisecond || d > 100*time.Millisecond {
+			t.Errorf("paused %s after a failed flag write, want a first retry delay (50-100ms)", d)
+		}
+	}
+	b.store.waitErr = nil
+	wantSteps(t, b.steps(t, 2), stepAnnounce, stepWait)
+}

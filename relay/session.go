@@ -165,12 +165,13 @@ var errReadOnly = &setupError{kind: setupReadOnly,
 	fix: "connect to the primary; with several hosts in OUTBOX_DATABASE_URL add target_session_attrs=read-write; " +
 		"the relay retries and resumes once the server accepts writes"}
 
-// SQLSTATEs the hints below recognise.
+// SQLSTATEs the relay recognises: the hints below, and Arm's lock timeout.
 const (
 	sqlstateReadOnly          = "25006" // read_only_sql_transaction
 	sqlstateDuplicatePrepared = "42P05" // duplicate_prepared_statement
 	sqlstateUndefinedPrepared = "26000" // invalid_sql_statement_name
 	sqlstateIdleInTxTimeout   = "25P03" // idle_in_transaction_session_timeout
+	sqlstateLockNotAvailable  = "55P03" // lock_not_available: a lock_timeout passed
 )
 
 // withHint adds to a database error what the operator can do about it,

@@ -15,9 +15,9 @@ import (
 // every commit when many writers commit at once. So the relay watches the
 // rate at which rows arrive (arrivals):
 //
-//   - Sparse (below denseRate, or sparseRate once dense): the flag stays up and armed (see
-//     pgStore.Arm), and the relay sleeps on LISTEN between batches: every
-//     commit wakes it, with no poll to wait for.
+//   - Sparse (below denseRate, or sparseRate once dense): the flag stays
+//     up and armed (see pgStore.Arm), and the relay sleeps on LISTEN
+//     between batches: every commit wakes it, with no poll to wait for.
 //   - Dense: the flag is down while rows keep coming, and the relay claims
 //     again busyClaimInterval after its last claim, collecting the rows
 //     that arrived meanwhile in one claim. When a claim comes back empty it
@@ -184,10 +184,7 @@ func (l *loop) arm(ctx context.Context) bool {
 	defer cancel()
 	armed, err := l.store.Arm(actx)
 	if err != nil {
-		if ctx.Err() == nil {
-			l.log.Error("record wait state", tint.Err(err))
-			l.clock.Sleep(ctx, retryDelay(1))
-		}
+		l.flagFailed(ctx, err)
 		return false
 	}
 	l.waiting, l.armed = true, armed
@@ -202,13 +199,20 @@ func (l *loop) setWaiting(ctx context.Context, w bool) {
 	sctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
 	if err := l.store.SetWaiting(sctx, w); err != nil {
-		if ctx.Err() == nil {
-			l.log.Error("record wait state", tint.Err(err))
-			l.clock.Sleep(ctx, retryDelay(1))
-		}
+		l.flagFailed(ctx, err)
 		return
 	}
 	l.waiting, l.armed = w, false
+}
+
+// flagFailed logs a failed write of the wake-up flag and pauses before the
+// loop tries again; the flag keeps its last value meanwhile.
+func (l *loop) flagFailed(ctx context.Context, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	l.log.Error("record wait state", tint.Err(err))
+	l.clock.Sleep(ctx, retryDelay(1))
 }
 
 // wait sleeps on LISTEN until a notification, the timeout or ctx.
