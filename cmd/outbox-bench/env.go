@@ -233,9 +233,14 @@ func (c *consumer) waitFor(ctx context.Context, n int64, timeout time.Duration) 
 	return nil
 }
 
-// confirmChannel opens a channel in confirm mode; the caller closes it.
-func (b *bench) confirmChannel() (*amqp.Channel, error) {
-	ch, err := b.amqp.Channel()
+// confirmChannel opens a channel in confirm mode on the bench's
+// connection; the caller closes it.
+func (b *bench) confirmChannel() (*amqp.Channel, error) { return confirmChannel(b.amqp) }
+
+// confirmChannel opens a channel in confirm mode on conn; the caller
+// closes it.
+func confirmChannel(conn *amqp.Connection) (*amqp.Channel, error) {
+	ch, err := conn.Channel()
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,12 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	var code int
+	if len(os.Args) > 1 && os.Args[1] == loopCommand {
+		code = runLoopProcess(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		code = run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	}
 	stop()
 	os.Exit(code)
 }
@@ -86,6 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.memoryRows, "memory-rows", 1_000_000, "large backlog for the memory scenario")
 	fs.DurationVar(&o.soakFor, "soak", 5*time.Minute, "duration of the soak scenario (run it with -only soak)")
 	fs.BoolVar(&o.verbose, "v", false, "show the relay's logs")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bench process to this file: the drain runs the relay in it (go tool pprof -focus relay)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -93,6 +99,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if o.rates, err = parseRates(*rates); err != nil {
 		fmt.Fprintf(stderr, "outbox-bench: -rates: %v\n", err)
 		return 2
+	}
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "outbox-bench: -cpuprofile: %v\n", err)
+			return 2
+		}
+		defer stop()
 	}
 	scenarios := []struct {
 		name string

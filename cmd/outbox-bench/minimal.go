@@ -26,25 +26,34 @@ type minimalLoop struct {
 	batch      int
 }
 
-// openLoop connects a minimal loop to table (quoted) on the bench database.
-// The caller closes it.
+// openLoop connects a minimal loop to table (quoted) on the bench database,
+// in this process. The caller closes it.
 func (b *bench) openLoop(ctx context.Context, table string) (*minimalLoop, error) {
-	cfg, err := pgx.ParseConfig(b.dbURL)
+	ch, err := b.confirmChannel()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("minimal loop: %w", err)
+	}
+	l, err := newLoop(ctx, b.dbURL, ch, table, b.o.batch)
+	if err != nil {
+		_ = ch.Close()
+	}
+	return l, err
+}
+
+// newLoop connects a minimal loop to table (quoted) on the database at
+// dbURL, publishing on ch, a channel in confirm mode. Its close closes ch.
+func newLoop(ctx context.Context, dbURL string, ch *amqp.Channel, table string, batch int) (*minimalLoop, error) {
+	cfg, err := pgx.ParseConfig(dbURL)
+	if err != nil {
+		return nil, fmt.Errorf("minimal loop: %w", err)
 	}
 	cfg.RuntimeParams["application_name"] = loopAppName
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("minimal loop: %w", err)
 	}
-	ch, err := b.confirmChannel()
-	if err != nil {
-		_ = conn.Close(ctx)
-		return nil, fmt.Errorf("minimal loop: %w", err)
-	}
 	return &minimalLoop{
-		conn: conn, ch: ch, batch: b.o.batch,
+		conn: conn, ch: ch, batch: batch,
 		claim: "select id, routing_key, message_id::text, payload, created_at from " + table +
 			" where dead_at is null and available_at <= now() order by id limit $1 for update skip locked",
 		del: "delete from " + table + " where id = any($1)",
@@ -56,14 +65,19 @@ func (l *minimalLoop) close(ctx context.Context) {
 	_ = l.conn.Close(context.WithoutCancel(ctx))
 }
 
-// minimalDrain drains the bench table's backlog with a minimal loop.
-func (b *bench) minimalDrain(ctx context.Context) error {
-	l, err := b.openLoop(ctx, b.table.Ident())
-	if err != nil {
+// minimalDrain returns a drain of the bench table's backlog by a minimal
+// loop, in this process, that calls published when it is done.
+func (b *bench) minimalDrain(ctx context.Context) func(published func()) error {
+	return func(published func()) error {
+		l, err := b.openLoop(ctx, b.table.Ident())
+		if err != nil {
+			return err
+		}
+		defer l.close(ctx)
+		err = l.drain(ctx)
+		published()
 		return err
 	}
-	defer l.close(ctx)
-	return l.drain(ctx)
 }
 
 // drain runs batches until one finds no rows.

@@ -82,8 +82,6 @@ func (b *bench) rates(ctx context.Context, rep *report) error {
 		fmt.Fprintf(b.o.stderr, "outbox-bench: %d/s: relay %s; minimal loop %s\n", rate, relayed.latency(), loop.latency())
 		reportRate(rep, load, relayed, loop)
 	}
-	rep.add("  (*) the minimal loop runs in the bench", "its CPU: its backend's, plus the bench process's per message in its step",
-		"minus the same in the relay's step", "", "(writers, consumer: the same work in both)", true)
 	return nil
 }
 
@@ -99,8 +97,7 @@ func reportRate(rep *report, load steadyLoad, relayed, loop rateStep) {
 		"loop "+loop.latency(), fmt.Sprintf("p99 %.2f", float64(p99)/float64(max(lp99, 1))), target, p99 <= bound)
 
 	relayCPU := perK(relayed.cpu.proc+relayed.cpu.backends, relayed.rows)
-	loopBench := perK(loop.cpu.bench, loop.rows) - perK(relayed.cpu.bench, relayed.rows)
-	loopCPU := perK(loop.cpu.backends, loop.rows) + loopBench
+	loopCPU := perK(loop.cpu.proc+loop.cpu.backends, loop.rows)
 	cpuTarget, cpuOK := "(fixed costs dominate)", true
 	if rate >= 1000 {
 		cpuTarget, cpuOK = "<= 1.2 x loop", relayCPU <= 1.2*loopCPU
@@ -111,7 +108,7 @@ func reportRate(rep *report, load steadyLoad, relayed, loop rateStep) {
 	}
 	rep.add("  CPU s per 1,000 msgs", fmt.Sprintf("relay %.3f = process %.3f + backends %.3f", relayCPU,
 		perK(relayed.cpu.proc, relayed.rows), perK(relayed.cpu.backends, relayed.rows)),
-		fmt.Sprintf("loop %.3f = backend %.3f + bench %.3f (*)", loopCPU, perK(loop.cpu.backends, loop.rows), loopBench),
+		fmt.Sprintf("loop %.3f = process %.3f + backend %.3f", loopCPU, perK(loop.cpu.proc, loop.rows), perK(loop.cpu.backends, loop.rows)),
 		ratio, cpuTarget, cpuOK)
 	// On 2 cores, one-row commits, the relay, the broker and a consumer
 	// saturate the machine near 1,000-1,300 rows/s: a higher rate is not
@@ -135,7 +132,7 @@ func (b *bench) runRate(ctx context.Context, load steadyLoad, viaLoop bool) (s r
 	proc, prefix := 0, loopAppName
 	var stop func() error
 	if viaLoop {
-		stop, err = b.startLoop(ctx, loopTable, 0)
+		proc, stop, err = b.startLoop(ctx, loopTable, 0)
 	} else {
 		var p *harness.Process
 		if p, err = b.startRelayIdle(ctx); err == nil {
@@ -184,33 +181,6 @@ func finishMeter(ctx context.Context, m *cpuMeter, err error) (cpuUse, error) {
 		return u, err
 	}
 	return u, ferr
-}
-
-// startLoop runs a minimal loop on table (unquoted) until stop: woken by
-// its trigger's NOTIFY, and every poll if poll > 0.
-func (b *bench) startLoop(ctx context.Context, table string, poll time.Duration) (stop func() error, err error) {
-	l, err := b.openLoop(ctx, pgxIdent(table))
-	if err != nil {
-		return nil, err
-	}
-	lctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	ready := make(chan struct{})
-	go func() {
-		err := l.listen(lctx, table, poll, func() { close(ready) })
-		l.close(ctx)
-		done <- err
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		cancel()
-		if err == nil {
-			err = ctx.Err()
-		}
-		return nil, fmt.Errorf("minimal loop: %w", err)
-	}
-	return func() error { cancel(); return <-done }, nil
 }
 
 // parseRates reads a comma-separated list of rows a second.

@@ -132,7 +132,7 @@ const (
 // commitRateDrained is commitRate on table (unquoted) while a minimal loop
 // drains it, woken by its trigger and, if poll > 0, every poll.
 func (b *bench) commitRateDrained(ctx context.Context, table string, poll time.Duration) (float64, error) {
-	stop, err := b.startLoop(ctx, table, poll)
+	_, stop, err := b.startLoop(ctx, table, poll)
 	if err != nil {
 		return 0, err
 	}
