@@ -36,8 +36,9 @@ type amqpPublisher struct {
 	returnBuffer   int
 	log            *slog.Logger
 
-	next        int      // index into uris of the node to dial next
-	netConn     net.Conn // the TCP connection under conn, to break a stalled write
+	next        int       // index into uris of the node to dial next
+	netConn     net.Conn  // the TCP connection under conn, to break a stalled write
+	cork        *corkConn // netConn as conn writes to it: Send holds a batch's writes back
 	conn        *amqp.Connection
 	ch          *amqp.Channel
 	checkCh     *amqp.Channel
@@ -118,8 +119,8 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 				_ = c.Close()
 				return nil, err
 			}
-			p.netConn = c
-			return c, nil
+			p.netConn, p.cork = c, newCorkConn(c)
+			return p.cork, nil
 		},
 	})
 	if err != nil {
@@ -168,7 +169,7 @@ func (p *amqpPublisher) Close() {
 		// which ends the follower.
 		<-p.blockedDone
 	}
-	p.conn, p.ch, p.checkCh, p.netConn = nil, nil, nil, nil
+	p.conn, p.ch, p.checkCh, p.netConn, p.cork = nil, nil, nil, nil, nil
 	clear(p.exchanges)
 }
 

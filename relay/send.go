@@ -77,6 +77,15 @@ func (p *amqpPublisher) Send(ctx context.Context, b *batch) {
 	defer func() { s.msgs = nil }() // the payloads: sent, or read again when claimed again
 	s.isolate = p.isolate
 	wd := p.wd
+	if c := p.cork; c != nil && !s.isolate {
+		// One write for the batch, not one per message (see corkConn).
+		c.cork()
+		defer func() {
+			if err := c.uncork(); err != nil && b.err == nil {
+				b.err = fmt.Errorf("publish: %w", err)
+			}
+		}()
+	}
 	for i := range b.rows {
 		if !b.send[i] {
 			continue
