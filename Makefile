@@ -5,8 +5,10 @@ GO          ?= go
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE       ?= outbox-relay:$(VERSION)
 
-.PHONY: help build demo run test test-faults lint bench services clean
+.PHONY: help build demo run test test-faults lint bench services clean image
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +41,11 @@ lint: ## gofmt, go vet, staticcheck
 
 bench: build services ## measure drain, latency across rates, writers' cost and memory against the local servers (sizes: BENCH_FLAGS)
 	$(GO) run ./cmd/outbox-bench -relay bin/outbox-relay $(BENCH_FLAGS)
+
+image: ## build the container image outbox-relay:VERSION with docker (IMAGE=name:tag, PLATFORM=linux/arm64)
+	@command -v docker >/dev/null 2>&1 || { echo "make image: docker not found on PATH; install Docker (or build the Dockerfile with another builder)" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make image: docker cannot reach a Docker engine (docker info failed); start it or set DOCKER_HOST" >&2; exit 1; }
+	docker build $(if $(PLATFORM),--platform $(PLATFORM)) --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE) .
 
 services: ## install and start PostgreSQL and RabbitMQ if needed
 	@.ci/services

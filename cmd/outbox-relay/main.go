@@ -43,6 +43,9 @@ const (
 	exitUsage   = 2
 )
 
+// revision is the VCS commit, stamped at build time.
+var revision string
+
 func main() {
 	// A sidecar should stay small and steady. The relay's live heap is a few
 	// batches of rows (about 2 MiB); with the default GOGC=100 the heap grows
