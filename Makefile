@@ -40,7 +40,7 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) run $(STATICCHECK) ./...
 
 bench: build services ## measure drain, latency across rates, writers' cost and memory against the local servers (sizes: BENCH_FLAGS)
-	$(GO) run ./cmd/outbox-bench -relay bin/outbox-relay $(BENCH_FLAGS)
+	$(GO) run ./cmd/outbox-bench -relay bin/outbox-relay -plot bin/rates.png $(BENCH_FLAGS)
 
 image: ## build the container image outbox-relay:VERSION with docker (IMAGE=name:tag, PLATFORM=linux/arm64)
 	@command -v docker >/dev/null 2>&1 || { echo "make image: docker not found on PATH; install Docker (or build the Dockerfile with another builder)" >&2; exit 1; }

@@ -63,6 +63,7 @@ type options struct {
 	memoryRows int
 	soakFor    time.Duration
 	verbose    bool
+	plot       string
 	stderr     io.Writer
 }
 
@@ -91,6 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.memoryRows, "memory-rows", 1_000_000, "large backlog for the memory scenario")
 	fs.DurationVar(&o.soakFor, "soak", 5*time.Minute, "duration of the soak scenario (run it with -only soak)")
 	fs.BoolVar(&o.verbose, "v", false, "show the relay's logs")
+	fs.StringVar(&o.plot, "plot", "", "write the rates scenario's latency curve, relay and minimal loop, to this PNG file")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bench process to this file: the drain runs the relay in it (go tool pprof -focus relay)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -163,6 +165,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	rep.print(stdout)
+	if o.plot != "" && len(rep.curve) > 0 {
+		if err := writePlot(o.plot, rep.curve); err != nil {
+			fmt.Fprintf(stderr, "outbox-bench: -plot: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "latency curve: %s\n", o.plot)
+	}
 	return 0
 }
 
@@ -175,7 +184,10 @@ func envOr(k, def string) string {
 
 // report is the table the bench prints: each figure next to the reference
 // measured in the same run, their ratio, the target and whether it was met.
-type report struct{ rows [][6]string }
+type report struct {
+	rows  [][6]string
+	curve []ratePoint // the rates scenario's, for -plot
+}
 
 func (r *report) add(figure, value, reference, ratio, target string, ok bool) {
 	verdict := ""

@@ -81,6 +81,10 @@ func (b *bench) rates(ctx context.Context, rep *report) error {
 		}
 		fmt.Fprintf(b.o.stderr, "outbox-bench: %d/s: relay %s; minimal loop %s\n", rate, relayed.latency(), loop.latency())
 		reportRate(rep, load, relayed, loop)
+		rep.curve = append(rep.curve, ratePoint{
+			relayRate: float64(relayed.rows) / load.d.Seconds(), loopRate: float64(loop.rows) / load.d.Seconds(),
+			relay: [2]time.Duration{quantile(relayed.lat, 0.5), quantile(relayed.lat, 0.99)},
+			loop:  [2]time.Duration{quantile(loop.lat, 0.5), quantile(loop.lat, 0.99)}})
 	}
 	return nil
 }
