@@ -41,6 +41,9 @@ type pgStore struct {
 	live map[*claim]struct{}
 	// writersSeen says the last Arm found a writer's transaction open.
 	writersSeen bool
+	// promoteAfter is when the next claim promotes due rows again (see
+	// promoteEvery); the zero time is at once.
+	promoteAfter time.Time
 }
 
 // lockParts splits a 64-bit advisory lock key as pg_locks shows it.
@@ -93,7 +96,11 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
          order by available_at, id
          limit $1
            for update skip locked))`,
-		deleteSQL: `delete from ` + tbl + ` where id = any($1::bigint[])`,
+		// The ids come through an InitPlan, as in promoteSQL: with
+		// any($1) PostgreSQL planned the delete anew at every settle
+		// (0.1 ms of its bind, the array's length being known), and
+		// never settled on a generic plan.
+		deleteSQL: `delete from ` + tbl + ` where id = any(array(select unnest($1::bigint[])))`,
 		failSQL: `update ` + tbl + ` o
    set attempts = o.attempts + 1,
        last_error = f.err,
