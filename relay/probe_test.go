@@ -124,7 +124,7 @@ func TestLiveHoldsWhileBrokerBlocksConfirms(t *testing.T) {
 	b.l.pub = pub
 	r := runProbed(t, b)
 	<-pub.awaiting
-	pub.blocked.Store(true) // a resource alarm while the batch waits
+	pub.blocked.Store(true)    // a resource alarm while the batch waits
 	time.Sleep(3 * probeBound) // leeway: the bound passes while the broker blocks
 	if err := r.Live(); err != nil {
 		t.Fatalf("Live while the broker blocks a batch's confirms: %v", err)
