@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
@@ -56,10 +57,14 @@ func TestRunStatusAndShutdown(t *testing.T) {
 	if code, _ := get(base + "/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d", code)
 	}
-	_, metrics := get(base + "/metrics")
-	for _, want := range []string{"outbox_published_total 2", "outbox_leader 1"} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("/metrics lacks %q", want)
+	m, err := harness.Scrape(ctx, env["OUTBOX_METRICS_ADDR"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := `{table="` + e.Table.Schema + "." + e.Table.Name + `"}`
+	for series, want := range map[string]float64{"outbox_published_total" + table: 2, "outbox_leader" + table: 1} {
+		if got, ok := m.Value(series); !ok || got != want {
+			t.Errorf("/metrics: %s = %v (found %t), want %v", series, got, ok, want)
 		}
 	}
 	st = status(t, env)
