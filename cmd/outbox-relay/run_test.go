@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -57,16 +58,21 @@ func TestRunStatusAndShutdown(t *testing.T) {
 	if code, _ := get(base + "/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d", code)
 	}
-	m, err := harness.Scrape(ctx, env["OUTBOX_METRICS_ADDR"])
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The rows are counted once settled, a moment after they arrive.
 	table := `{table="` + e.Table.Schema + "." + e.Table.Name + `"}`
-	for series, want := range map[string]float64{"outbox_published_total" + table: 2, "outbox_leader" + table: 1} {
-		if got, ok := m.Value(series); !ok || got != want {
-			t.Errorf("/metrics: %s = %v (found %t), want %v", series, got, ok, want)
+	want := map[string]float64{"outbox_published_total" + table: 2, "outbox_leader" + table: 1}
+	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("/metrics to show %v", want), func() bool {
+		m, err := harness.Scrape(ctx, env["OUTBOX_METRICS_ADDR"])
+		if err != nil {
+			return false
 		}
-	}
+		for series, v := range want {
+			if got, ok := m.Value(series); !ok || got != v {
+				return false
+			}
+		}
+		return true
+	})
 	st = status(t, env)
 	if st["pending"] != 0.0 || st["dead"] != 1.0 || st["leader"] == nil {
 		t.Errorf("status while running = %v; want pending 0, dead 1, a leader", st)
