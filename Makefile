@@ -2,8 +2,12 @@
 
 SHELL       := /bin/bash
 GO          ?= go
-VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS     := -s -w -X main.version=$(VERSION)
+# The version and revision stamped into bin/outbox-relay, from git when the
+# tree is a checkout; outside one (a tarball) both stay empty and the binary
+# reports what the Go toolchain recorded, or "devel".
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS     := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 IMAGE       ?= outbox-relay:$(VERSION)

@@ -109,8 +109,13 @@ type Config struct {
 	Name string
 	// Logger receives the relay's logs. Defaults to discarding them.
 	Logger *slog.Logger
-	// Registerer receives the relay's metrics. Defaults to none.
+	// Registerer receives the relay's metrics, each labelled with the
+	// table. Defaults to none.
 	Registerer prometheus.Registerer
+	// Version and Revision label outbox_build_info: the release and the
+	// source revision of the program running the relay (outbox-relay sets
+	// its own). Empty labels when not set.
+	Version, Revision string
 }
 
 // WithDefaults returns c with every zero field that has a default set to

@@ -67,6 +67,10 @@ const idleRefreshGap = time.Second
 // not up to gaugeInterval later (the lag read from the metrics stayed at
 // 8 s for 9 s after the table was empty); at most once per idleRefreshGap.
 //
+// A refresh that fails leaves the gauges at the values of the last one
+// that succeeded; outbox_gauges_refreshed_timestamp_seconds says when that
+// was, and an alert watches it.
+//
 // After each refresh it checks that a leader with rows waiting claims them
 // (see checkStall); leaderPID gives the leader lock's session.
 func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, idle <-chan struct{},
@@ -125,6 +129,7 @@ func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQuer
 	r.metrics.pending.Set(float64(pending))
 	r.metrics.dead.Set(float64(dead))
 	r.metrics.notifyQueue.Set(usage)
+	r.metrics.gaugesRefreshed.SetToCurrentTime()
 	switch {
 	case usage >= notifyQueueWarn && !*warned:
 		r.log.Warn("NOTIFY queue filling up: a listening session is not reading; when it is full, writers' commits fail",

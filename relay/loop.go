@@ -77,6 +77,7 @@ const (
 func (l *loop) run(ctx, work context.Context) {
 	for ctx.Err() == nil {
 		l.runOnce(ctx, work)
+		l.prog.stepDone() // for the liveness probe (see Relay.Live)
 	}
 }
 

@@ -1,11 +1,17 @@
 package relay
 
 import (
+	"cmp"
+	"runtime"
+
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 // metrics are the relay's Prometheus collectors. Their names are a contract
-// (DESIGN.md, the README and the dashboards depend on them).
+// (DESIGN.md, the README and the dashboards depend on them). Each carries
+// the label table (see labelTable).
 type metrics struct {
 	published       prometheus.Counter
 	failures        *prometheus.CounterVec
@@ -21,6 +27,7 @@ type metrics struct {
 	notifyQueue     prometheus.Gauge
 	stalled         prometheus.Gauge
 	acquireWaits    prometheus.Counter
+	gaugesRefreshed prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -83,6 +90,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "outbox_db_acquire_waits_total",
 			Help: "Times the relay waited more than 1s for a database connection of its pool (a full session pool, max_connections).",
 		}),
+		gaugesRefreshed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_gauges_refreshed_timestamp_seconds",
+			Help: "Unix time of the last successful refresh of the table gauges (pending, dead, lag, NOTIFY queue); while refreshes fail, those keep their last values.",
+		}),
 	}
 	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed} {
 		m.failures.WithLabelValues(r)
@@ -94,7 +105,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.published, m.failures, m.orderBreaks, m.deliveryLatency, m.batchSize,
 			m.leader, m.connUp, m.reconnects, m.pending, m.dead, m.lag, m.notifyQueue,
-			m.stalled, m.acquireWaits)
+			m.stalled, m.acquireWaits, m.gaugesRefreshed)
 	}
 	return m
 }
@@ -104,3 +115,32 @@ const (
 	connListener = "postgres_listener"
 	connAMQP     = "amqp"
 )
+
+// labelTable wraps reg so that every metric registered through it has the
+// label table: the table as schema.name, unquoted, with the schema public
+// when the configuration names none (the relay resolves such a name
+// through search_path, public by default). Several relays of several
+// tables may then share one Prometheus job. A nil reg stays nil.
+func labelTable(reg prometheus.Registerer, t schema.Table) prometheus.Registerer {
+	if reg == nil {
+		return nil
+	}
+	return prometheus.WrapRegistererWith(prometheus.Labels{"table": cmp.Or(t.Schema, "public") + "." + t.Name}, reg)
+}
+
+// newBuildInfo returns outbox_build_info, always 1, whose labels say what
+// runs: version and revision as given (Config.Version and Revision), and
+// the Go version. An alert on its absence finds targets that export nothing.
+func newBuildInfo(version, revision string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "outbox_build_info",
+		Help: "Always 1; the labels say which build of the relay runs.",
+		ConstLabels: prometheus.Labels{
+			"version":   version,
+			"revision":  revision,
+			"goversion": runtime.Version(),
+		},
+	})
+	g.Set(1)
+	return g
+}

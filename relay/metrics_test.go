@@ -23,7 +23,8 @@ var MetricNames = []string{
 	"outbox_published_total", "outbox_publish_failures_total", "outbox_order_breaks_total",
 	"outbox_delivery_latency_seconds", "outbox_batch_size", "outbox_leader",
 	"outbox_connection_up", "outbox_reconnects_total", "outbox_notify_queue_usage_ratio",
-	"outbox_stalled", "outbox_db_acquire_waits_total",
+	"outbox_stalled", "outbox_db_acquire_waits_total", "outbox_build_info",
+	"outbox_gauges_refreshed_timestamp_seconds",
 }
 
 func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {

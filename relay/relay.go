@@ -36,7 +36,14 @@ type Relay struct {
 	amqpURIs []amqp.URI
 	appName  string            // application_name and AMQP connection name: Name@hostname
 	fromURL  map[string]string // runtime parameters the database URL sets
-	ready    atomic.Bool
+	// ready says the connections are up (see Status): the LISTEN
+	// connection and, on the leader, the broker's. The loop writes it.
+	ready atomic.Bool
+	// prog is what the loop reports of its work; run what the probes know
+	// of the current Run; liveBound is Live's bound (see livenessBound).
+	prog      *progress
+	run       atomic.Pointer[runState]
+	liveBound time.Duration
 	// sessionsOwn says the listener proved that the relay's database
 	// sessions are its own (not a transaction pooler's): the pool's
 	// sessions get the relay's settings from then on.
@@ -65,10 +72,15 @@ func New(cfg Config) (*Relay, error) {
 	if len(appName) > 63 {
 		appName = appName[:63]
 	}
-	r := &Relay{}
-	m := newMetrics(cfg.Registerer)
+	r := &Relay{prog: &progress{}}
+	reg := labelTable(cfg.Registerer, cfg.Table)
+	m := newMetrics(reg)
+	if reg != nil {
+		reg.MustRegister(newBuildInfo(cfg.Version, cfg.Revision))
+	}
 	poolCfg, lisCfg, fromURL := r.sessionConfigs(poolCfg, appName, acquireTracer{log: cfg.Logger, metrics: m})
 	r.fromURL = fromURL
+	r.liveBound = livenessBound(cfg, 1+len(lisCfg.Fallbacks))
 
 	r.cfg, r.log, r.metrics, r.poolCfg, r.lisCfg, r.amqpURIs, r.appName = cfg, cfg.Logger, m, poolCfg, lisCfg, uris, appName
 	return r, nil
@@ -78,7 +90,9 @@ func New(cfg Config) (*Relay, error) {
 // ShutdownTimeout for the batch in flight to be confirmed and settled, closes
 // its connections and returns nil. It returns an error only for a problem it
 // cannot outlast by retrying; lost connections are retried with back-off.
-func (r *Relay) Run(ctx context.Context) error {
+func (r *Relay) Run(ctx context.Context) (err error) {
+	st := r.begin(ctx.Done())
+	defer func() { st.end(err) }()
 	pool, err := pgxpool.NewWithConfig(ctx, r.poolCfg)
 	if err != nil {
 		return fmt.Errorf("create pool: %w", err)
@@ -113,8 +127,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		channel:   table.Channel(),
 		idle:      make(chan struct{}, 1),
 		resetPool: pool.Reset,
-		prog:      &progress{},
+		prog:      r.prog,
 	}
+	blocked := l.pub.Blocked
+	r.prog.blocked.Store(&blocked)
 	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
 		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval))
 
@@ -198,6 +214,7 @@ func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.
 		if !sleep(ctx, retryDelay(attempt)) {
 			return t, ctx.Err()
 		}
+		r.prog.stepDone()
 	}
 }
 
@@ -222,10 +239,4 @@ func (r *Relay) warnPendingMigrations(ctx context.Context, q simpleQuerier, t sc
 		r.log.Warn("the table's schema is older than this relay: run `outbox-relay migrate`",
 			slog.Int("schema_version", have), slog.Int("relay_version", want))
 	}
-}
-
-// Ready reports whether the relay's connections are up: the LISTEN
-// connection (leader or standby) and, on the leader, the broker connection.
-func (r *Relay) Ready() bool {
-	return r.ready.Load()
 }

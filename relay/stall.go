@@ -15,11 +15,13 @@ import (
 // row it could claim has waited that long, before it says it is stalled.
 const stallAfter = 10 * time.Second
 
-// progress is what the loop tells the gauge refresher about its work, so
-// that a leader that claims nothing while rows wait says so: whatever the
-// cause (a pooler, a lock held elsewhere, a bug), no stall stays silent.
-// The loop writes it; the refresher only reads.
+// progress is what the loop tells the gauge refresher and the liveness
+// probe about its work, so that a leader that claims nothing while rows
+// wait says so (whatever the cause: a pooler, a lock held elsewhere, a
+// bug, no stall stays silent), and a loop that stopped moving fails
+// /healthz. The loop writes it; the refresher and the probes only read.
 type progress struct {
+	lastStep    atomic.Int64 // unix ns the last step of the loop ended (or Run began)
 	leaderSince atomic.Int64 // unix ns; 0 while not leader
 	leaderPID   atomic.Int32 // the leader lock's session while leader, else 0
 	draining    atomic.Bool  // a batch is in flight: the confirm timeout bounds it
@@ -27,6 +29,32 @@ type progress struct {
 	lastRows    atomic.Int64 // unix ns of the last claim that returned rows
 	lastClaim   atomic.Int64 // unix ns of the last claim
 	lastClaimN  atomic.Int64 // rows it returned
+	// blocked reports whether the broker blocks publishing (the
+	// publisher's Blocked); set by Run before the loop starts.
+	blocked atomic.Pointer[func() bool]
+}
+
+// stepDone records that the loop completed a step (or, at the start of
+// Run, that it is about to take its first).
+func (p *progress) stepDone() { p.lastStep.Store(time.Now().UnixNano()) }
+
+// stuck says why the loop counts as stuck at now, or "" if it does not: no
+// step ended and no claim was made for longer than bound, except while a
+// batch waits for confirms of a broker that blocks publishing (a resource
+// alarm: the confirm timeout does not run then either).
+func (p *progress) stuck(now time.Time, bound time.Duration) string {
+	idle := now.Sub(time.Unix(0, max(p.lastStep.Load(), p.lastClaim.Load())))
+	if idle <= bound {
+		return ""
+	}
+	where := "connecting, leading or waiting"
+	if p.draining.Load() {
+		if f := p.blocked.Load(); f != nil && (*f)() {
+			return ""
+		}
+		where = "draining: claim, publish or settle"
+	}
+	return fmt.Sprintf("relay loop made no progress for %s while %s (bound %s)", idle.Round(time.Millisecond), where, bound)
 }
 
 func (p *progress) claimed(n int) {
@@ -49,6 +77,7 @@ func (p *progress) setLeader(pid int32) {
 	now := time.Now().UnixNano()
 	p.leaderSince.Store(now)
 	p.lastRows.Store(now)
+	p.lastStep.Store(now) // after the fence, the longest wait of a step
 }
 
 func since(unixNano int64) time.Duration { return time.Since(time.Unix(0, unixNano)) }

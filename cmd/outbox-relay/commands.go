@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"runtime/debug"
 	"text/tabwriter"
 	"time"
 
@@ -14,20 +13,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = ""
-
-func versionString() string {
-	v := version
-	if v == "" {
-		v = "(devel)"
-		if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-			v = bi.Main.Version
-		}
-	}
-	return "outbox-relay " + v
-}
 
 // connect opens one session-level connection and resolves the table.
 func connect(ctx context.Context, e *env) (*pgx.Conn, schema.Table, error) {

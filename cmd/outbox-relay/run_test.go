@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
@@ -56,12 +58,21 @@ func TestRunStatusAndShutdown(t *testing.T) {
 	if code, _ := get(base + "/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d", code)
 	}
-	_, metrics := get(base + "/metrics")
-	for _, want := range []string{"outbox_published_total 2", "outbox_leader 1"} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("/metrics lacks %q", want)
+	// The rows are counted once settled, a moment after they arrive.
+	table := `{table="` + e.Table.Schema + "." + e.Table.Name + `"}`
+	want := map[string]float64{"outbox_published_total" + table: 2, "outbox_leader" + table: 1}
+	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("/metrics to show %v", want), func() bool {
+		m, err := harness.Scrape(ctx, env["OUTBOX_METRICS_ADDR"])
+		if err != nil {
+			return false
 		}
-	}
+		for series, v := range want {
+			if got, ok := m.Value(series); !ok || got != v {
+				return false
+			}
+		}
+		return true
+	})
 	st = status(t, env)
 	if st["pending"] != 0.0 || st["dead"] != 1.0 || st["leader"] == nil {
 		t.Errorf("status while running = %v; want pending 0, dead 1, a leader", st)

@@ -18,29 +18,36 @@ import (
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
-// cmdRun runs the relay, and the metrics and health server beside it, until
-// ctx is done.
+// cmdRun runs the relay, and the metrics and probe server beside it, until
+// ctx is done. The server outlives the relay's shutdown, so that /readyz
+// can say 503 while the relay settles its last batches.
 func cmdRun(ctx context.Context, e *env, args []string) error {
 	if err := parseFlags(flag.NewFlagSet("run", flag.ContinueOnError), e, args); err != nil {
 		return err
 	}
+	b := readBuild()
+	e.log.Info("outbox-relay starting", slog.String("version", b.version), slog.String("revision", b.revision),
+		slog.String("go", b.goVersion))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rcfg := e.cfg.relayConfig(e.log)
 	rcfg.Registerer = reg
+	rcfg.Version, rcfg.Revision = b.version, b.revision
 	r, err := relay.New(rcfg)
 	if err != nil {
 		return err
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	relayDone := make(chan struct{})
 	if e.cfg.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", e.cfg.MetricsAddr)
 		if err != nil {
 			return fmt.Errorf("metrics server: %w", err)
 		}
 		srv := &http.Server{Handler: newMux(reg, r), ReadHeaderTimeout: 5 * time.Second}
-		e.log.Info("serving metrics", slog.String("addr", ln.Addr().String()))
+		e.log.Info("serving metrics and probes", slog.String("addr", ln.Addr().String()),
+			slog.Duration("liveness_bound", r.LivenessBound()))
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics server: %w", err)
@@ -48,13 +55,15 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 			return nil
 		})
 		g.Go(func() error {
-			<-gctx.Done()
+			// A failed server ends gctx, and so the relay.
+			<-relayDone
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
 			return srv.Shutdown(sctx)
 		})
 	}
 	g.Go(func() error {
+		defer close(relayDone)
 		err := r.Run(gctx)
 		if err == nil && ctx.Err() == nil {
 			// The server failed: gctx ended Run. Report that, not this.
@@ -65,20 +74,46 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	return g.Wait()
 }
 
-// newMux serves /metrics, /healthz (the process answers) and /readyz (both
-// connections are up, as leader or standby).
-func newMux(reg *prometheus.Registry, r *relay.Relay) *http.ServeMux {
+// probes are what the probe endpoints ask of the relay (*relay.Relay).
+type probes interface {
+	Ready() bool
+	Live() error
+	Status() (ok bool, state string)
+}
+
+// newMux serves /metrics and the probes:
+//
+//   - /healthz, liveness: 503 when the relay's loop has made no progress
+//     for its liveness bound, or the relay stopped with an error;
+//   - /readyz, readiness: 200 from the start of the relay until shutdown
+//     begins, whatever the servers: a sidecar must not take its
+//     application out of its Service because the broker is away;
+//   - /statusz: 200 while the LISTEN connection and, on the leader, the
+//     broker connection are up, with the state in a line of text.
+func newMux(reg *prometheus.Registry, p probes) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !r.Ready() {
-			http.Error(w, "not ready: waiting for PostgreSQL or RabbitMQ", http.StatusServiceUnavailable)
+		if err := p.Live(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.Ready() {
+			http.Error(w, "not ready: the relay is starting or shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /statusz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, state := p.Status()
+		if !ok {
+			http.Error(w, state, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, state)
 	})
 	return mux
 }

@@ -73,8 +73,8 @@ func TestFailoverToPromotedStandby(t *testing.T) {
 	time.Sleep(noPrimaryFor) // the outage
 	// Its lock session died with the primary: outbox_leader 1 here would
 	// tell an alert that all is well.
-	t.Logf("relay-1, %s into the outage: outbox_leader=%t, /readyz ready=%t",
-		time.Since(killed).Round(time.Millisecond), r.isLeader(), r.Ready())
+	t.Logf("relay-1, %s into the outage: outbox_leader=%t, /statusz connected=%t",
+		time.Since(killed).Round(time.Millisecond), r.isLeader(), r.Connected())
 	pg.Promote(t)
 	promoted, from := time.Now(), s.cons.mark()
 	t.Logf("primary killed; standby promoted %s later", promoted.Sub(killed).Round(time.Millisecond))

@@ -34,7 +34,7 @@ func TestFailoverWithBatchOnTheWire(t *testing.T) {
 	for i := range relays {
 		wire, env := proxyTo(t, "broker")
 		relays[i] = relay{p: s.startRelay(env), wire: wire}
-		harness.WaitFor(t, startTimeout, relays[i].p.name+" to be ready", relays[i].p.Ready)
+		harness.WaitFor(t, startTimeout, relays[i].p.name+" to be connected", relays[i].p.Connected)
 	}
 	s.waitFlowing("leader")
 	for round := range 3 {

@@ -75,7 +75,7 @@ func killLeaders(t *testing.T, name string, n int, extra map[string]string) {
 		relays[i] = s.startRelay(extra)
 	}
 	for _, r := range relays {
-		harness.WaitFor(t, startTimeout, r.name+" to be ready", r.Ready)
+		harness.WaitFor(t, startTimeout, r.name+" to be connected", r.Connected)
 	}
 	var leader *relayProc
 	harness.WaitFor(t, startTimeout, "one relay to report outbox_leader 1", func() bool {
@@ -111,7 +111,7 @@ func killLeaders(t *testing.T, name string, n int, extra map[string]string) {
 			t.Errorf("takeover %d took %s, want at most %s", k+1, takeover.Round(time.Millisecond), maxTakeover)
 		}
 		standby := s.startRelay(extra)
-		harness.WaitFor(t, startTimeout, standby.name+" to be ready", standby.Ready)
+		harness.WaitFor(t, startTimeout, standby.name+" to be connected", standby.Connected)
 		relays = append(alive, standby)
 		leader = next
 	}

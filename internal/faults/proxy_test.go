@@ -5,16 +5,11 @@ package faults
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/url"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	amqp "github.com/rabbitmq/amqp091-go"
-	"github.com/rs/zerolog"
 
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
@@ -123,39 +118,11 @@ var proxyFaults = []proxyFault{
 // relay environment that goes through it.
 func proxyTo(t *testing.T, target string) (*toxiproxy.Proxy, map[string]string) {
 	t.Helper()
-	switch target {
-	case "broker":
-		uri, err := amqp.ParseURI(testenv.AMQPURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := startProxy(t, target, net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port)))
-		host, port, _ := net.SplitHostPort(p.Listen)
-		uri.Host = host
-		uri.Port, _ = strconv.Atoi(port)
-		return p, map[string]string{"OUTBOX_AMQP_URL": uri.String()}
-	default:
-		u, err := url.Parse(testenv.DatabaseURL())
-		if err != nil || u.Host == "" {
-			t.Fatalf("OUTBOX_TEST_DATABASE_URL must be a URL for this test: %v", err)
-		}
-		p := startProxy(t, target, net.JoinHostPort(u.Hostname(), strconv.Itoa(dbPort(t))))
-		u.Host = p.Listen
-		return p, map[string]string{"OUTBOX_DATABASE_URL": u.String()}
+	p, u := testenv.ProxyTo(t, target)
+	if target == testenv.ProxyBroker {
+		return p, map[string]string{"OUTBOX_AMQP_URL": u}
 	}
-}
-
-// startProxy starts a toxiproxy proxy on a free loopback port to upstream,
-// stopped at the end of the test.
-func startProxy(t *testing.T, name, upstream string) *toxiproxy.Proxy {
-	t.Helper()
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
-	p := toxiproxy.NewProxy(srv, name, "127.0.0.1:0", upstream)
-	if err := p.Start(); err != nil {
-		t.Fatalf("start proxy to %s: %v", upstream, err)
-	}
-	t.Cleanup(p.Stop)
-	return p
+	return p, map[string]string{"OUTBOX_DATABASE_URL": u}
 }
 
 func addToxic(t *testing.T, p *toxiproxy.Proxy, name, kind, stream, attributes string) {

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 
 // fakeRelay is a stand-in for outbox-relay:
 //
-//   - run: serves /metrics and /readyz on OUTBOX_METRICS_ADDR, logs a
+//   - run: serves /metrics and /statusz on OUTBOX_METRICS_ADDR, logs a
 //     line, and exits with FAKE_EXIT (0 by default) on SIGTERM, after a
 //     last line without a newline; with FAKE_IGNORE_TERM it ignores SIGTERM.
 //   - status: prints {"ok":true} to stdout and a note to stderr.
@@ -64,7 +64,7 @@ func fakeRelay(args []string) int {
 			fmt.Fprint(w, "# TYPE outbox_published_total counter\noutbox_published_total 42\n"+
 				"# TYPE outbox_connection_up gauge\noutbox_connection_up{kind=\"amqp\"} 1\n")
 		})
-		mux.HandleFunc("/readyz", func(http.ResponseWriter, *http.Request) {})
+		mux.HandleFunc("/statusz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "leader: connected") })
 		srv := &http.Server{Handler: mux}
 		go func() { _ = srv.Serve(ln) }()
 		defer func() { _ = srv.Shutdown(context.Background()) }()

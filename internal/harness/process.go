@@ -118,11 +118,11 @@ func (p *Process) ExitCode() int {
 	return -1
 }
 
-// ScrapeTimeout bounds Metric and Ready, which take no context.
+// ScrapeTimeout bounds Metric and Connected, which take no context.
 const ScrapeTimeout = 2 * time.Second
 
 // MetricsAddr returns the address at which the relay serves /metrics and
-// /readyz (from OUTBOX_METRICS_ADDR, a port alone meaning 127.0.0.1), ""
+// its probes (from OUTBOX_METRICS_ADDR, a port alone meaning 127.0.0.1), ""
 // if it serves none.
 func (p *Process) MetricsAddr() string { return p.metricsAddr }
 
@@ -150,15 +150,16 @@ func (p *Process) Metric(series string) (float64, bool) {
 	return m.Value(series)
 }
 
-// Ready reports whether the relay's /readyz answers 200 within
-// ScrapeTimeout.
-func (p *Process) Ready() bool {
+// Connected reports whether the relay's /statusz answers 200 within
+// ScrapeTimeout: its LISTEN connection is up and, on the leader, its broker
+// connection. (/readyz says only that the relay runs, whatever the servers.)
+func (p *Process) Connected() bool {
 	if p.Exited() || p.metricsAddr == "" {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), ScrapeTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.metricsAddr+"/readyz", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.metricsAddr+"/statusz", nil)
 	if err != nil {
 		return false
 	}

@@ -54,7 +54,7 @@ func TestProcessStartStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Kill)
-	WaitFor(t, 10*time.Second, "the fake relay to be ready", p.Ready)
+	WaitFor(t, 10*time.Second, "the fake relay's /statusz to say it is connected", p.Connected)
 	if v, ok := p.Metric(`outbox_connection_up{kind="amqp"}`); !ok || v != 1 {
 		t.Errorf("Metric = %v, %t; want 1, true", v, ok)
 	}
