@@ -127,10 +127,10 @@ type tlsProxy struct {
 	target            string
 	advertiseExternal bool
 
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns []net.Conn
+	ln         net.Listener
+	wg         sync.WaitGroup
+	mu         sync.Mutex
+	conns      []net.Conn
 	refused    []error  // failed handshakes
 	mechanisms []string // chosen in Connection.StartOk, one per connection
 }
