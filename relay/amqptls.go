@@ -133,13 +133,14 @@ func saslMechanisms(uri amqp.URI) []amqp.Authentication {
 	return auth
 }
 
-// checkAuthMechanisms refuses an auth_mechanism amqp091-go cannot use.
+// checkAuthMechanisms refuses an auth_mechanism amqp091-go cannot use. Like
+// every error about the URL, it does not echo the URL's text.
 func checkAuthMechanisms(uri amqp.URI) error {
 	for _, m := range uri.AuthMechanism {
 		switch strings.ToUpper(m) {
 		case "PLAIN", "AMQPLAIN", "EXTERNAL":
 		default:
-			return fmt.Errorf("auth_mechanism %q: want plain, amqplain or external", m)
+			return errors.New("auth_mechanism: want plain, amqplain or external")
 		}
 	}
 	return nil
@@ -174,6 +175,12 @@ func (b brokerTLS) describeTLSError(err error, uri amqp.URI) error {
 			return fmt.Errorf("broker refused the client certificate (%s): %w", cert, err)
 		}
 		return fmt.Errorf("broker requires a client certificate (set OUTBOX_AMQP_TLS_CERT_FILE and OUTBOX_AMQP_TLS_KEY_FILE): %w", err)
+	case errors.Is(err, amqp.ErrClosed) && b.cert(uri).value == "":
+		// With TLS 1.3 a server refuses a client certificate after the
+		// client's handshake is done; amqp091-go then sometimes reports
+		// only that the connection closed, without the alert.
+		return fmt.Errorf("broker closed the connection after the TLS handshake (if it requires a client certificate, "+
+			"set OUTBOX_AMQP_TLS_CERT_FILE and OUTBOX_AMQP_TLS_KEY_FILE): %w", err)
 	}
 	return nil
 }

@@ -100,7 +100,8 @@ func TestTLSFailuresSayWhy(t *testing.T) {
 		}, []string{"broker certificate not trusted (OUTBOX_AMQP_TLS_CA_FILE=" + pki.otherCA + "): ", "x509: "}, ""},
 		{"no client certificate", func(c *relay.Config) {
 			c.AMQPTLSCAFile = pki.caFile
-		}, []string{"broker requires a client certificate (set OUTBOX_AMQP_TLS_CERT_FILE and OUTBOX_AMQP_TLS_KEY_FILE)"},
+			// The alert itself, or (amqp091-go loses it at times) a hint.
+		}, []string{"client certificate", "set OUTBOX_AMQP_TLS_CERT_FILE and OUTBOX_AMQP_TLS_KEY_FILE)"},
 			"client didn't provide a certificate"},
 		{"wrong server name", func(c *relay.Config) {
 			c.AMQPTLSCAFile, c.AMQPTLSCertFile, c.AMQPTLSKeyFile = pki.caFile, pki.certFile, pki.keyFile
@@ -190,7 +191,7 @@ func TestTLSConfigRules(t *testing.T) {
 		{relay.Config{AMQPURL: "amqps://h/", AMQPTLSCertFile: "c.pem"}, "AMQPTLSCertFile: must be set together with AMQPTLSKeyFile"},
 		{relay.Config{AMQPURL: "amqps://h/", AMQPTLSKeyFile: "k.pem"}, "AMQPTLSKeyFile: must be set together with AMQPTLSCertFile"},
 		{relay.Config{AMQPURL: "amqps://h/,amqp://g/", AMQPTLSCAFile: "ca.pem"}, "AMQPTLSCAFile: applies to amqps:// URLs only, and amqp:// is in AMQPURL"},
-		{relay.Config{AMQPURL: "amqps://h/?auth_mechanism=kerberos"}, `AMQPURL: URL #1: auth_mechanism "kerberos": want plain, amqplain or external`},
+		{relay.Config{AMQPURL: "amqps://h/?auth_mechanism=kerberos"}, "AMQPURL: URL #1: auth_mechanism: want plain, amqplain or external"},
 	} {
 		err := tc.cfg.WithDefaults().Validate()
 		if err == nil || err.Error() != tc.field {

@@ -185,6 +185,13 @@ func (p *tlsProxy) serve(c *tls.Conn) {
 		p.mu.Lock()
 		p.refused = append(p.refused, err)
 		p.mu.Unlock()
+		// Close politely: with TLS 1.3 the client sends its AMQP header
+		// before it reads the alert, and closing with that header unread
+		// would reset the connection and lose the alert.
+		if tc, ok := c.NetConn().(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+			_, _ = io.Copy(io.Discard, tc)
+		}
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
