@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,10 +19,7 @@ import (
 
 // cmdRun runs the relay, and the metrics and health server beside it, until
 // ctx is done.
-func cmdRun(ctx context.Context, e *env, args []string) error {
-	if err := parseFlags(flag.NewFlagSet("run", flag.ContinueOnError), e, args); err != nil {
-		return err
-	}
+func cmdRun(ctx context.Context, e *env) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rcfg := e.cfg.relayConfig(e.log)
