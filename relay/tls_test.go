@@ -3,6 +3,8 @@ package relay_test
 import (
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -79,6 +81,40 @@ func TestTLSPublishWithClientCertificate(t *testing.T) {
 				t.Errorf("mechanisms chosen through the proxy: %v, want PLAIN", mechs)
 			}
 		})
+	}
+}
+
+// The TLS files are read at every connect: a CA file fixed on disk is
+// used at the next reconnect, without a restart.
+func TestTLSFilesReadAtEveryConnect(t *testing.T) {
+	t.Parallel()
+	pki := newTestPKI(t)
+	b := setup(t)
+	proxy := startTLSProxy(t, pki, brokerAddr(t), false)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	copyFile(t, pki.otherCA, caFile)
+	logs, logger := testenv.BufferedLogger(t)
+	cfg := b.config(t)
+	cfg.Logger = logger
+	cfg.AMQPURL = amqpsURL(t, proxy, nil)
+	cfg.AMQPTLSCAFile, cfg.AMQPTLSCertFile, cfg.AMQPTLSKeyFile, cfg.AMQPTLSServerName = caFile, pki.certFile, pki.keyFile, serverName
+	start(t, cfg)
+	testenv.WaitFor(t, 15*time.Second, "the wrong CA refused", func() bool {
+		return strings.Contains(logs.String(), "broker certificate not trusted")
+	})
+	copyFile(t, pki.caFile, caFile)
+	insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "k", payload: []byte("after the fix")})
+	testenv.Receive(t, b.recv, 1, 20*time.Second)
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 
