@@ -99,36 +99,51 @@ func cmdDead(args []string) (action, error) {
 		return nil, errors.New("dead purge deletes rows for good: add -yes to confirm")
 	}
 	return func(ctx context.Context, e *env) error {
-		conn, t, err := connectExisting(ctx, e)
+		if sub == "list" {
+			return listDead(ctx, e, filter, *limit, *output)
+		}
+		return retryOrPurge(ctx, e, sub, filter)
+	}, nil
+}
+
+// listDead prints the dead rows that filter selects.
+func listDead(ctx context.Context, e *env, filter relay.DeadFilter, limit int, output string) error {
+	conn, t, err := connectExisting(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := relay.ListDead(ctx, conn, t, filter, limit)
+	if err != nil {
+		return err
+	}
+	return printDead(e, rows, output)
+}
+
+// retryOrPurge retries or purges the dead rows that filter selects.
+func retryOrPurge(ctx context.Context, e *env, sub string, filter relay.DeadFilter) error {
+	conn, t, err := connectExisting(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if sub == "purge" {
+		ids, err := relay.PurgeDead(ctx, conn, t, filter)
 		if err != nil {
 			return err
 		}
-		defer conn.Close(context.WithoutCancel(ctx))
-		switch sub {
-		case "list":
-			rows, err := relay.ListDead(ctx, conn, t, filter, *limit)
-			if err != nil {
-				return err
-			}
-			return printDead(e, rows, *output)
-		case "retry":
-			res, err := relay.RetryDead(ctx, conn, t, filter)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "retried %d dead row(s)%s; they are available now\n", len(res.IDs), idList(res.IDs))
-			for _, s := range res.Skipped {
-				fmt.Fprintf(e.stdout, "%d row(s) not retried: %s (check %s)%s; fix or purge them\n", len(s.IDs), s.Reason, s.Check, idList(s.IDs))
-			}
-		case "purge":
-			ids, err := relay.PurgeDead(ctx, conn, t, filter)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "purged %d dead row(s)%s\n", len(ids), idList(ids))
-		}
+		fmt.Fprintf(e.stdout, "purged %d dead row(s)%s\n", len(ids), idList(ids))
 		return nil
-	}, nil
+	}
+	res, err := relay.RetryDead(ctx, conn, t, filter)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "retried %d dead row(s)%s; they are available now\n", len(res.IDs), idList(res.IDs))
+	for _, s := range res.Skipped {
+		fmt.Fprintf(e.stdout, "%d row(s) not retried: %s (check %s)%s; fix or purge them\n", len(s.IDs), s.Reason, s.Check, idList(s.IDs))
+	}
+	return nil
 }
 
 func idList(ids []int64) string {
