@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strings"
@@ -27,6 +28,10 @@ func parseAMQPURLs(s string) ([]amqp.URI, error) {
 		uri, err := amqp.ParseURI(u)
 		if err != nil {
 			err = RedactURIError(err)
+		} else {
+			err = checkAuthMechanisms(uri)
+		}
+		if err != nil {
 			return nil, &FieldError{Field: "AMQPURL", Reason: fmt.Sprintf("URL #%d: %s", i+1, err), Err: err}
 		}
 		uris = append(uris, uri)
@@ -63,12 +68,24 @@ func RedactURIError(err error) error {
 // describeDialError makes the broker's terse refusals say what to check. The
 // broker reports both a bad vhost and bad credentials as ACCESS_REFUSED and
 // tells them apart only in its reply text.
-func describeDialError(err error, uri amqp.URI) error {
+func describeDialError(err error, uri amqp.URI, b brokerTLS) error {
+	if uri.Scheme == "amqps" {
+		if d := b.describeTLSError(err, uri); d != nil {
+			return d
+		}
+	}
+	if errors.Is(err, amqp.ErrSASL) {
+		return fmt.Errorf("%w (the broker offers none of the mechanisms asked for: auth_mechanism=%s; "+
+			"RabbitMQ offers EXTERNAL with the rabbitmq_auth_mechanism_ssl plugin)", err, cmp.Or(strings.Join(uri.AuthMechanism, ","), "plain"))
+	}
 	var ae *amqp.Error
 	if !errors.As(err, &ae) {
 		return err
 	}
 	switch {
+	case externalOnly(uri) && ae.Code == amqp.AccessRefused:
+		return fmt.Errorf("%w (the broker refused SASL EXTERNAL: check that its TLS listener verifies peers and that "+
+			"a user named after the client certificate's subject exists)", err)
 	case strings.Contains(ae.Reason, "vhost") || ae.Code == amqp.NotAllowed:
 		return fmt.Errorf("%w (check that vhost %q exists and user %q may use it)", err, uri.Vhost, uri.Username)
 	case ae.Code == amqp.AccessRefused:

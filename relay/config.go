@@ -54,6 +54,22 @@ type Config struct {
 	// access token used as one). It is re-read at every connect and
 	// overrides the password in AMQPURL.
 	AMQPPasswordFile string
+	// AMQPTLSCAFile, AMQPTLSCertFile and AMQPTLSKeyFile are PEM files for
+	// amqps:// URLs: the certificates of the CAs that sign the broker's
+	// certificate (defaults to the system's), and the relay's client
+	// certificate and its private key, set together (mutual TLS, and the
+	// identity for SASL EXTERNAL). They are read at every connect, so
+	// certificates rotated on disk are used from the next reconnect on.
+	// Each takes precedence over the URL's query parameter of the same
+	// meaning (cacertfile, certfile, keyfile), which applies when it is
+	// empty.
+	AMQPTLSCAFile   string
+	AMQPTLSCertFile string
+	AMQPTLSKeyFile  string
+	// AMQPTLSServerName is the name the broker's certificate must carry and
+	// the relay sends as SNI. It takes precedence over the URL's
+	// server_name_indication. Defaults to the host of the URL dialled.
+	AMQPTLSServerName string
 	// Table is the outbox table. Defaults to schema.TableDefault in the
 	// connection's current schema.
 	Table schema.Table
@@ -192,8 +208,10 @@ func (c Config) validate() error {
 		// pgx leaves the password out of its parse errors.
 		errs = append(errs, &FieldError{Field: "DatabaseURL", Reason: err.Error(), Err: err})
 	}
-	if _, err := parseAMQPURLs(c.AMQPURL); err != nil {
+	if uris, err := parseAMQPURLs(c.AMQPURL); err != nil {
 		errs = append(errs, err)
+	} else {
+		errs = append(errs, c.validateTLS(uris)...)
 	}
 	if c.BatchSize < 1 || c.BatchSize > batchSizeMax {
 		bad("BatchSize", fmt.Sprintf("must be between 1 and %d", batchSizeMax))

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -29,6 +30,7 @@ const exchangeCacheTTL = 30 * time.Second
 type amqpPublisher struct {
 	uris           []amqp.URI // parsed once, in New
 	passwordFile   string
+	tls            brokerTLS
 	name           string
 	mandatory      bool
 	confirmTimeout time.Duration
@@ -66,6 +68,7 @@ func newPublisher(cfg Config, uris []amqp.URI, name string) *amqpPublisher {
 	return &amqpPublisher{
 		uris:           uris,
 		passwordFile:   cfg.AMQPPasswordFile,
+		tls:            newBrokerTLS(cfg),
 		name:           name,
 		mandatory:      !cfg.AllowUnroutable,
 		confirmTimeout: cfg.ConfirmTimeout,
@@ -89,7 +92,9 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 	p.Close()
 	uri := p.uris[p.next%len(p.uris)]
 	p.next++
-	if p.passwordFile != "" {
+	// With SASL EXTERNAL alone the client certificate is the identity:
+	// no password to read.
+	if p.passwordFile != "" && !externalOnly(uri) {
 		b, err := os.ReadFile(p.passwordFile)
 		if err != nil {
 			return fmt.Errorf("read AMQP password file: %w", err)
@@ -97,6 +102,15 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 		uri.Password = strings.TrimRight(string(b), "\r\n")
 	}
 	where := RedactAMQPURI(uri)
+	var tlsConfig *tls.Config
+	if uri.Scheme == "amqps" {
+		// Read at every connect: certificates rotate.
+		c, err := p.tls.config(uri)
+		if err != nil {
+			return fmt.Errorf("TLS for %s: %w", where, err)
+		}
+		tlsConfig = c
+	}
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(p.name)
 	deadline, _ := ctx.Deadline()
@@ -104,9 +118,14 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 	if !deadline.IsZero() {
 		timeout = min(timeout, time.Until(deadline))
 	}
+	// uri.String() drops auth_mechanism, so the mechanisms are passed
+	// here; a TLSClientConfig makes amqp091-go ignore the URL's TLS
+	// parameters, which tlsConfig has read where no variable overrides them.
 	conn, err := amqp.DialConfig(uri.String(), amqp.Config{
-		Properties: props,
-		Heartbeat:  10 * time.Second,
+		SASL:            saslMechanisms(uri),
+		TLSClientConfig: tlsConfig,
+		Properties:      props,
+		Heartbeat:       10 * time.Second,
 		Dial: func(network, addr string) (net.Conn, error) {
 			d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
 			c, err := d.DialContext(ctx, network, addr)
@@ -124,7 +143,7 @@ func (p *amqpPublisher) Connect(ctx context.Context) error {
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", where, describeDialError(err, uri))
+		return fmt.Errorf("connect to %s: %w", where, describeDialError(err, uri, p.tls))
 	}
 	ch, err := conn.Channel()
 	if err == nil {

@@ -3,8 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
+	"errors"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -13,6 +14,23 @@ import (
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
+
+// parseRun parses `run`, which takes no flags: its configuration is the
+// environment.
+func parseRun(args []string) (action, error) {
+	f := newFlags("run", "[run]", "Relays the rows of OUTBOX_TABLE to RabbitMQ until SIGTERM or SIGINT, then waits for the\n"+
+		"confirms in flight and exits 0. `outbox-relay` alone runs it.")
+	if err := f.parseNoArgs(args); err != nil {
+		var help *helpRequest
+		if errors.As(err, &help) {
+			var b strings.Builder
+			envTable(&b)
+			help.text += "\n" + b.String()
+		}
+		return nil, err
+	}
+	return cmdRun, nil
+}
 
 // connect opens one session-level connection and resolves the table.
 func connect(ctx context.Context, e *env) (*pgx.Conn, schema.Table, error) {
@@ -30,59 +48,103 @@ func connect(ctx context.Context, e *env) (*pgx.Conn, schema.Table, error) {
 	return conn, t, nil
 }
 
-func cmdMigrate(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
-	print := fs.Bool("print", false, "print the SQL for OUTBOX_TABLE instead of applying it")
-	if err := parseFlags(fs, e, args); err != nil {
-		return err
+// connectExisting is connect for the commands that read the table: a
+// table that does not exist says so, and how to create it, rather than
+// failing on the first query.
+func connectExisting(ctx context.Context, e *env) (*pgx.Conn, schema.Table, error) {
+	conn, t, err := connect(ctx, e)
+	if err != nil {
+		return nil, t, err
 	}
-	if *print {
-		t := e.cfg.table
-		if t.Schema == "" {
-			t.Schema = "public"
-			fmt.Fprintln(e.stderr, "outbox-relay migrate: OUTBOX_TABLE names no schema; printing for schema public")
+	var exists bool
+	if err = conn.QueryRow(ctx, "select to_regclass($1) is not null", t.Ident()).Scan(&exists); err == nil && !exists {
+		err = fmt.Errorf("table %s does not exist: run `outbox-relay migrate` to create it (or set OUTBOX_TABLE)", t)
+	}
+	if err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
+		return nil, t, err
+	}
+	return conn, t, nil
+}
+
+func cmdMigrate(args []string) (action, error) {
+	f := newFlags("migrate", "migrate [-print]", "Creates or upgrades OUTBOX_TABLE, its trigger and functions. Idempotent, safe to run\n"+
+		"from every replica at once.")
+	print := f.Bool("print", false, "print the SQL for OUTBOX_TABLE instead of applying it")
+	if err := f.parseNoArgs(args); err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, e *env) error {
+		if *print {
+			return printMigrations(e)
 		}
-		ms, err := schema.Migrations()
+		conn, t, err := connect(ctx, e)
 		if err != nil {
 			return err
 		}
-		for _, m := range ms {
-			sql, err := m.SQL(t)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "-- migration %03d_%s for %s\n%s\n", m.Version, m.Name, t, sql)
+		defer conn.Close(context.WithoutCancel(ctx))
+		applied, err := schema.Migrate(ctx, conn, t)
+		for _, m := range applied {
+			fmt.Fprintf(e.stdout, "applied %03d_%s to %s\n", m.Version, m.Name, t)
+		}
+		if err != nil {
+			return err
+		}
+		if len(applied) == 0 {
+			fmt.Fprintf(e.stdout, "%s is up to date\n", t)
 		}
 		return nil
+	}, nil
+}
+
+// printMigrations writes the SQL of every migration for OUTBOX_TABLE.
+func printMigrations(e *env) error {
+	t := e.cfg.table
+	if t.Schema == "" {
+		t.Schema = "public"
+		e.log.Warn("OUTBOX_TABLE names no schema; printing for schema public")
 	}
-	conn, t, err := connect(ctx, e)
+	ms, err := schema.Migrations()
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	applied, err := schema.Migrate(ctx, conn, t)
-	for _, m := range applied {
-		fmt.Fprintf(e.stdout, "applied %03d_%s to %s\n", m.Version, m.Name, t)
-	}
-	if err != nil {
-		return err
-	}
-	if len(applied) == 0 {
-		fmt.Fprintf(e.stdout, "%s is up to date\n", t)
+	for _, m := range ms {
+		sql, err := m.SQL(t)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "-- migration %03d_%s for %s\n%s\n", m.Version, m.Name, t, sql)
 	}
 	return nil
 }
 
-func cmdStatus(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	output := fs.String("o", "table", "output format: table or json")
-	if err := parseFlags(fs, e, args); err != nil {
-		return err
+// outputFlag adds -o, table or json, checked by checkOutput.
+func outputFlag(f *flags) *string {
+	return f.String("o", "table", "output format: table or json")
+}
+
+func checkOutput(o string) error {
+	if o != "table" && o != "json" {
+		return fmt.Errorf("-o %q: want table or json", o)
 	}
-	if *output != "table" && *output != "json" {
-		return &usageError{fmt.Errorf("-o %q: want table or json", *output)}
+	return nil
+}
+
+func cmdStatus(args []string) (action, error) {
+	f := newFlags("status", "status [-o json]", "Shows pending rows (and how many are available now), dead rows, the age of the oldest\n"+
+		"pending row, the current leader, and the same per exchange. Reads the database only.")
+	output := outputFlag(f)
+	if err := f.parseNoArgs(args); err != nil {
+		return nil, err
 	}
-	conn, t, err := connect(ctx, e)
+	if err := checkOutput(*output); err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, e *env) error { return showStatus(ctx, e, *output) }, nil
+}
+
+func showStatus(ctx context.Context, e *env, output string) error {
+	conn, t, err := connectExisting(ctx, e)
 	if err != nil {
 		return err
 	}
@@ -91,7 +153,7 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *output == "json" {
+	if output == "json" {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)

@@ -26,6 +26,10 @@ func TestBadConfigExits2NamingTheVariable(t *testing.T) {
 		{"AMQP_URL", "amqp://u:" + secret + "@host:notaport/"},
 		{"AMQP_URL", "amqp://guest:guest@localhost/, amqp://u:" + secret + "@h:x/"},
 		{"AMQP_PASSWORD_FILE", "/nonexistent/" + secret},
+		{"AMQP_TLS_CA_FILE", "/nonexistent/" + secret},
+		{"AMQP_TLS_KEY_FILE", "/nonexistent/" + secret},
+		{"AMQP_TLS_SERVER_NAME", "broker.example"}, // amqp://, no TLS
+		{"AMQP_URL", "amqps://h/?auth_mechanism=" + secret},
 		{"TABLE", "a.b.c"},
 		{"TABLE", `"unterminated`},
 		{"TABLE", strings.Repeat("t", 60)},
@@ -76,27 +80,45 @@ func TestBadConfigExits2NamingTheVariable(t *testing.T) {
 	}
 }
 
+// A duration without a unit, or not a duration, says what one looks like.
+func TestBadDurationShowsAnExample(t *testing.T) {
+	t.Parallel()
+	for value, want := range map[string]string{
+		"5":    "outbox-relay: OUTBOX_POLL_INTERVAL: a number without a unit; want a duration such as 500ms, 30s or 5m\n",
+		"fast": "outbox-relay: OUTBOX_POLL_INTERVAL: not a duration; want a duration such as 500ms, 30s or 5m\n",
+	} {
+		_, stderr, code := runBin(t, map[string]string{"OUTBOX_POLL_INTERVAL": value}, "status")
+		if code != exitUsage || stderr != want {
+			t.Errorf("OUTBOX_POLL_INTERVAL=%s: exit %d, stderr\n got %q\nwant %q", value, code, stderr, want)
+		}
+	}
+}
+
 // helpDefaults is every variable's default as DESIGN.md and the README's
 // configuration table state it: the contract -h must keep.
 var helpDefaults = map[string]string{
-	"DATABASE_URL":       "postgres://postgres@localhost:5432/postgres",
-	"AMQP_URL":           "amqp://guest:guest@localhost:5672/",
-	"AMQP_PASSWORD_FILE": "",
-	"TABLE":              "outbox",
-	"BATCH_SIZE":         "500",
-	"BATCH_BYTES":        "8388608",
-	"POLL_INTERVAL":      "1s",
-	"MAX_ATTEMPTS":       "10",
-	"RETRY_BACKOFF":      "1s",
-	"RETRY_BACKOFF_MAX":  "5m",
-	"CONFIRM_TIMEOUT":    "30s",
-	"MAX_MESSAGE_SIZE":   "16777216",
-	"VACUUM_EVERY":       "100000",
-	"MANDATORY":          "true",
-	"METRICS_ADDR":       ":9464",
-	"LOG_LEVEL":          "info",
-	"LOG_FORMAT":         "text",
-	"SHUTDOWN_TIMEOUT":   "30s",
+	"DATABASE_URL":         "postgres://postgres@localhost:5432/postgres",
+	"AMQP_URL":             "amqp://guest:guest@localhost:5672/",
+	"AMQP_PASSWORD_FILE":   "",
+	"AMQP_TLS_CA_FILE":     "",
+	"AMQP_TLS_CERT_FILE":   "",
+	"AMQP_TLS_KEY_FILE":    "",
+	"AMQP_TLS_SERVER_NAME": "",
+	"TABLE":                "outbox",
+	"BATCH_SIZE":           "500",
+	"BATCH_BYTES":          "8388608",
+	"POLL_INTERVAL":        "1s",
+	"MAX_ATTEMPTS":         "10",
+	"RETRY_BACKOFF":        "1s",
+	"RETRY_BACKOFF_MAX":    "5m",
+	"CONFIRM_TIMEOUT":      "30s",
+	"MAX_MESSAGE_SIZE":     "16777216",
+	"VACUUM_EVERY":         "100000",
+	"MANDATORY":            "true",
+	"METRICS_ADDR":         ":9464",
+	"LOG_LEVEL":            "info",
+	"LOG_FORMAT":           "text",
+	"SHUTDOWN_TIMEOUT":     "30s",
 }
 
 func TestHelpListsEveryVariable(t *testing.T) {

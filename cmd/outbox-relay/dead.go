@@ -10,92 +10,138 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
-// cmdDead runs `dead list|retry|purge`.
-func cmdDead(ctx context.Context, e *env, args []string) error {
+// deadHelp is the text of `dead -h`.
+const deadHelp = `Usage: outbox-relay dead list|retry|purge [flags] [ID...]
+
+Inspects and repairs rows parked dead after OUTBOX_MAX_ATTEMPTS failed publishes.
+
+  list    dead rows: id, exchange, routing key, attempts, how long dead, age, last error
+  retry   make dead rows available now (attempts reset) and wake the relay
+  purge   delete dead rows for good
+
+outbox-relay dead <command> -h lists each one's flags. Flags and ids may come in any order.
+`
+
+// cmdDead parses `dead list|retry|purge`.
+func cmdDead(args []string) (action, error) {
 	if len(args) == 0 {
-		return &usageError{errors.New("want dead list, dead retry or dead purge")}
+		return nil, errors.New("dead needs a command: list, retry or purge (outbox-relay dead -h for help)")
 	}
 	sub, args := args[0], args[1:]
-	fs := flag.NewFlagSet("dead "+sub, flag.ContinueOnError)
-	var f relay.DeadFilter
-	exchange := fs.String("exchange", "", "only rows for this exchange (\"(default)\" for the default exchange)")
-	fs.DurationVar(&f.OlderThan, "older-than", 0, "only rows parked at least this long ago (e.g. 1h)")
+	if isHelp(sub) {
+		return nil, &helpRequest{deadHelp}
+	}
+	var f *flags
+	switch sub {
+	case "list":
+		f = newFlags("dead list", "dead list [-exchange X] [-older-than D] [-limit N] [-o json]",
+			"Lists dead rows, oldest first; -o json shows every field whole (the table clips long text).")
+	case "retry":
+		f = newFlags("dead retry", "dead retry [-all] [-exchange X] [-older-than D] [ID...]",
+			"Makes dead rows available now, attempts reset, and wakes the relay. Give ids, or -all\n"+
+				"(narrowed by -exchange and -older-than). Rows a check of the table would refuse stay dead\n"+
+				"and are reported.")
+	case "purge":
+		f = newFlags("dead purge", "dead purge -yes [-all] [-exchange X] [-older-than D] [ID...]",
+			"Deletes dead rows for good: they are never published. Give ids, or -all (narrowed by\n"+
+				"-exchange and -older-than), and -yes.")
+	default:
+		return nil, fmt.Errorf("unknown command dead %q (want list, retry or purge; outbox-relay dead -h for help)", sub)
+	}
+	var filter relay.DeadFilter
+	exchange := f.String("exchange", "", "only rows for this exchange (\"(default)\" for the default exchange)")
+	f.DurationVar(&filter.OlderThan, "older-than", 0, "only rows parked at least this long ago (e.g. 1h)")
 	var output *string
 	var limit *int
 	var yes *bool
-	switch sub {
-	case "list":
-		output = fs.String("o", "table", "output format: table or json")
-		limit = fs.Int("limit", 100, "list at most this many rows")
-	case "retry", "purge":
-		fs.BoolVar(&f.All, "all", false, "every dead row (narrowed by -exchange and -older-than)")
-		if sub == "purge" {
-			yes = fs.Bool("yes", false, "really delete the rows: they are never published")
-		}
-	default:
-		return &usageError{fmt.Errorf("unknown command dead %q (want list, retry or purge)", sub)}
+	if sub == "list" {
+		output = outputFlag(f)
+		limit = f.Int("limit", 100, "list at most this many rows")
+	} else {
+		f.BoolVar(&filter.All, "all", false, "every dead row (narrowed by -exchange and -older-than)")
 	}
-	fs.SetOutput(e.stderr)
-	if err := fs.Parse(args); err != nil {
-		return &usageError{err}
+	if sub == "purge" {
+		yes = f.Bool("yes", false, "really delete the rows: they are never published")
 	}
-	for _, a := range fs.Args() {
+	pos, err := f.parse(args)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range pos {
 		id, err := strconv.ParseInt(a, 10, 64)
 		if err != nil || sub == "list" {
-			return &usageError{fmt.Errorf("unexpected argument %q (flags go before ids)", a)}
+			return nil, fmt.Errorf("unexpected argument %q (outbox-relay dead %s -h for help)", a, sub)
 		}
-		f.IDs = append(f.IDs, id)
+		filter.IDs = append(filter.IDs, id)
 	}
-	fs.Visit(func(fl *flag.Flag) {
+	f.Visit(func(fl *flag.Flag) {
 		if fl.Name == "exchange" {
 			x := strings.TrimSpace(*exchange)
 			if x == "(default)" {
 				x = ""
 			}
-			f.Exchange = &x
+			filter.Exchange = &x
 		}
 	})
-	if sub != "list" && len(f.IDs) == 0 && !f.All {
-		return &usageError{fmt.Errorf("dead %s: give row ids or -all", sub)}
+	switch {
+	case sub != "list" && len(filter.IDs) == 0 && !filter.All:
+		return nil, fmt.Errorf("dead %s needs row ids or -all", sub)
+	case output != nil:
+		if err := checkOutput(*output); err != nil {
+			return nil, err
+		}
+	case yes != nil && !*yes:
+		return nil, errors.New("dead purge deletes rows for good: add -yes to confirm")
 	}
-	if output != nil && *output != "table" && *output != "json" {
-		return &usageError{fmt.Errorf("-o %q: want table or json", *output)}
-	}
-	if yes != nil && !*yes {
-		return &usageError{errors.New("dead purge deletes rows for good: add -yes to confirm")}
-	}
+	return func(ctx context.Context, e *env) error {
+		if sub == "list" {
+			return listDead(ctx, e, filter, *limit, *output)
+		}
+		return retryOrPurge(ctx, e, sub, filter)
+	}, nil
+}
 
-	conn, t, err := connect(ctx, e)
+// listDead prints the dead rows that filter selects.
+func listDead(ctx context.Context, e *env, filter relay.DeadFilter, limit int, output string) error {
+	conn, t, err := connectExisting(ctx, e)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	switch sub {
-	case "list":
-		rows, err := relay.ListDead(ctx, conn, t, f, *limit)
-		if err != nil {
-			return err
-		}
-		return printDead(e, rows, *output)
-	case "retry":
-		res, err := relay.RetryDead(ctx, conn, t, f)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "retried %d dead row(s)%s; they are available now\n", len(res.IDs), idList(res.IDs))
-		for _, s := range res.Skipped {
-			fmt.Fprintf(e.stdout, "%d row(s) not retried: %s (check %s)%s; fix or purge them\n", len(s.IDs), s.Reason, s.Check, idList(s.IDs))
-		}
-	case "purge":
-		ids, err := relay.PurgeDead(ctx, conn, t, f)
+	rows, err := relay.ListDead(ctx, conn, t, filter, limit)
+	if err != nil {
+		return err
+	}
+	return printDead(e, rows, output)
+}
+
+// retryOrPurge retries or purges the dead rows that filter selects.
+func retryOrPurge(ctx context.Context, e *env, sub string, filter relay.DeadFilter) error {
+	conn, t, err := connectExisting(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if sub == "purge" {
+		ids, err := relay.PurgeDead(ctx, conn, t, filter)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "purged %d dead row(s)%s\n", len(ids), idList(ids))
+		return nil
+	}
+	res, err := relay.RetryDead(ctx, conn, t, filter)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "retried %d dead row(s)%s; they are available now\n", len(res.IDs), idList(res.IDs))
+	for _, s := range res.Skipped {
+		fmt.Fprintf(e.stdout, "%d row(s) not retried: %s (check %s)%s; fix or purge them\n", len(s.IDs), s.Reason, s.Check, idList(s.IDs))
 	}
 	return nil
 }
@@ -150,5 +196,15 @@ func printDead(e *env, rows []relay.DeadRow, output string) error {
 // shows it whole).
 const maxCell = 80
 
-// cell clips s to maxCell bytes, on a rune boundary, with an ellipsis.
-func cell(s string) string { return relay.Clip(s, maxCell) }
+// cell makes s one cell of a table: control characters (a newline or tab
+// of a last error would break the table's lines and columns) become
+// spaces, and it is clipped to maxCell bytes on a rune boundary, with an
+// ellipsis.
+func cell(s string) string {
+	return relay.Clip(strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s), maxCell)
+}

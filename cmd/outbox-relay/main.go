@@ -17,7 +17,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -42,9 +41,6 @@ const (
 	exitFailure = 1
 	exitUsage   = 2
 )
-
-// revision is the VCS commit, stamped at build time.
-var revision string
 
 func main() {
 	// A sidecar should stay small and steady. The relay's live heap is a few
@@ -100,7 +96,7 @@ func parseMemoryLimit(s string) (int64, bool) {
 // run runs one command with args (without the program name), writing command
 // output to stdout and logs and errors to stderr, and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help" || args[0] == "help") {
+	if len(args) > 0 && isHelp(args[0]) {
 		usage(stdout)
 		return exitOK
 	}
@@ -112,15 +108,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, versionString())
 		return exitOK
 	}
-	commands := map[string]func(context.Context, *env, []string) error{
-		"run":     cmdRun,
+	commands := map[string]subcommand{
+		"run":     parseRun,
 		"migrate": cmdMigrate,
 		"status":  cmdStatus,
 		"dead":    cmdDead,
 	}
-	f, ok := commands[cmd]
+	parse, ok := commands[cmd]
 	if !ok {
 		fmt.Fprintf(stderr, "outbox-relay: unknown command %q (want run, migrate, status, dead or version; -h for help)\n", cmd)
+		return exitUsage
+	}
+	act, err := parse(args)
+	var help *helpRequest
+	switch {
+	case errors.As(err, &help):
+		fmt.Fprint(stdout, help.text)
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "outbox-relay: %v\n", err)
 		return exitUsage
 	}
 	cfg, err := loadConfig()
@@ -129,13 +135,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	e := &env{cfg: cfg, stdout: stdout, stderr: stderr, log: newLogger(stderr, cfg)}
-	if err := f(ctx, e, args); err != nil {
-		var ue *usageError
-		if errors.As(err, &ue) {
-			fmt.Fprintf(stderr, "outbox-relay %s: %v\n", cmd, err)
-			return exitUsage
+	if unknown := unknownVariables(os.Environ()); unknown != "" {
+		e.log.Warn("unknown variables ignored", slog.String("variables", unknown))
+	}
+	if err := act(ctx, e); err != nil {
+		if cmd == "run" {
+			// The daemon's output is its log, JSON included.
+			e.log.Error("relay failed", tint.Err(err))
+		} else {
+			fmt.Fprintf(stderr, "outbox-relay: %v\n", err)
 		}
-		e.log.Error(cmd+" failed", tint.Err(err))
 		return exitFailure
 	}
 	return exitOK
@@ -147,24 +156,6 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	log    *slog.Logger
-}
-
-// usageError is a bad flag or argument: exit code 2.
-type usageError struct{ err error }
-
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
-// parseFlags parses a command's flags, writing usage and errors to stderr.
-func parseFlags(fs *flag.FlagSet, e *env, args []string) error {
-	fs.SetOutput(e.stderr)
-	if err := fs.Parse(args); err != nil {
-		return &usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return &usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
-	return nil
 }
 
 func newLogger(w io.Writer, cfg *config) *slog.Logger {
@@ -224,8 +215,15 @@ Usage:
                                   delete dead rows for good
   outbox-relay version            print the version
 
-Environment (a bad value exits 2, naming the variable):
+Each command's -h tells more. Flags and ids may come in any order.
+
 `)
+	envTable(w)
+}
+
+// envTable writes the variables, their defaults and meanings.
+func envTable(w io.Writer) {
+	fmt.Fprint(w, "Environment (a bad value exits 2, naming the variable; unknown OUTBOX_ variables are warned of):\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	d := defaultConfig()
 	_ = envconfig.Usaget(envPrefix, &d, tw, usageTemplate)

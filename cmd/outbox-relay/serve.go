@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -21,10 +20,7 @@ import (
 // cmdRun runs the relay, and the metrics and probe server beside it, until
 // ctx is done. The server outlives the relay's shutdown, so that /readyz
 // can say 503 while the relay settles its last batches.
-func cmdRun(ctx context.Context, e *env, args []string) error {
-	if err := parseFlags(flag.NewFlagSet("run", flag.ContinueOnError), e, args); err != nil {
-		return err
-	}
+func cmdRun(ctx context.Context, e *env) error {
 	b := readBuild()
 	e.log.Info("outbox-relay starting", slog.String("version", b.version), slog.String("revision", b.revision),
 		slog.String("go", b.goVersion))
