@@ -88,10 +88,9 @@ func (b *testBundle) declareQueue(t *testing.T, suffix string, args amqp.Table) 
 	return name
 }
 
-// publish sends one persistent message per id to queue through the
-// default exchange, copies times each, and waits for the broker's
-// confirms.
-func publish(t *testing.T, conn *amqp.Connection, queue string, copies int, ids ...string) {
+// publish sends one persistent message per id, in order, to queue through
+// the default exchange, and waits for the broker's confirms.
+func publish(t *testing.T, conn *amqp.Connection, queue string, ids ...string) {
 	t.Helper()
 	ch, err := conn.Channel()
 	if err != nil {
@@ -104,16 +103,14 @@ func publish(t *testing.T, conn *amqp.Connection, queue string, copies int, ids 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var confs []*amqp.DeferredConfirmation
-	for range copies {
-		for _, id := range ids {
-			c, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, amqp.Publishing{
-				MessageId: id, DeliveryMode: amqp.Persistent, Body: []byte("body of " + id),
-			})
-			if err != nil {
-				t.Fatalf("publish: %v", err)
-			}
-			confs = append(confs, c)
+	for _, id := range ids {
+		c, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, amqp.Publishing{
+			MessageId: id, DeliveryMode: amqp.Persistent, Body: []byte("body of " + id),
+		})
+		if err != nil {
+			t.Fatalf("publish: %v", err)
 		}
+		confs = append(confs, c)
 	}
 	for _, c := range confs {
 		if ok, err := c.WaitContext(ctx); !ok || err != nil {
@@ -131,10 +128,23 @@ func newIDs(n int) []string {
 	return ids
 }
 
+// repeat returns each id copies times, the copies of one id side by side
+// (adjacent deliveries reach competing consumers at the same moment).
+func repeat(ids []string, copies int) []string {
+	var out []string
+	for _, id := range ids {
+		for range copies {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 // tally counts what a test consumer saw.
 type tally struct {
 	mu       sync.Mutex
 	outcomes map[inbox.Outcome]int
+	acked    int // Processed or Duplicate, and the ack went through
 	errs     []error
 }
 
@@ -145,9 +155,18 @@ func (t *tally) add(o inbox.Outcome, err error) {
 		t.outcomes = make(map[inbox.Outcome]int)
 	}
 	t.outcomes[o]++
+	if err == nil && (o == inbox.Processed || o == inbox.Duplicate) {
+		t.acked++
+	}
 	if err != nil {
 		t.errs = append(t.errs, err)
 	}
+}
+
+func (t *tally) ackedCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.acked
 }
 
 func (t *tally) get(o inbox.Outcome) int {
