@@ -86,7 +86,9 @@ func exampleDB() (pool *pgxpool.Pool, cleanup func()) {
 	if _, err := conn.Exec(ctx, "create schema "+pgx.Identifier{name}.Sanitize()); err != nil {
 		panic(err)
 	}
-	drop := func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "drop schema "+pgx.Identifier{name}.Sanitize()+" cascade") }
+	drop := func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "drop schema "+pgx.Identifier{name}.Sanitize()+" cascade")
+	}
 	err = func() error {
 		if _, err := conn.Exec(ctx, "create table "+pgx.Identifier{name, "invoices"}.Sanitize()+" (order_id text not null)"); err != nil {
 			return err
