@@ -123,7 +123,7 @@ func TestClaimFunctionRefusesNull(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	fn := schema.Table{Schema: b.inbox.Schema, Name: b.inbox.Name}.Derived("claim")
+	fn := b.inbox.Derived("claim")
 	for _, args := range []string{"null, gen_random_uuid()", "'billing', null", "null, null"} {
 		var got *bool
 		err := b.env.Pool.QueryRow(ctx, "select "+fn+"("+args+")").Scan(&got)
