@@ -93,17 +93,7 @@ func (d templateData) NameLiteral(suffix string) string { return quoteLiteral(d.
 
 // Q returns a dollar-quote tag that occurs in neither the schema nor the table
 // name, so a name cannot end a function body early.
-func (d templateData) Q() string {
-	for i := 0; ; i++ {
-		tag := "$body$"
-		if i > 0 {
-			tag = "$body" + strconv.Itoa(i) + "$"
-		}
-		if !strings.Contains(d.t.Schema, tag) && !strings.Contains(d.t.Name, tag) {
-			return tag
-		}
-	}
-}
+func (d templateData) Q() string { return d.t.DollarQuote() }
 
 // Applied is one row of the migrations table.
 type Applied struct {

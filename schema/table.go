@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -175,6 +176,21 @@ func validUTF8Prefix(s string) bool {
 func (t Table) LockKey(purpose string) int64 {
 	sum := sha256.Sum256([]byte("outbox-relay\x00" + purpose + "\x00" + t.Schema + "\x00" + t.Name))
 	return int64(binary.BigEndian.Uint64(sum[:8]))
+}
+
+// DollarQuote returns a dollar-quote tag ($body$, else $body1$, ...) that
+// occurs in neither the schema nor the table name, so that a function body
+// quoted with it cannot be ended early by a name spliced into it.
+func (t Table) DollarQuote() string {
+	for i := 0; ; i++ {
+		tag := "$body$"
+		if i > 0 {
+			tag = "$body" + strconv.Itoa(i) + "$"
+		}
+		if !strings.Contains(t.Schema, tag) && !strings.Contains(t.Name, tag) {
+			return tag
+		}
+	}
 }
 
 // quoteLiteral quotes s as an SQL string constant.
