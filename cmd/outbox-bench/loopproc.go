@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,6 +40,8 @@ const (
 // channel, prints loopReady, and drains at each notification (and every
 // -poll, if set) until SIGTERM.
 func runLoopProcess(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	fs := flag.NewFlagSet(loopCommand, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	table := fs.String("table", "", "the table (unquoted), also the NOTIFY channel")
