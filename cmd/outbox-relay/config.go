@@ -52,7 +52,7 @@ type config struct {
 	MaxMessageSize    int           `envconfig:"MAX_MESSAGE_SIZE" desc:"largest payload in bytes published; set to the broker's max_message_size (16 MiB in RabbitMQ 4, 128 MiB in 3.x)"`
 	VacuumEvery       int           `envconfig:"VACUUM_EVERY" desc:"rows deleted between the relay's own VACUUMs of the table, which keep claims cheap while a backlog drains (needs table ownership, or MAINTAIN on PostgreSQL 17); 0 leaves it to autovacuum"`
 	Mandatory         bool          `envconfig:"MANDATORY" desc:"publish with the mandatory flag: unroutable messages are retried, then parked dead"`
-	MetricsAddr       string        `envconfig:"METRICS_ADDR" desc:"listen address of /metrics, /healthz and /readyz; empty turns it off"`
+	MetricsAddr       string        `envconfig:"METRICS_ADDR" desc:"listen address of /metrics and the probes /healthz, /readyz and /statusz; empty turns it off"`
 	LogLevel          string        `envconfig:"LOG_LEVEL" desc:"debug, info, warn or error"`
 	LogFormat         string        `envconfig:"LOG_FORMAT" desc:"text (coloured on a terminal) or json"`
 	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" desc:"on SIGTERM, longest wait for in-flight confirms"`
