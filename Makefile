@@ -9,7 +9,6 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS     := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 IMAGE       ?= outbox-relay:$(VERSION)
 
 .PHONY: help build demo run test test-faults lint bench services clean image
