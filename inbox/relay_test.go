@@ -89,7 +89,7 @@ func TestRelayKilledEffectsOnce(t *testing.T) {
 		}
 	}
 	testenv.WaitFor(t, 60*time.Second, "the outbox to drain", func() bool { live, dead := b.env.Pending(t); return live+dead == 0 })
-	testenv.WaitFor(t, 30*time.Second, "the last relay to be ready", p.Ready) // its SIGTERM handler is set
+	testenv.WaitFor(t, 30*time.Second, "the last relay to be connected", p.Connected) // its SIGTERM handler is set
 	if err := p.Stop(); err != nil {
 		t.Errorf("last relay: %v\n%s", err, p.Output().String())
 	}
