@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -32,6 +33,8 @@ type subscriber struct {
 //     own (server-named, deleted with it) bound to job.*: the exchange puts
 //     a copy of each event in every bound queue.
 //   - audit: a queue bound to nothing until the poison row's exchange exists.
+//   - reports: bound to job.completed in step 4; it consumes through its inbox.
+//   - mailer: bound to report.ready, which the reports service enqueues.
 func (d *demo) setupBroker() error {
 	conn, err := harness.DialAMQP("outbox-demo setup")
 	if err != nil {
@@ -54,15 +57,18 @@ func (d *demo) setupBroker() error {
 		switch c {
 		case "api":
 			queue, key = d.apiQueue, "job.completed"
-		case "audit":
+		case "audit", "reports":
 			key = ""
+		case "mailer":
+			key = "report.ready"
 		}
 		if err := d.subscribe(c, queue, key); err != nil {
 			return err
 		}
 	}
-	d.say("setup", "exchange %s (topic): queue %s bound to job.completed; web-1, web-2 and web-3 each a queue of its own bound to job.*",
+	d.say("setup", "exchange %s (topic): queue %s bound to job.completed; web-1, web-2 and web-3 each a queue of its own bound to job.*;",
 		d.jobsExchange, d.apiQueue)
+	d.say("setup", "   the mailer's bound to report.ready")
 	return nil
 }
 
@@ -103,20 +109,31 @@ func (d *demo) subscribe(name, queue, key string) error {
 }
 
 // fixAudit is the operator's fix for the poison row: declare its exchange
-// and bind the audit queue to it, through the audit service's connection
-// (the queue is exclusive to it).
+// and bind the audit queue to it.
 func (d *demo) fixAudit() error {
-	s := d.subs[len(d.subs)-1]
-	ch, err := s.conn.Channel()
+	return d.bind("audit", "", d.auditExchange, amqp.ExchangeFanout)
+}
+
+// bind binds consumer name's queue to exchange with key, through the
+// consumer's own connection (its queue is exclusive to it). If kind is not
+// "", it declares the exchange first, of that kind.
+func (d *demo) bind(name, key, exchange, kind string) error {
+	i := slices.IndexFunc(d.subs, func(s *subscriber) bool { return s.name == name })
+	if i < 0 {
+		return fmt.Errorf("%s: not subscribed", name)
+	}
+	ch, err := d.subs[i].conn.Channel()
 	if err == nil {
 		defer func() { _ = ch.Close() }()
-		err = ch.ExchangeDeclare(d.auditExchange, amqp.ExchangeFanout, true, false, false, false, nil)
+		if kind != "" {
+			err = ch.ExchangeDeclare(exchange, kind, true, false, false, false, nil)
+		}
 	}
 	if err == nil {
-		err = ch.QueueBind(s.queue, "", d.auditExchange, false, nil)
+		err = ch.QueueBind(d.subs[i].queue, key, exchange, false, nil)
 	}
 	if err != nil {
-		return fmt.Errorf("declare %s and bind the audit queue: %w", d.auditExchange, err)
+		return fmt.Errorf("%s: bind its queue to %s: %w", name, exchange, err)
 	}
 	return nil
 }
@@ -135,7 +152,13 @@ func (d *demo) consume(ctx context.Context, s *subscriber) error {
 		if !ok {
 			return fmt.Errorf("%s: the broker closed the consumer", s.name)
 		}
-		if id, err := outbox.ParseMessageID(m.MessageId); err == nil && d.ledger.received(s.name, id) {
+		id, err := outbox.ParseMessageID(m.MessageId)
+		first := err == nil && d.ledger.received(s.name, id)
+		if s.name == "reports" {
+			d.report(ctx, m) // acks after its commit
+			continue
+		}
+		if first {
 			d.show(s.name, m)
 		}
 		if err := m.Ack(false); err != nil {
@@ -157,6 +180,8 @@ func (d *demo) show(c string, m amqp.Delivery) {
 		d.say(c, "job %d completed (result=%d): pushed %s after COMMIT, no polling", ev.JobID, ev.Result, took)
 	case "audit":
 		d.say(c, "received %s, %s after COMMIT: it waited in the table until its exchange existed", m.RoutingKey, took)
+	case "mailer":
+		d.say(c, "report for job %d ready -> one email sent (%s after the reports service's COMMIT)", ev.JobID, took)
 	default:
 		d.say(c, "job %d completed -> pushed to the browsers connected to %s (%s after COMMIT)", ev.JobID, c, took)
 	}

@@ -43,8 +43,10 @@ func TestDemo(t *testing.T) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := pool.Exec(ctx, "drop schema if exists "+pgx.Identifier{name}.Sanitize()+" cascade"); err != nil {
-			t.Errorf("drop test schema: %v", err)
+		for _, s := range []string{name, name + "_reports"} {
+			if _, err := pool.Exec(ctx, "drop schema if exists "+pgx.Identifier{s}.Sanitize()+" cascade"); err != nil {
+				t.Errorf("drop test schema %s: %v", s, err)
+			}
 		}
 		ch, err := conn.Channel()
 		if err != nil {
@@ -93,7 +95,15 @@ func TestDemo(t *testing.T) {
 		`\[ops\] +\d+ +` + regexp.QuoteMeta(name) + `\.audit +audit\.job +3 .*exchange "` + regexp.QuoteMeta(name) + `\.audit" does not exist`,
 		`\[ops\] +retried 1 dead row\(s\): \d+`,
 		`\[audit\] +received audit\.job`,
+		`\[reports\] job (\d+) completed: inbox_claim true -> report written, report.ready enqueued, one transaction committed`,
+		`\[reports\] +\.\.\.and it crashes before its ack reaches RabbitMQ`,
+		`\[reports\] job \d+ completed, delivered again \(redelivered=true\): inbox_claim false -> skipped and acked, nothing written`,
+		`\[reports\] job \d+ completed: inbox_claim true`,
 		`\[check\] +api +received (\d+) of the (\d+) committed events for it \(\+\d+ duplicates\), 0 rolled-back`,
+		`\[check\] +reports received 2 of the 2 committed events for it \(\+1 duplicates\)`,
+		`\[check\] +mailer +received 2 of the 2 committed events for it \(\+0 duplicates\)`,
+		`\[check\] +reports: 3 deliveries of 2 events: 2 processed, 1 skipped by the inbox as duplicates \(1 ack lost on purpose\)`,
+		`\[check\] +its table: 2 reports of 2 jobs; report.ready committed 2 times, delivered 2 times to the mailer`,
 		`\[check\] +the relay exited: exit status 0, exit status 0\n`,
 		`\[check\] +OK: every committed event reached every consumer it was for`,
 	} {
@@ -109,15 +119,19 @@ func TestDemo(t *testing.T) {
 			t.Errorf("%s: check line %q; want every committed event for it, and some", c, m)
 		}
 	}
+	if n := len(regexp.MustCompile(`\[mailer\] report for job \d+ ready -> one email sent`).FindAllString(out, -1)); n != 2 {
+		t.Errorf("the mailer showed %d emails; want one per report, 2", n)
+	}
 	if uri, err := amqp.ParseURI(testenv.AMQPURL()); err == nil && uri.Password != "" &&
 		strings.Contains(out+stderr.String(), ":"+uri.Password+"@") {
 		t.Error("the output shows the AMQP password")
 	}
 }
 
-// TestCheck feeds the ledger by hand and runs the final check: it fails on
-// a missing delivery or a rolled-back one, counts duplicates and leftovers,
-// and passes once everything arrived.
+// TestCheck feeds the ledger and the reports service's counts by hand and
+// runs the final check: it fails on a missing delivery or a rolled-back
+// one, counts duplicates and leftovers, and passes once everything arrived.
+// The reports service's work must have happened once per event.
 func TestCheck(t *testing.T) {
 	t.Parallel()
 	var buf bytes.Buffer
@@ -129,6 +143,17 @@ func TestCheck(t *testing.T) {
 	l.ended(done, true)
 	l.enqueued(rolled, []string{"api"})
 	l.ended(rolled, false)
+	// Step 4: job.completed delivered twice to reports, whose inbox skipped
+	// the second; its one report.ready reached the mailer.
+	job, next := outbox.NewMessageID(), outbox.NewMessageID()
+	l.enqueued(job, []string{"reports"})
+	l.ended(job, true)
+	l.received("reports", job)
+	l.received("reports", job)
+	l.enqueued(next, []string{"mailer"})
+	l.ended(next, true)
+	l.received("mailer", next)
+	d.reports = reportCounts{processed: 1, duplicates: 1, lostAcks: 1, rows: 1, jobs: 1}
 	if l.arrived() || d.check() {
 		t.Fatalf("check passed with web-2 missing an event:\n%s", buf.String())
 	}
@@ -139,12 +164,36 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("check failed with everything delivered:\n%s", buf.String())
 	}
 	for _, want := range []string{
-		"web-2  received 1 of the 1 committed events for it (+1 duplicates), 0 rolled-back",
+		"web-2   received 1 of the 1 committed events for it (+1 duplicates), 0 rolled-back",
+		"reports received 1 of the 1 committed events for it (+1 duplicates), 0 rolled-back",
+		"reports: 2 deliveries of 1 events: 1 processed, 1 skipped by the inbox as duplicates (1 ack lost on purpose);",
+		"its table: 1 reports of 1 jobs; report.ready committed 1 times, delivered 1 times to the mailer",
 	} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, buf.String())
 		}
 	}
+	// Without the inbox, the duplicate would have been handled again.
+	for _, tc := range []struct {
+		stats reportCounts
+		want  string
+	}{
+		{reportCounts{processed: 2, lostAcks: 1, rows: 2, jobs: 1}, "FAIL: reports skipped 0 duplicates; 1 were delivered after 1 lost acks; reports did the work of 1 events 2 times (2 reports of 1 jobs, 1 report.ready)"},
+		{reportCounts{processed: 1, lostAcks: 0, rows: 1, jobs: 1}, "FAIL: reports skipped 0 duplicates; 1 were delivered after 0 lost acks"},
+	} {
+		d.reports = tc.stats
+		buf.Reset()
+		if d.check() || !strings.Contains(buf.String(), tc.want) {
+			t.Errorf("check passed, or said otherwise, with %+v:\n%s", tc.stats, buf.String())
+		}
+	}
+	d.reports = reportCounts{processed: 1, duplicates: 1, lostAcks: 1, rows: 1, jobs: 1}
+	l.received("mailer", next)
+	buf.Reset()
+	if d.check() || !strings.Contains(buf.String(), "FAIL: the mailer received 1 report.ready events twice") {
+		t.Errorf("check passed, or said otherwise, with a report.ready delivered twice:\n%s", buf.String())
+	}
+	l.events[next].got["mailer"] = 1
 	l.received("api", rolled)
 	buf.Reset()
 	if d.check() || !strings.Contains(buf.String(), "FAIL: api missed 0 committed and received 1 rolled-back events") {

@@ -47,7 +47,11 @@ func (d *demo) runJob(ctx context.Context, commit, wait bool) (outbox.MessageID,
 		ContentType:  "application/json",
 		Payload:      body,
 	}
-	msgID, err := d.transact(ctx, commit, msg, append([]string{"api"}, webInstances...), func(tx pgx.Tx) error {
+	to := append([]string{"api"}, webInstances...)
+	if d.reportsOn {
+		to = append(to, "reports")
+	}
+	msgID, err := d.transact(ctx, commit, msg, to, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, "update "+d.jobsTable+" set state = 'completed', result = $2 where id = $1", id, ev.Result)
 		return err
 	})

@@ -1,14 +1,15 @@
 // Command outbox-demo is the README's first command (`make demo`): in a
 // few seconds of output that reads top to bottom, it shows the
 // transactional outbox at work on a local PostgreSQL and RabbitMQ, with
-// the real outbox-relay binary as a subprocess. Its three steps are in
-// story.go; it ends with a check (ledger.go), and exits 1 if that fails, 2
-// on a usage error.
+// the real outbox-relay binary as a subprocess. Its four steps are in
+// story.go (the fourth, a consumer that produces through its inbox, in
+// reports.go); it ends with a check (ledger.go), and exits 1 if that fails,
+// 2 on a usage error.
 //
 // It reads OUTBOX_DATABASE_URL, OUTBOX_AMQP_URL and OUTBOX_AMQP_PASSWORD_FILE
 // with the relay's defaults, and the relay inherits them. It leaves its
-// schema, exchanges and durable queue behind, and clears at start what an
-// earlier run left in them.
+// schemas (the outbox's and <its name>_reports), exchanges and durable
+// queue behind, and clears at start what an earlier run left in them.
 package main
 
 import (
@@ -25,6 +26,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/outbox-relay/outbox-relay/inbox"
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -64,6 +66,8 @@ func newDemo(args []string, stdout, stderr io.Writer) (*demo, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	d.jobsTable = pgx.Identifier{d.table.Schema, "jobs"}.Sanitize()
+	d.reportsInbox = schema.Table{Schema: d.table.Schema + "_reports", Name: inbox.TableDefault}
+	d.reportsTable = pgx.Identifier{d.reportsInbox.Schema, "reports"}.Sanitize()
 	d.apiQueue, d.jobsExchange, d.auditExchange = *prefix+".api", *prefix+".jobs", *prefix+".audit"
 	return d, d.newRelay(*relayPath)
 }

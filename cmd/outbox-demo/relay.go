@@ -13,7 +13,8 @@ import (
 // newRelay prepares the relay binary at path, its log shown as [relay]. It
 // inherits the demo's environment (the URLs, never on its command line where
 // ps shows them), plus the demo's table and metrics address, and quick
-// retries unless set, so that the poison row is parked dead within seconds.
+// retries unless set, so that the poison row is parked dead within seconds,
+// and the reports service's inbox table for `outbox-relay inbox migrate`.
 func (d *demo) newRelay(path string) error {
 	bin, err := harness.FindRelay(path)
 	if err != nil {
@@ -21,6 +22,7 @@ func (d *demo) newRelay(path string) error {
 	}
 	d.relay = harness.Relay{Bin: bin, Output: d.out, OutputPrefix: "[relay]  ", Env: map[string]string{
 		"OUTBOX_TABLE": d.table.String(), "OUTBOX_METRICS_ADDR": d.metricsAddr, "OUTBOX_LOG_FORMAT": "text",
+		"OUTBOX_INBOX_TABLE":   d.reportsInbox.String(), // for `inbox migrate`
 		"OUTBOX_MAX_ATTEMPTS":  cmp.Or(os.Getenv("OUTBOX_MAX_ATTEMPTS"), "3"),
 		"OUTBOX_RETRY_BACKOFF": cmp.Or(os.Getenv("OUTBOX_RETRY_BACKOFF"), "1s"),
 	}}

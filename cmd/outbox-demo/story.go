@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outbox-relay/outbox-relay/inbox"
 	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/outbox"
 	"github.com/outbox-relay/outbox-relay/relay"
@@ -35,15 +37,24 @@ type demo struct {
 	apiQueue      string
 	jobsExchange  string
 	auditExchange string
-	subs          []*subscriber // as in consumers: api, web-1..3, audit
+	subs          []*subscriber // as in consumers: api, web-1..3, audit, reports, mailer
 	relay         harness.Relay
 	proc          *harness.Process // the running relay, or nil
 	relayExits    []string         // how each relay process exited, e.g. "exit status 0"
+
+	// The reports service of step 4 (reports.go).
+	reportsInbox schema.Table // its inbox, in its own schema
+	reportsTable string       // quoted, beside its inbox
+	reporter     *inbox.Consumer
+	reportsOn    bool        // its queue is bound: job.completed is for it too
+	loseAck      atomic.Bool // its next delivery loses its ack
+	reportsMu    sync.Mutex
+	reports      reportCounts // under reportsMu
 }
 
-// run plays the story: set-up, the three steps, then the wait for the last
-// deliveries. When it returns, the relay has stopped and every goroutine
-// it started has returned.
+// run plays the story: set-up, the four steps, then the wait for the last
+// deliveries and the count of the reports written. When it returns, the
+// relay has stopped and every goroutine it started has returned.
 func (d *demo) run(ctx context.Context) (err error) {
 	defer func() {
 		for _, s := range d.subs {
@@ -70,7 +81,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}()
 
 	err = d.startRelay(ctx)
-	for _, step := range []func(context.Context) error{d.stopPolling, d.relayDown, d.poison} {
+	for _, step := range []func(context.Context) error{d.stopPolling, d.relayDown, d.poison, d.consumeThenProduce} {
 		if err != nil {
 			break
 		}
@@ -79,12 +90,15 @@ func (d *demo) run(ctx context.Context) (err error) {
 	if err := harness.WaitUntil(context.WithoutCancel(ctx), drainTimeout, "the last deliveries", func() bool { return d.ledger.arrived() }); err != nil {
 		d.say("demo", "%v", err)
 	}
-	return errors.Join(err, d.stopRelay("the demo is over"))
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), setupTimeout)
+	defer cancel()
+	return errors.Join(err, d.readReports(cctx), d.stopRelay("the demo is over"))
 }
 
 // setup connects to PostgreSQL, applies the schema with `outbox-relay
 // migrate`, creates the jobs table, clears what an earlier run left in the
-// outbox, and declares the exchange and the queues.
+// outbox, sets up the reports service's tables, and declares the exchange
+// and the queues.
 func (d *demo) setup(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
@@ -110,6 +124,9 @@ func (d *demo) setup(ctx context.Context) error {
 		d.say("setup", "deleted %d rows an earlier run left in %s", tag.RowsAffected(), d.table)
 	}
 	if d.writer, err = outbox.NewWriter(d.table.String()); err != nil {
+		return err
+	}
+	if err := d.setupReports(ctx); err != nil {
 		return err
 	}
 	return d.setupBroker()
@@ -189,6 +206,36 @@ func (d *demo) poison(ctx context.Context) error {
 		return err
 	}
 	return d.await(ctx, "the audit event", id)
+}
+
+// consumeThenProduce binds the reports service's queue and completes two
+// jobs. The reports service's first delivery loses its ack, so RabbitMQ
+// delivers it again: its inbox skips the duplicate, and each job gets one
+// report and one report.ready, which the relay publishes to the mailer.
+func (d *demo) consumeThenProduce(ctx context.Context) error {
+	d.say("step", "4. CONSUME THEN PRODUCE, EFFECTIVELY ONCE. The reports service consumes job.completed: in ONE transaction")
+	d.say("step", "   of its own database (schema %s) it claims the event's message_id in its inbox, writes", d.reportsInbox.Schema)
+	d.say("step", "   the report and enqueues report.ready for the mailer. Delivery is at least once; the inbox makes the work once.")
+	if err := d.bind("reports", "job.completed", d.jobsExchange, ""); err != nil {
+		return err
+	}
+	d.reportsOn = true
+	d.loseAck.Store(true)
+	for i := 1; i <= 2; i++ {
+		if _, err := d.runJob(ctx, true, false); err != nil {
+			return err
+		}
+		// One job at a time, so that its lines stay together.
+		err := harness.WaitUntil(ctx, waitTimeout, "the report, its duplicate and report.ready", func() bool {
+			var done bool
+			d.countReports(func(s *reportCounts) { done = s.processed == i && s.duplicates == s.lostAcks })
+			return done && d.ledger.arrived()
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // await waits until every consumer that the events ids are for has them.

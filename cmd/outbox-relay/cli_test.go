@@ -24,6 +24,8 @@ func TestHelpOfEveryCommand(t *testing.T) {
 		{"dead", "-h"}, {"dead", "--help"}, {"dead", "help"},
 		{"dead", "list", "-h"}, {"dead", "retry", "-h"}, {"dead", "purge", "--help"},
 		{"dead", "retry", "5", "-h"},
+		{"inbox", "-h"}, {"inbox", "--help"}, {"inbox", "help"},
+		{"inbox", "migrate", "-h"}, {"inbox", "prune", "-help"}, {"inbox", "prune", "-older-than", "1h", "-h"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			t.Parallel()
@@ -158,7 +160,7 @@ func TestUnknownVariablesWarned(t *testing.T) {
 	if strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "unknown variables ignored") || !strings.Contains(stderr, want) || strings.Contains(stderr, "OTEL") {
 		t.Errorf("stderr = %q; want one warning naming %s", stderr, want)
 	}
-	if _, stderr, _ := runBin(t, map[string]string{"OUTBOX_TABLE": "app.events"}, "migrate", "-print"); stderr != "" {
+	if _, stderr, _ := runBin(t, map[string]string{"OUTBOX_TABLE": "app.events", "OUTBOX_INBOX_TABLE": "app.inbox"}, "migrate", "-print"); stderr != "" {
 		t.Errorf("stderr with known variables only: %q", stderr)
 	}
 }

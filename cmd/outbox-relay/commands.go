@@ -32,15 +32,16 @@ func parseRun(args []string) (action, error) {
 	return cmdRun, nil
 }
 
-// connect opens one session-level connection and resolves the table.
-func connect(ctx context.Context, e *env) (*pgx.Conn, schema.Table, error) {
+// connect opens one session-level connection and resolves t, the outbox
+// table or the inbox table.
+func connect(ctx context.Context, e *env, t schema.Table) (*pgx.Conn, schema.Table, error) {
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(cctx, e.cfg.DatabaseURL.reveal())
 	if err != nil {
 		return nil, schema.Table{}, fmt.Errorf("connect to database: %w", err)
 	}
-	t, err := e.cfg.table.Resolve(cctx, conn)
+	t, err = t.Resolve(cctx, conn)
 	if err != nil {
 		_ = conn.Close(ctx)
 		return nil, t, err
@@ -48,17 +49,20 @@ func connect(ctx context.Context, e *env) (*pgx.Conn, schema.Table, error) {
 	return conn, t, nil
 }
 
+// outboxMissing is what to do when the outbox table does not exist.
+const outboxMissing = "`outbox-relay migrate` to create it (or set OUTBOX_TABLE)"
+
 // connectExisting is connect for the commands that read the table: a
-// table that does not exist says so, and how to create it, rather than
-// failing on the first query.
-func connectExisting(ctx context.Context, e *env) (*pgx.Conn, schema.Table, error) {
-	conn, t, err := connect(ctx, e)
+// table that does not exist says so, and missing, how to create it, rather
+// than failing on the first query.
+func connectExisting(ctx context.Context, e *env, t schema.Table, missing string) (*pgx.Conn, schema.Table, error) {
+	conn, t, err := connect(ctx, e, t)
 	if err != nil {
 		return nil, t, err
 	}
 	var exists bool
 	if err = conn.QueryRow(ctx, "select to_regclass($1) is not null", t.Ident()).Scan(&exists); err == nil && !exists {
-		err = fmt.Errorf("table %s does not exist: run `outbox-relay migrate` to create it (or set OUTBOX_TABLE)", t)
+		err = fmt.Errorf("table %s does not exist: run %s", t, missing)
 	}
 	if err != nil {
 		_ = conn.Close(context.WithoutCancel(ctx))
@@ -78,7 +82,7 @@ func cmdMigrate(args []string) (action, error) {
 		if *print {
 			return printMigrations(e)
 		}
-		conn, t, err := connect(ctx, e)
+		conn, t, err := connect(ctx, e, e.cfg.table)
 		if err != nil {
 			return err
 		}
@@ -144,7 +148,7 @@ func cmdStatus(args []string) (action, error) {
 }
 
 func showStatus(ctx context.Context, e *env, output string) error {
-	conn, t, err := connectExisting(ctx, e)
+	conn, t, err := connectExisting(ctx, e, e.cfg.table, outboxMissing)
 	if err != nil {
 		return err
 	}

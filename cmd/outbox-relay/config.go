@@ -14,6 +14,7 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/outbox-relay/outbox-relay/inbox"
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -42,6 +43,7 @@ type config struct {
 	AMQPTLSKeyFile    string        `envconfig:"AMQP_TLS_KEY_FILE" desc:"amqps://: PEM private key of OUTBOX_AMQP_TLS_CERT_FILE, re-read at every reconnect; overrides the URL's keyfile"`
 	AMQPTLSServerName string        `envconfig:"AMQP_TLS_SERVER_NAME" desc:"amqps://: name the broker's certificate must hold, sent as SNI (default: the URL's host); overrides the URL's server_name_indication"`
 	Table             string        `envconfig:"TABLE" desc:"outbox table, optionally schema-qualified (schema.table; double-quote odd names)"`
+	InboxTable        string        `envconfig:"INBOX_TABLE" desc:"inbox migrate and prune: the consumers' inbox table in OUTBOX_DATABASE_URL, optionally schema-qualified"`
 	BatchSize         int           `envconfig:"BATCH_SIZE" desc:"rows claimed and published per batch (1-100000)"`
 	BatchBytes        int           `envconfig:"BATCH_BYTES" desc:"payload bytes loaded per batch, at most; a larger row goes alone. The relay's memory follows it and the largest row, not the backlog"`
 	PollInterval      time.Duration `envconfig:"POLL_INTERVAL" desc:"claim this often when no NOTIFY arrives"`
@@ -57,8 +59,9 @@ type config struct {
 	LogFormat         string        `envconfig:"LOG_FORMAT" desc:"text (coloured on a terminal) or json"`
 	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" desc:"on SIGTERM, longest wait for in-flight confirms"`
 
-	table    schema.Table
-	logLevel slog.Level
+	table      schema.Table
+	inboxTable schema.Table
+	logLevel   slog.Level
 }
 
 // envField names the variable of each relay.Config field that the relay
@@ -107,6 +110,7 @@ func defaultConfig() config {
 		LogLevel:        logLevelDefault,
 		LogFormat:       logFormatDefault,
 		ShutdownTimeout: d.ShutdownTimeout,
+		InboxTable:      inbox.TableDefault,
 	}
 }
 
@@ -182,6 +186,9 @@ func (c *config) validate() error {
 		return &configError{"TABLE", err.Error()}
 	}
 	c.table = t
+	if c.inboxTable, err = schema.ParseTable(c.InboxTable); err != nil {
+		return &configError{"INBOX_TABLE", err.Error()}
+	}
 	if err := c.relayConfig(nil).Validate(); err != nil {
 		var fe *relay.FieldError
 		if !errors.As(err, &fe) || envField[fe.Field] == "" {

@@ -108,7 +108,7 @@ func cmdDead(args []string) (action, error) {
 
 // listDead prints the dead rows that filter selects.
 func listDead(ctx context.Context, e *env, filter relay.DeadFilter, limit int, output string) error {
-	conn, t, err := connectExisting(ctx, e)
+	conn, t, err := connectExisting(ctx, e, e.cfg.table, outboxMissing)
 	if err != nil {
 		return err
 	}
@@ -122,7 +122,7 @@ func listDead(ctx context.Context, e *env, filter relay.DeadFilter, limit int, o
 
 // retryOrPurge retries or purges the dead rows that filter selects.
 func retryOrPurge(ctx context.Context, e *env, sub string, filter relay.DeadFilter) error {
-	conn, t, err := connectExisting(ctx, e)
+	conn, t, err := connectExisting(ctx, e, e.cfg.table, outboxMissing)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 // subcommand parses a command's arguments and returns what it does. It
@@ -92,4 +93,27 @@ func (f *flags) help() string {
 		f.SetOutput(io.Discard)
 	}
 	return b.String()
+}
+
+// duration adds a duration flag whose bad value is explained (the flag
+// package's own says only "parse error"). A backquoted word in usage names
+// the value in -h, e.g. "-older-than D".
+func (f *flags) duration(name string, value time.Duration, usage string) *time.Duration {
+	p := &value
+	f.Var((*durationValue)(p), name, usage)
+	return p
+}
+
+// durationValue is a time.Duration as a flag.Value.
+type durationValue time.Duration
+
+func (d *durationValue) String() string { return shortDuration(time.Duration(*d)) }
+
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New("want a duration such as 168h, 30m or 90s")
+	}
+	*d = durationValue(v)
+	return nil
 }

@@ -8,6 +8,7 @@
 //	outbox-relay migrate [-print] create or upgrade the outbox table
 //	outbox-relay status [-o json] pending and dead rows, lag, leader
 //	outbox-relay dead list|retry|purge   inspect and repair dead rows
+//	outbox-relay inbox migrate|prune     a consumer's inbox: create it, prune old claims
 //	outbox-relay version          print the version
 //
 // Configuration comes from OUTBOX_* environment variables; `outbox-relay -h`
@@ -113,10 +114,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"migrate": cmdMigrate,
 		"status":  cmdStatus,
 		"dead":    cmdDead,
+		"inbox":   cmdInbox,
 	}
 	parse, ok := commands[cmd]
 	if !ok {
-		fmt.Fprintf(stderr, "outbox-relay: unknown command %q (want run, migrate, status, dead or version; -h for help)\n", cmd)
+		fmt.Fprintf(stderr, "outbox-relay: unknown command %q (want run, migrate, status, dead, inbox or version; -h for help)\n", cmd)
 		return exitUsage
 	}
 	act, err := parse(args)
@@ -189,16 +191,21 @@ func showDefault(v reflect.Value) string {
 	case secretURL:
 		return x.reveal()
 	case time.Duration:
-		s := x.String()
-		if strings.HasSuffix(s, "m0s") {
-			s = strings.TrimSuffix(s, "0s")
-		}
-		if strings.HasSuffix(s, "h0m") {
-			s = strings.TrimSuffix(s, "0m")
-		}
-		return s
+		return shortDuration(x)
 	}
 	return fmt.Sprint(v.Interface())
+}
+
+// shortDuration formats d as a user would write it: 5m, not 5m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func usage(w io.Writer) {
@@ -213,6 +220,10 @@ Usage:
                                   make dead rows available again (attempts reset) and wake the relay
   outbox-relay dead purge -yes [-all] [-exchange X] [-older-than D] [ID...]
                                   delete dead rows for good
+  outbox-relay inbox migrate [-print]
+                                  create a consumer's inbox table and claim function (OUTBOX_INBOX_TABLE)
+  outbox-relay inbox prune -older-than D [-batch N]
+                                  delete inbox claims older than D, in batches
   outbox-relay version            print the version
 
 Each command's -h tells more. Flags and ids may come in any order.
