@@ -58,7 +58,8 @@ func writePlot(path string, points []ratePoint) error {
 	p.xmin, p.xmax = 0.5, math.Log10(top)+0.3
 	p.ymin, p.ymax = math.Floor(math.Log10(max(lo, 0.1))), math.Ceil(math.Log10(max(hi, 1)))
 	p.axes()
-	p.text(p.left, 24, "commit to consumer latency against rows/s written, log-log: relay blue, minimal loop red; p50 solid, p99 dashed")
+	p.text(p.left, 14, "commit to consumer latency against rows/s written (log-log)")
+	p.text(p.left, 30, "relay: blue, minimal loop: red; p50 solid, p99 dashed")
 	for _, s := range []struct {
 		c      color.RGBA
 		dashed bool
