@@ -109,6 +109,9 @@ func TestRelayKilledEffectsOnce(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the sentinel never arrived")
 	}
+	// The handler saw the sentinel before Handle returned and the tally
+	// counted it: wait for that, or the counts below are one short.
+	testenv.WaitFor(t, 10*time.Second, "the sentinel to be counted", func() bool { return tl.get(inbox.Processed) > events })
 
 	effects, distinct := b.effectCounts(t)
 	deliveries := tl.deliveries() - 1 // not the sentinel
