@@ -64,7 +64,7 @@ func (s *scenario) terminateSessions(r *relayProc) int {
 
 // lockBacklog keeps the leader busy, its batches full, for several seconds
 // after it loses its lock.
-const lockBacklog = 15000
+const lockBacklog = 40000
 
 // After its lock session dies, the leader may still settle what it has on
 // the wire, and must notice within lockLostWatch. splitWindow is how long
