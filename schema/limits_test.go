@@ -208,8 +208,8 @@ func TestLimitsParkRowsThatPredateThem(t *testing.T) {
 	if err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	if len(applied) != 2 || applied[0].Version != 3 || applied[1].Version != 4 {
-		t.Errorf("applied %v, want 003 and 004", applied)
+	if len(applied) < 2 || applied[0].Version != 3 || applied[1].Version != 4 {
+		t.Errorf("applied %v, want 003 and 004 first", applied)
 	}
 	for id, w := range rows {
 		var dead bool
