@@ -120,6 +120,9 @@ type Config struct {
 	// queue is bound for is dropped by the broker instead of being retried.
 	// The zero value publishes with it (OUTBOX_MANDATORY=true).
 	AllowUnroutable bool
+	// AppID is the AMQP app-id of the messages whose row leaves app_id
+	// null, at most 255 bytes. Empty sends none.
+	AppID string
 	// Name is the client connection name shown by the broker and the
 	// application_name shown by PostgreSQL. Defaults to "outbox-relay".
 	Name string
@@ -238,6 +241,9 @@ func (c Config) validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("ShutdownTimeout", "must be positive")
+	}
+	if len(c.AppID) > maxShortstr {
+		bad("AppID", fmt.Sprintf("must be at most %d bytes (an AMQP short string)", maxShortstr))
 	}
 	if c.VacuumEvery < 0 {
 		bad("VacuumEvery", "must be 0 (off) or more")

@@ -36,6 +36,7 @@ type amqpPublisher struct {
 	confirmTimeout time.Duration
 	maxMessageSize int
 	returnBuffer   int
+	appID          string // AppId of rows that have none
 	log            *slog.Logger
 
 	next        int       // index into uris of the node to dial next
@@ -74,6 +75,7 @@ func newPublisher(cfg Config, uris []amqp.URI, name string) *amqpPublisher {
 		confirmTimeout: cfg.ConfirmTimeout,
 		maxMessageSize: cfg.MaxMessageSize,
 		returnBuffer:   cfg.BatchSize + 16,
+		appID:          cfg.AppID,
 		log:            cfg.Logger,
 		exchanges:      make(map[string]time.Time),
 		returned:       make(map[string][]amqp.Return),

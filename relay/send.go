@@ -242,12 +242,18 @@ func missingResult(r *Row, missing map[string]error) (Result, bool) {
 // check builds the message for a row, or fails a row that the client
 // library or the broker would refuse, before it is sent: a payload over
 // MaxMessageSize, headers that cannot be mapped, or a message AMQP cannot
-// carry over this connection (see carriable).
+// carry over this connection (see carriable). A row whose expiration ran
+// out fails to be parked at once (reason expired).
 func (p *amqpPublisher) check(r *Row) (amqp.Publishing, Result, bool) {
 	if res, ok := p.sizeOK(r); !ok {
 		return amqp.Publishing{}, res, false
 	}
-	msg, err := r.publishing()
+	msg, err := r.publishing(p.appID, time.Now())
+	if errors.Is(err, errExpired) {
+		res := failed(r, ReasonExpired, err)
+		res.Park = true
+		return amqp.Publishing{}, res, false
+	}
 	if err == nil {
 		err = carriable(r.Exchange, r.RoutingKey, msg, p.conn.Config.FrameSize)
 	}

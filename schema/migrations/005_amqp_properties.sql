@@ -62,6 +62,12 @@ comment on constraint {{.Local "expiration_range"}} on {{.Table}}
 comment on constraint {{.Local "priority_range"}} on {{.Table}}
     is 'priority outside 0-255';
 
+-- A relay reads the table's schema version before it starts, and refuses
+-- one newer than it knows (it would drop the columns it does not know).
+-- The versions and names of the migrations are no secret: every role may
+-- read them, the relay's included.
+grant select on {{.Name "schema_migrations"}} to public;
+
 -- The enqueue functions take every column a writer may set, as named
 -- arguments with defaults, so calls written for 001 (positional or named)
 -- keep working:
