@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -131,10 +132,22 @@ type Config struct {
 	// Registerer receives the relay's metrics, each labelled with the
 	// table. Defaults to none.
 	Registerer prometheus.Registerer
+	// TracerProvider, if set, receives a publish span per batch, linked to
+	// each message's producer span (see NewTracerProviderFromEnv). Nil
+	// turns tracing off, at no cost.
+	TracerProvider trace.TracerProvider
 	// Version and Revision label outbox_build_info: the release and the
 	// source revision of the program running the relay (outbox-relay sets
 	// its own). Empty labels when not set.
 	Version, Revision string
+}
+
+// tracer returns the relay's tracer, nil without a TracerProvider.
+func (c Config) tracer() trace.Tracer {
+	if c.TracerProvider == nil {
+		return nil
+	}
+	return c.TracerProvider.Tracer(tracerName, trace.WithInstrumentationVersion(c.Version))
 }
 
 // WithDefaults returns c with every zero field that has a default set to

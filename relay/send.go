@@ -8,6 +8,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // amqpSent is the publisher's record of a batch (batch.sent): the messages
@@ -17,6 +18,7 @@ type amqpSent struct {
 	confirms []*amqp.DeferredConfirmation
 	isolate  bool             // sent one message at a time
 	missing  map[string]error // exchanges found missing, by name
+	span     trace.Span       // the publish span; nil when tracing is off
 }
 
 // Prepare readies a batch for Check and Send: it passively declares the
@@ -76,6 +78,7 @@ func (p *amqpPublisher) Send(ctx context.Context, b *batch) {
 	}
 	defer func() { s.msgs = nil }() // the payloads: sent, or read again when claimed again
 	s.isolate = p.isolate
+	s.span = p.startSpan(ctx, b, s)
 	wd := p.wd
 	if c := p.cork; c != nil && !s.isolate {
 		// One write for the batch, not one per message (see corkConn).
@@ -168,6 +171,7 @@ func (p *amqpPublisher) Await(b *batch) error {
 		}
 	}
 	p.matchReturns(b.results)
+	endSpan(s.span, b.results)
 
 	switch {
 	case killed != nil:

@@ -204,6 +204,11 @@ func (c *config) validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return &configError{"LOG_FORMAT", "want text or json"}
 	}
+	// Tracing follows the OpenTelemetry variables; one the relay cannot
+	// honour is a bad value too (the error names it).
+	if _, err := relay.TracingFromEnv(); err != nil {
+		return err
+	}
 	return nil
 }
 
