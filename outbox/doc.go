@@ -81,6 +81,25 @@
 //     using amqp091-go (v1.16 and later) cannot read them, and would drop
 //     their connection over the message each time it is delivered.
 //
+// # Properties
+//
+// Type, CorrelationID, ReplyTo, Expiration, Priority, ContentEncoding and
+// AppID become the AMQP properties of that name (columns of migration
+// 005). Expiration counts from the enqueuing transaction's start: the
+// relay sends what remains, and parks a message whose time ran out before
+// it was published as dead. A batch that sets none of them also goes into
+// a table not yet migrated to 005, so the library may be upgraded first.
+//
+// # Tracing
+//
+// When ctx holds a valid OpenTelemetry span, Enqueue adds its trace context
+// to each message's headers through the global propagator
+// (otel.SetTextMapPropagator) when the application set one, else as W3C
+// Trace Context (traceparent, tracestate). A message that already carries
+// a traceparent keeps it; the caller's Headers map is not changed. The
+// consumer reads the producer's context from the AMQP headers; the relay,
+// when tracing, links its publish span to it.
+//
 // # Table
 //
 // Enqueue and EnqueueSQL write to the table "outbox", found through the

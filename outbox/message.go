@@ -31,12 +31,46 @@ type Message struct {
 	// Headers become the AMQP headers table. They are stored as a jsonb
 	// object and mapped back by the relay; see "Headers" in the package
 	// documentation for the values that survive the trip. Nil means none.
+	// When ctx holds a span, Enqueue adds its W3C traceparent and
+	// tracestate (see "Tracing" in the package documentation).
 	Headers map[string]any
 	// Payload is the message body. Nil is stored as an empty body.
 	Payload []byte
 	// AvailableAt delays publishing until that time. The zero value means
 	// now (the time the transaction started, like created_at).
 	AvailableAt time.Time
+
+	// The AMQP properties below are sent as such; empty (zero) means none
+	// (SQL null). They need the table at migration 005 or later; a batch
+	// that sets none of them also goes into an older table.
+
+	// Type is the AMQP type: the event's name, e.g. "order.paid". At most
+	// 255 bytes, as are the other strings below.
+	Type string
+	// CorrelationID is the AMQP correlation-id (request/reply, sagas).
+	CorrelationID string
+	// ReplyTo is the AMQP reply-to: where a reply should go.
+	ReplyTo string
+	// Expiration is the message's time to live, counted from created_at
+	// (the enqueuing transaction's start). The relay sends what remains of
+	// it as the AMQP expiration, in milliseconds, and parks a row whose
+	// time ran out before it was published as dead (reason expired).
+	// Negative is refused.
+	Expiration time.Duration
+	// Priority is the AMQP priority, 1-255 (queues honour up to their
+	// x-max-priority); 0 sends none, which consumers read as 0.
+	Priority uint8
+	// ContentEncoding is the AMQP content-encoding, e.g. "gzip".
+	ContentEncoding string
+	// AppID is the AMQP app-id. Empty leaves it to the relay's
+	// OUTBOX_APP_ID, if set.
+	AppID string
+}
+
+// hasProperties reports whether m sets an AMQP property of migration 005.
+func (m *Message) hasProperties() bool {
+	return m.Type != "" || m.CorrelationID != "" || m.ReplyTo != "" || m.Expiration != 0 ||
+		m.Priority != 0 || m.ContentEncoding != "" || m.AppID != ""
 }
 
 // MessageID is a UUID identifying a message. Its layout is that of other Go

@@ -30,8 +30,11 @@ type SQLQuerier interface {
 // Writer enqueues messages into one outbox table. Create it once with
 // NewWriter; it holds no connection and is safe for concurrent use.
 type Writer struct {
-	table  schema.Table
-	insert string
+	table schema.Table
+	// insert writes the columns of migration 001, insertProps those and
+	// the AMQP properties of 005: a batch that sets no property goes into
+	// a table not migrated that far too.
+	insert, insertProps string
 }
 
 // defaultWriter serves the package-level functions.
@@ -58,31 +61,41 @@ func NewWriter(table string) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbox: table: %w", err)
 	}
-	return &Writer{table: t, insert: insertSQL(t)}, nil
+	return &Writer{table: t, insert: insertSQL(t, false), insertProps: insertSQL(t, true)}, nil
 }
 
 // insertSQL returns the statement that inserts a whole batch in one round
-// trip. Each column arrives as one array; unnest zips them into rows and
-// ordinality numbers them. Rows are inserted in that order, so ids (and
-// therefore the relay's publishing order within a partition key) follow the
-// order of the batch. The generated message ids are read from the
-// materialized CTE, in order, rather than from RETURNING, whose order
-// PostgreSQL does not promise.
+// trip, with the AMQP property columns (props) or without. Each column
+// arrives as one array; unnest zips them into rows and ordinality numbers
+// them. Rows are inserted in that order, so ids (and therefore the relay's
+// publishing order within a partition key) follow the order of the batch.
+// The generated message ids are read from the materialized CTE, in order,
+// rather than from RETURNING, whose order PostgreSQL does not promise.
 //
-// Empty strings stand for SQL null, and null times and ids for the
-// columns' defaults, so that every parameter is a plain array that both pgx
-// and database/sql pass as is.
-func insertSQL(t schema.Table) string {
+// Empty strings and zeros stand for SQL null, and null times and ids for
+// the columns' defaults, so that every parameter is a plain array that
+// both pgx and database/sql pass as is. Expiration comes in microseconds.
+func insertSQL(t schema.Table, props bool) string {
+	cols, vals, params, names := "", "", "", ""
+	if props {
+		cols = `, type, correlation_id, reply_to, expiration, priority, content_encoding, app_id`
+		vals = `, nullif(type, '') as type, nullif(correlation_id, '') as correlation_id,
+           nullif(reply_to, '') as reply_to, nullif(expiration_us, 0) * interval '1 microsecond' as expiration,
+           nullif(priority, 0)::smallint as priority, nullif(content_encoding, '') as content_encoding,
+           nullif(app_id, '') as app_id`
+		params = `, $9::text[], $10::text[], $11::text[], $12::bigint[], $13::int[], $14::text[], $15::text[]`
+		names = `, type, correlation_id, reply_to, expiration_us, priority, content_encoding, app_id`
+	}
 	return `with m as materialized (
     select ord, exchange, routing_key, nullif(partition_key, '') as partition_key,
            coalesce(nullif(message_id, '')::uuid, gen_random_uuid()) as message_id,
            nullif(content_type, '') as content_type, nullif(headers, '')::jsonb as headers,
-           payload, coalesce(available_at, now()) as available_at
-    from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::timestamptz[])
-        with ordinality as u(exchange, routing_key, partition_key, message_id, content_type, headers, payload, available_at, ord)
+           payload, coalesce(available_at, now()) as available_at` + vals + `
+    from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::timestamptz[]` + params + `)
+        with ordinality as u(exchange, routing_key, partition_key, message_id, content_type, headers, payload, available_at` + names + `, ord)
 ), ins as (
-    insert into ` + t.Ident() + ` (exchange, routing_key, partition_key, message_id, content_type, headers, payload, available_at)
-    select exchange, routing_key, partition_key, message_id, content_type, headers, payload, available_at
+    insert into ` + t.Ident() + ` (exchange, routing_key, partition_key, message_id, content_type, headers, payload, available_at` + cols + `)
+    select exchange, routing_key, partition_key, message_id, content_type, headers, payload, available_at` + cols + `
     from m order by ord
 )
 select message_id::text from m order by ord`
@@ -93,27 +106,56 @@ type batch struct {
 	exchange, routingKey, partitionKey, messageID, contentType, headers []string
 	payload                                                             [][]byte
 	availableAt                                                         []*time.Time
+	// The AMQP properties, when a message of the batch sets one (props).
+	props                                               bool
+	typ, correlationID, replyTo, contentEncoding, appID []string
+	expirationUS                                        []int64
+	priority                                            []int32
 }
 
 func (b *batch) args() []any {
-	return []any{b.exchange, b.routingKey, b.partitionKey, b.messageID, b.contentType, b.headers, b.payload, b.availableAt}
+	a := []any{b.exchange, b.routingKey, b.partitionKey, b.messageID, b.contentType, b.headers, b.payload, b.availableAt}
+	if b.props {
+		a = append(a, b.typ, b.correlationID, b.replyTo, b.expirationUS, b.priority, b.contentEncoding, b.appID)
+	}
+	return a
 }
 
-// newBatch checks every message and lays the batch out in columns. It
-// returns a *MessageError for the first message it refuses.
-func newBatch(msgs []Message) (*batch, error) {
+// setProperties lays out the AMQP properties of msgs in columns.
+func (b *batch) setProperties(msgs []Message) {
+	n := len(msgs)
+	b.props = true
+	b.typ, b.correlationID, b.replyTo = make([]string, n), make([]string, n), make([]string, n)
+	b.contentEncoding, b.appID = make([]string, n), make([]string, n)
+	b.expirationUS, b.priority = make([]int64, n), make([]int32, n)
+	for i := range msgs {
+		m := &msgs[i]
+		b.typ[i], b.correlationID[i], b.replyTo[i] = m.Type, m.CorrelationID, m.ReplyTo
+		b.contentEncoding[i], b.appID[i] = m.ContentEncoding, m.AppID
+		// Rounded up: a positive expiration never becomes none.
+		b.expirationUS[i] = int64((m.Expiration + time.Microsecond - 1) / time.Microsecond)
+		b.priority[i] = int32(m.Priority)
+	}
+}
+
+// newBatch checks every message and lays the batch out in columns, adding
+// the trace context of ctx to the headers (see withTrace). It returns a
+// *MessageError for the first message it refuses.
+func newBatch(ctx context.Context, msgs []Message) (*batch, error) {
 	n := len(msgs)
 	b := &batch{
 		exchange: make([]string, n), routingKey: make([]string, n), partitionKey: make([]string, n),
 		messageID: make([]string, n), contentType: make([]string, n), headers: make([]string, n),
 		payload: make([][]byte, n), availableAt: make([]*time.Time, n),
 	}
+	props := false
 	for i := range msgs {
 		m := &msgs[i]
 		if err := m.checkFields(); err != nil {
 			return nil, &MessageError{Index: i, Err: err}
 		}
-		h, err := encodeHeaders(m.Headers)
+		props = props || m.hasProperties()
+		h, err := encodeHeaders(withTrace(ctx, m.Headers))
 		if err != nil {
 			return nil, &MessageError{Index: i, Err: err}
 		}
@@ -130,7 +172,18 @@ func newBatch(msgs []Message) (*batch, error) {
 			b.availableAt[i] = &m.AvailableAt
 		}
 	}
+	if props {
+		b.setProperties(msgs)
+	}
 	return b, nil
+}
+
+// statement returns the insert for b.
+func (w *Writer) statement(b *batch) string {
+	if b.props {
+		return w.insertProps
+	}
+	return w.insert
 }
 
 // Enqueue inserts msgs into the table in one statement and returns their
@@ -141,11 +194,11 @@ func (w *Writer) Enqueue(ctx context.Context, db Querier, msgs ...Message) ([]Me
 	if len(msgs) == 0 {
 		return nil, nil
 	}
-	b, err := newBatch(msgs)
+	b, err := newBatch(ctx, msgs)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := db.Query(ctx, w.insert, b.args()...)
+	rows, err := db.Query(ctx, w.statement(b), b.args()...)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: enqueue into %s: %w", w.table, err)
 	}
@@ -161,11 +214,11 @@ func (w *Writer) EnqueueSQL(ctx context.Context, db SQLQuerier, msgs ...Message)
 	if len(msgs) == 0 {
 		return nil, nil
 	}
-	b, err := newBatch(msgs)
+	b, err := newBatch(ctx, msgs)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := db.QueryContext(ctx, w.insert, b.args()...)
+	rows, err := db.QueryContext(ctx, w.statement(b), b.args()...)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: enqueue into %s: %w", w.table, err)
 	}

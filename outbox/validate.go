@@ -21,11 +21,13 @@ var (
 	// ErrEmptyRoutingKey means Message.RoutingKey is empty; the table
 	// requires one.
 	ErrEmptyRoutingKey = errors.New("outbox: empty routing key")
-	// ErrInvalidField means a text field cannot be stored or published:
-	// Exchange, RoutingKey or ContentType is longer than the 255 bytes of an
-	// AMQP short string, PartitionKey is longer than the table allows
-	// (schema.MaxPartitionKey, 1024 bytes), or a field is not valid UTF-8 or
-	// holds a NUL byte (which PostgreSQL text cannot hold).
+	// ErrInvalidField means a field cannot be stored or published:
+	// Exchange, RoutingKey, ContentType or a text property (Type,
+	// CorrelationID, ReplyTo, ContentEncoding, AppID) is longer than the
+	// 255 bytes of an AMQP short string, PartitionKey is longer than the
+	// table allows (schema.MaxPartitionKey, 1024 bytes), a text field is
+	// not valid UTF-8 or holds a NUL byte (which PostgreSQL text cannot
+	// hold), or Expiration is negative.
 	ErrInvalidField = errors.New("outbox: invalid field")
 	// ErrInvalidHeader means a header key or value cannot survive the trip
 	// through jsonb to an AMQP headers table; see "Headers" in the package
@@ -99,7 +101,22 @@ func (m *Message) checkFields() error {
 	if err := checkText("partition key", m.PartitionKey, false); err != nil {
 		return err
 	}
-	return checkText("content type", m.ContentType, true)
+	if m.Expiration < 0 {
+		return invalidf(ErrInvalidField, "expiration %s is negative", m.Expiration)
+	}
+	for _, f := range [...]struct{ name, value string }{
+		{"content type", m.ContentType},
+		{"type", m.Type},
+		{"correlation id", m.CorrelationID},
+		{"reply to", m.ReplyTo},
+		{"content encoding", m.ContentEncoding},
+		{"app id", m.AppID},
+	} {
+		if err := checkText(f.name, f.value, true); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func checkText(field, s string, shortstr bool) error {

@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"math"
@@ -130,7 +131,7 @@ func TestNewBatchRefuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := newBatch(tt.msgs)
+			_, err := newBatch(context.Background(), tt.msgs)
 			if tt.kind == nil {
 				if err != nil {
 					t.Fatalf("refused: %v", err)

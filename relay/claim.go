@@ -3,6 +3,7 @@ package relay
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -48,15 +49,28 @@ import (
 // budget are never read (TestClaimReadsOnlyPayloadsWithinBudget counts the
 // pages). The budget is used above the walk only, so the plan is the same
 // for every value of it and stays generic.
-func claimQuery(tbl string) string {
+//
+// With props, the claim reads the AMQP property columns of migration 005,
+// and for a row with an expiration the milliseconds it has left, by the
+// database's clock (the one created_at was set by). Without, against a
+// table not migrated that far, it returns nulls in their place.
+func claimQuery(tbl string, props bool) string {
+	properties := `null::text as type, null::text as correlation_id, null::text as reply_to, null::smallint as priority,
+       null::text as content_encoding, null::text as app_id, null::bigint as expires_ms`
+	if props {
+		properties = `type, correlation_id, reply_to, priority, content_encoding, app_id,
+       floor(extract(epoch from created_at + expiration - clock_timestamp()) * 1000)::bigint as expires_ms`
+	}
 	return `select id, exchange, routing_key, partition_key, message_id,
-       content_type, headers, case when loaded then payload end as payload, size, created_at, attempts, loaded
+       content_type, headers, case when loaded then payload end as payload, size, created_at, attempts, loaded,
+       type, correlation_id, reply_to, priority, content_encoding, app_id, expires_ms
   from (select c.*, octet_length(c.payload) as size,
                octet_length(c.payload) <= $7::bigint
                and coalesce(sum(octet_length(c.payload)) over w + octet_length(c.payload) <= $6::bigint, true) as loaded
           from (
 select id, exchange, routing_key, partition_key, message_id::text,
-       content_type, headers, payload, created_at, attempts
+       content_type, headers, payload, created_at, attempts,
+       ` + properties + `
   from ` + tbl + ` o
  where dead_at is null
    and available_at = created_at
@@ -135,6 +149,9 @@ func (s *pgStore) Claim(ctx context.Context, limit int) (*claim, error) {
 	cl := s.queueClaim(b, limit)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		discard(conn)
+		if errors.Is(err, errSchemaChanged) {
+			return s.Claim(ctx, limit) // with the columns now: no further check
+		}
 		return nil, fmt.Errorf("claim: %w", err)
 	}
 	return s.hold(ctx, conn, cl)
@@ -170,16 +187,24 @@ func (s *pgStore) queueClaim(b *pgx.Batch, limit int) *claiming {
 		for rows.Next() {
 			var r Row
 			var loaded bool
+			var expiresMS *int64
 			if err := rows.Scan(&r.ID, &r.Exchange, &r.RoutingKey, &r.PartitionKey, &r.MessageID,
-				&r.ContentType, &r.Headers, &r.Payload, &r.size, &r.CreatedAt, &r.Attempts, &loaded); err != nil {
+				&r.ContentType, &r.Headers, &r.Payload, &r.size, &r.CreatedAt, &r.Attempts, &loaded,
+				&r.Type, &r.CorrelationID, &r.ReplyTo, &r.Priority, &r.ContentEncoding, &r.AppID, &expiresMS); err != nil {
 				return fmt.Errorf("scan row: %w", err)
 			}
 			r.deferred = !loaded
+			if expiresMS != nil {
+				r.ExpiresAt = now.Add(time.Duration(*expiresMS) * time.Millisecond)
+			}
 			cl.rows = append(cl.rows, r)
 			cl.bytes += int64(r.size)
 		}
 		return rows.Err()
 	})
+	if !s.props {
+		s.queuePropertiesCheck(b)
+	}
 	return cl
 }
 

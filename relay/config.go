@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -120,6 +121,9 @@ type Config struct {
 	// queue is bound for is dropped by the broker instead of being retried.
 	// The zero value publishes with it (OUTBOX_MANDATORY=true).
 	AllowUnroutable bool
+	// AppID is the AMQP app-id of the messages whose row leaves app_id
+	// null, at most 255 bytes. Empty sends none.
+	AppID string
 	// Name is the client connection name shown by the broker and the
 	// application_name shown by PostgreSQL. Defaults to "outbox-relay".
 	Name string
@@ -128,10 +132,22 @@ type Config struct {
 	// Registerer receives the relay's metrics, each labelled with the
 	// table. Defaults to none.
 	Registerer prometheus.Registerer
+	// TracerProvider, if set, receives a publish span per batch, linked to
+	// each message's producer span (see NewTracerProviderFromEnv). Nil
+	// turns tracing off, at no cost.
+	TracerProvider trace.TracerProvider
 	// Version and Revision label outbox_build_info: the release and the
 	// source revision of the program running the relay (outbox-relay sets
 	// its own). Empty labels when not set.
 	Version, Revision string
+}
+
+// tracer returns the relay's tracer, nil without a TracerProvider.
+func (c Config) tracer() trace.Tracer {
+	if c.TracerProvider == nil {
+		return nil
+	}
+	return c.TracerProvider.Tracer(tracerName, trace.WithInstrumentationVersion(c.Version))
 }
 
 // WithDefaults returns c with every zero field that has a default set to
@@ -238,6 +254,9 @@ func (c Config) validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("ShutdownTimeout", "must be positive")
+	}
+	if len(c.AppID) > maxShortstr {
+		bad("AppID", fmt.Sprintf("must be at most %d bytes (an AMQP short string)", maxShortstr))
 	}
 	if c.VacuumEvery < 0 {
 		bad("VacuumEvery", "must be 0 (off) or more")

@@ -19,7 +19,7 @@ func Queries(t schema.Table, batchSize, maxAttempts int) []Query {
 		{"promote due rows", s.promoteSQL, []any{batchSize}},
 		{"claim", s.claimSQL, []any{batchSize, 0, 0, 0, []int64{1, 2, 3}, BatchBytesDefault, MaxMessageSizeDefault, 0}},
 		{"delete acked", s.deleteSQL, []any{[]int64{1, 2, 3}}},
-		{"record failure", s.failSQL, []any{[]int64{1}, []string{"example"}, []int64{1000}, maxAttempts}},
+		{"record failure", s.failSQL, []any{[]int64{1}, []string{"example"}, []int64{1000}, maxAttempts, []bool{false}}},
 		{"gauges", g.gauges, nil},
 		{"gauge: pending span", g.pendingSpan, nil},
 		{"stall check", g.stall, []any{0, 0}},

@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outbox_publish_failures_total",
-			Help: "Rows whose publish failed, by reason (nack, returned, exchange_not_found, invalid, too_large count as attempts; timeout, channel_closed do not).",
+			Help: "Rows whose publish failed, by reason (nack, returned, exchange_not_found, invalid, too_large count as attempts; timeout, channel_closed do not; expired rows are parked dead at once).",
 		}, []string{"reason"}),
 		orderBreaks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "outbox_order_breaks_total",
@@ -95,7 +95,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Unix time of the last successful refresh of the table gauges (pending, dead, lag, NOTIFY queue); while refreshes fail, those keep their last values.",
 		}),
 	}
-	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed} {
+	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed, ReasonExpired} {
 		m.failures.WithLabelValues(r)
 	}
 	for _, c := range []string{connListener, connAMQP} {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // exchangeCacheTTL is how long an exchange seen to exist is trusted without
@@ -36,6 +37,8 @@ type amqpPublisher struct {
 	confirmTimeout time.Duration
 	maxMessageSize int
 	returnBuffer   int
+	appID          string       // AppId of rows that have none
+	tracer         trace.Tracer // publish spans; nil when tracing is off
 	log            *slog.Logger
 
 	next        int       // index into uris of the node to dial next
@@ -74,6 +77,8 @@ func newPublisher(cfg Config, uris []amqp.URI, name string) *amqpPublisher {
 		confirmTimeout: cfg.ConfirmTimeout,
 		maxMessageSize: cfg.MaxMessageSize,
 		returnBuffer:   cfg.BatchSize + 16,
+		appID:          cfg.AppID,
+		tracer:         cfg.tracer(),
 		log:            cfg.Logger,
 		exchanges:      make(map[string]time.Time),
 		returned:       make(map[string][]amqp.Return),

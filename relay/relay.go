@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -99,7 +100,7 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 	}
 	defer pool.Close()
 
-	table, err := r.resolveTable(ctx, pool)
+	table, props, err := r.resolveTable(ctx, pool)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -109,6 +110,7 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 	store := newStore(pool, table, r.cfg.MaxAttempts, func(n int) time.Duration {
 		return backoff(n, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
 	})
+	store.setProperties(props)
 	store.maxBytes, store.maxRowBytes = int64(r.cfg.BatchBytes), int64(r.cfg.MaxMessageSize)
 	l := &loop{
 		Relay: r,
@@ -189,8 +191,10 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 }
 
 // resolveTable waits for the database and the outbox table, so that a relay
-// started before PostgreSQL or before `migrate` comes up on its own.
-func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.Table, err error) {
+// started before PostgreSQL or before `migrate` comes up on its own. It
+// reports whether the table has the AMQP property columns, and refuses a
+// table whose schema is newer than this relay (a *SchemaTooNewError).
+func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.Table, props bool, err error) {
 	// Simple protocol: behind a transaction-mode pooler, prepared
 	// statements clash, and the listener's check should be what names it.
 	q := simpleQuerier{pool}
@@ -198,45 +202,46 @@ func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.
 		t, err = r.cfg.Table.Resolve(ctx, q)
 		if err == nil {
 			var exists bool
-			// The wake-up flag is the newest object of the schema: with it
-			// present, every migration this relay needs has been applied.
+			// The wake-up flag (002) is the newest object the relay cannot
+			// do without; the property columns (005) it can.
 			err = q.QueryRow(ctx, "select to_regclass($1) is not null and to_regclass($2) is not null",
 				t.Ident(), t.Derived("relay_waiting")).Scan(&exists)
 			if err == nil && !exists {
 				err = fmt.Errorf("table %s or its wake-up flag %s does not exist: run `outbox-relay migrate`", t.Ident(), t.Derived("relay_waiting"))
 			}
 		}
+		var version int
 		if err == nil {
-			r.warnPendingMigrations(ctx, q, t)
-			return t, nil
+			version, props, err = checkSchema(ctx, q, t)
+		}
+		var tooNew *SchemaTooNewError
+		if errors.As(err, &tooNew) {
+			return t, false, err
+		}
+		if err == nil {
+			r.warnPendingMigrations(version, props)
+			return t, props, nil
 		}
 		r.log.Error("database not ready, retrying", tint.Err(withHint(err)), slog.Int("attempt", attempt))
 		if !sleep(ctx, retryDelay(attempt)) {
-			return t, ctx.Err()
+			return t, false, ctx.Err()
 		}
 		r.prog.stepDone()
 	}
 }
 
 // warnPendingMigrations says so when the table's schema is older than this
-// relay: it runs, but what the missing migrations bring is missing (with
-// 005, rows committed while the relay goes to sleep wait for the poll).
-func (r *Relay) warnPendingMigrations(ctx context.Context, q simpleQuerier, t schema.Table) {
-	ms, err := schema.Migrations()
-	if err != nil || len(ms) == 0 {
+// relay: it runs, but what the missing migrations bring is missing.
+// Without the property columns (005) it claims without them, and switches
+// to them when they appear (see properties.go).
+func (r *Relay) warnPendingMigrations(have int, props bool) {
+	if have < 0 {
+		r.log.Warn("the relay's role may not read the table's migrations: run `outbox-relay migrate` (migration 005 lets every role read them)",
+			slog.Bool("property_columns", props))
 		return
 	}
-	applied, err := schema.AppliedMigrations(ctx, q, t)
-	if err != nil {
-		r.log.Warn("could not read the table's migrations", tint.Err(err))
-		return
-	}
-	have := 0
-	for _, a := range applied {
-		have = max(have, a.Version)
-	}
-	if want := ms[len(ms)-1].Version; have < want {
+	if want := schema.LatestVersion(); have < want {
 		r.log.Warn("the table's schema is older than this relay: run `outbox-relay migrate`",
-			slog.Int("schema_version", have), slog.Int("relay_version", want))
+			slog.Int("schema_version", have), slog.Int("relay_version", want), slog.Bool("property_columns", props))
 	}
 }

@@ -25,6 +25,19 @@ type Row struct {
 	CreatedAt    time.Time
 	Attempts     int
 
+	// The AMQP properties of migration 005; nil for SQL null (and on a
+	// table without those columns).
+	Type            *string
+	CorrelationID   *string
+	ReplyTo         *string
+	Priority        *int16
+	ContentEncoding *string
+	AppID           *string
+	// ExpiresAt is when the row's expiration runs out, by the relay's
+	// clock (computed from what the database said was left at the claim);
+	// the zero time when it has none.
+	ExpiresAt time.Time
+
 	// deferred marks a row claimed without its payload (see claimQuery):
 	// past the batch's byte bound, it is not published with this batch
 	// and is claimed again when the batch is settled; larger than
@@ -58,6 +71,9 @@ const (
 	ReasonTooLarge         = "too_large"
 	ReasonTimeout          = "timeout"
 	ReasonChannelClosed    = "channel_closed"
+	// ReasonExpired: the row's expiration ran out before it was
+	// published. It is parked dead at once, whatever its attempts.
+	ReasonExpired = "expired"
 
 	// reasonHeld marks a NotSent row held back behind an earlier row of
 	// its partition_key that failed in the same batch; not a failure.
@@ -71,30 +87,60 @@ type Result struct {
 	Reason  string // one of the Reason constants when Outcome is Failed or NotSent
 	Err     error  // why, when not Acked; becomes last_error for Failed rows
 	AckedAt time.Time
+	// Park marks a Failed row to be parked dead now rather than retried.
+	Park bool
 }
 
 // errInvalidHeaders marks rows whose headers column cannot be turned into an
 // AMQP table.
 var errInvalidHeaders = errors.New("invalid headers")
 
-// publishing builds the AMQP message for r. Timestamp is created_at,
-// MessageId the message_id column, and delivery is persistent.
-func (r *Row) publishing() (amqp.Publishing, error) {
+// errExpired marks a row whose expiration ran out before it was published.
+var errExpired = errors.New("expired before it was published")
+
+// publishing builds the AMQP message for r at now. Timestamp is created_at,
+// MessageId the message_id column, and delivery is persistent; the other
+// properties come from their columns, AppId from appID when the row has
+// none, and Expiration is what remains of the row's, in whole milliseconds
+// (rounded up). A row whose expiration ran out is errExpired.
+func (r *Row) publishing(appID string, now time.Time) (amqp.Publishing, error) {
 	h, err := decodeHeaders(r.Headers)
 	if err != nil {
 		return amqp.Publishing{}, err
 	}
 	p := amqp.Publishing{
-		Headers:      h,
-		DeliveryMode: amqp.Persistent,
-		MessageId:    r.MessageID,
-		Timestamp:    r.CreatedAt,
-		Body:         r.Payload,
+		Headers:         h,
+		DeliveryMode:    amqp.Persistent,
+		MessageId:       r.MessageID,
+		Timestamp:       r.CreatedAt,
+		Body:            r.Payload,
+		ContentType:     deref(r.ContentType),
+		Type:            deref(r.Type),
+		CorrelationId:   deref(r.CorrelationID),
+		ReplyTo:         deref(r.ReplyTo),
+		ContentEncoding: deref(r.ContentEncoding),
+		AppId:           appID,
 	}
-	if r.ContentType != nil {
-		p.ContentType = *r.ContentType
+	if r.AppID != nil {
+		p.AppId = *r.AppID
+	}
+	if r.Priority != nil {
+		p.Priority = uint8(*r.Priority) // 0-255, checked at insert
+	}
+	if left, ok := r.expiresIn(now); ok {
+		if left <= 0 {
+			return amqp.Publishing{}, fmt.Errorf("%w (%s ago)", errExpired, (-left).Round(time.Millisecond))
+		}
+		p.Expiration = strconv.FormatInt(int64((left+time.Millisecond-1)/time.Millisecond), 10)
 	}
 	return p, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // decodeHeaders maps a JSON object to an AMQP table: string → string,

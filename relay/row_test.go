@@ -72,7 +72,7 @@ func TestPublishingMapsColumns(t *testing.T) {
 	ct := "application/json"
 	created := time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC)
 	r := Row{ID: 1, MessageID: "3f0e", ContentType: &ct, Headers: []byte(`{"a": 1}`), Payload: []byte("p"), CreatedAt: created}
-	p, err := r.publishing()
+	p, err := r.publishing("", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func BenchmarkPublishing(b *testing.B) {
 		Payload: make([]byte, 256), CreatedAt: time.Now()}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := r.publishing(); err != nil {
+		if _, err := r.publishing("", time.Now()); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -109,8 +109,40 @@ func BenchmarkPublishingNoHeaders(b *testing.B) {
 	r := Row{ID: 1, MessageID: "a6b0c1d2-0000-4000-8000-000000000000", Payload: make([]byte, 256), CreatedAt: time.Now()}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := r.publishing(); err != nil {
+		if _, err := r.publishing("", time.Now()); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// The property columns become AMQP properties; app_id falls back to the
+// relay's AppID; expiration is what remains, rounded up to a millisecond,
+// and a row whose time ran out is not built at all.
+func TestPublishingMapsProperties(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	s := func(v string) *string { return &v }
+	prio := int16(255)
+	r := Row{MessageID: "m", Type: s("job.completed"), CorrelationID: s("req-42"), ReplyTo: s("api.replies"),
+		Priority: &prio, ContentEncoding: s("gzip"), AppID: s("billing"), ExpiresAt: now.Add(1500*time.Millisecond + 1)}
+	p, err := r.publishing("relay", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Type != "job.completed" || p.CorrelationId != "req-42" || p.ReplyTo != "api.replies" || p.Priority != 255 ||
+		p.ContentEncoding != "gzip" || p.AppId != "billing" || p.Expiration != "1501" {
+		t.Errorf("publishing = %+v", p)
+	}
+
+	bare := Row{MessageID: "m"}
+	if p, err := bare.publishing("relay", now); err != nil || p.AppId != "relay" || p.Expiration != "" || p.Priority != 0 || p.Type != "" {
+		t.Errorf("row without properties: %+v, %v; want only AppId relay", p, err)
+	}
+
+	for _, left := range []time.Duration{0, -time.Second} {
+		r := Row{MessageID: "m", ExpiresAt: now.Add(left)}
+		if _, err := r.publishing("", now); !errors.Is(err, errExpired) {
+			t.Errorf("%s left: err %v, want errExpired", left, err)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // amqpSent is the publisher's record of a batch (batch.sent): the messages
@@ -17,6 +18,7 @@ type amqpSent struct {
 	confirms []*amqp.DeferredConfirmation
 	isolate  bool             // sent one message at a time
 	missing  map[string]error // exchanges found missing, by name
+	span     trace.Span       // the publish span; nil when tracing is off
 }
 
 // Prepare readies a batch for Check and Send: it passively declares the
@@ -76,6 +78,7 @@ func (p *amqpPublisher) Send(ctx context.Context, b *batch) {
 	}
 	defer func() { s.msgs = nil }() // the payloads: sent, or read again when claimed again
 	s.isolate = p.isolate
+	s.span = p.startSpan(ctx, b, s)
 	wd := p.wd
 	if c := p.cork; c != nil && !s.isolate {
 		// One write for the batch, not one per message (see corkConn).
@@ -168,6 +171,7 @@ func (p *amqpPublisher) Await(b *batch) error {
 		}
 	}
 	p.matchReturns(b.results)
+	endSpan(s.span, b.results)
 
 	switch {
 	case killed != nil:
@@ -242,12 +246,18 @@ func missingResult(r *Row, missing map[string]error) (Result, bool) {
 // check builds the message for a row, or fails a row that the client
 // library or the broker would refuse, before it is sent: a payload over
 // MaxMessageSize, headers that cannot be mapped, or a message AMQP cannot
-// carry over this connection (see carriable).
+// carry over this connection (see carriable). A row whose expiration ran
+// out fails to be parked at once (reason expired).
 func (p *amqpPublisher) check(r *Row) (amqp.Publishing, Result, bool) {
 	if res, ok := p.sizeOK(r); !ok {
 		return amqp.Publishing{}, res, false
 	}
-	msg, err := r.publishing()
+	msg, err := r.publishing(p.appID, time.Now())
+	if errors.Is(err, errExpired) {
+		res := failed(r, ReasonExpired, err)
+		res.Park = true
+		return amqp.Publishing{}, res, false
+	}
 	if err == nil {
 		err = carriable(r.Exchange, r.RoutingKey, msg, p.conn.Config.FrameSize)
 	}

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -22,6 +23,9 @@ type pgStore struct {
 	backoff     func(attempts int) time.Duration
 
 	claimSQL, promoteSQL, deleteSQL, failSQL, waitingSQL, writersSQL string
+	// props says the table has the AMQP property columns (migration 005)
+	// and claimSQL reads them (see setProperties).
+	props bool
 
 	// maxBytes bounds the payload bytes a claim loads, and maxRowBytes
 	// the payload of a row it loads at all (see claimQuery); 0 is no
@@ -59,7 +63,8 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		maxAttempts: maxAttempts,
 		backoff:     backoff,
 		live:        make(map[*claim]struct{}),
-		claimSQL:    claimQuery(tbl),
+		claimSQL:    claimQuery(tbl, true),
+		props:       true,
 		// Due rows of delayed_idx (delayed by their writer, backing off
 		// after a failure, or retried by an operator) go back to claim_idx:
 		// available_at = created_at reads "available", and the claim stays
@@ -101,13 +106,15 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		// (0.1 ms of its bind, the array's length being known), and
 		// never settled on a generic plan.
 		deleteSQL: `delete from ` + tbl + ` where id = any(array(select unnest($1::bigint[])))`,
+		// A row parked at once (f.park: it expired) was never sent: its
+		// attempts stay as they were.
 		failSQL: `update ` + tbl + ` o
-   set attempts = o.attempts + 1,
+   set attempts = o.attempts + case when f.park then 0 else 1 end,
        last_error = f.err,
-       available_at = case when o.attempts + 1 >= $4 then o.available_at
+       available_at = case when f.park or o.attempts + 1 >= $4 then o.available_at
                            else clock_timestamp() + f.delay_ms * interval '1 millisecond' end,
-       dead_at = case when o.attempts + 1 >= $4 then clock_timestamp() end
-  from unnest($1::bigint[], $2::text[], $3::bigint[]) as f(id, err, delay_ms)
+       dead_at = case when f.park or o.attempts + 1 >= $4 then clock_timestamp() end
+  from unnest($1::bigint[], $2::text[], $3::bigint[], $5::boolean[]) as f(id, err, delay_ms, park)
  where o.id = f.id
 returning o.id, o.dead_at is not null`,
 		// The flag the insert trigger reads (migration 002): setval is
@@ -160,6 +167,7 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 
 	var acked, failedIDs, delays []int64
 	var errs []string
+	var park []bool
 	for _, r := range results {
 		switch r.Outcome {
 		case Acked:
@@ -168,6 +176,7 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 			failedIDs = append(failedIDs, r.Row.ID)
 			errs = append(errs, lastError(r))
 			delays = append(delays, s.backoff(r.Row.Attempts+1).Milliseconds())
+			park = append(park, r.Park)
 		}
 	}
 	batch := &pgx.Batch{}
@@ -178,7 +187,7 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 		})
 	}
 	if len(failedIDs) > 0 {
-		batch.Queue(s.failSQL, failedIDs, errs, delays, s.maxAttempts).Query(func(rows pgx.Rows) error {
+		batch.Queue(s.failSQL, failedIDs, errs, delays, s.maxAttempts, park).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var id int64
 				var dead bool
@@ -208,6 +217,12 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 	case err != nil && !committed:
 		discard(conn)
 		return settled{}, nil, err, nil
+	case errors.Is(err, errSchemaChanged):
+		// Settled; the claim was given up, and is made again with the
+		// property columns.
+		discard(conn)
+		nc, claimErr = s.Claim(ctx, next)
+		return st, nc, nil, claimErr
 	case err != nil:
 		discard(conn)
 		return st, nil, nil, fmt.Errorf("claim: %w", err)

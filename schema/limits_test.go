@@ -43,33 +43,6 @@ func overLimit(n int) []string {
 	return []string{sized("k", n+1), sized("é", n+1), sized("😀", n+1)}
 }
 
-// migratedTo creates the test's table as migrations 1 to version left it,
-// recorded as applied, as an older `outbox-relay migrate` did.
-func migratedTo(t *testing.T, e *testenv.Env, version int) {
-	t.Helper()
-	ctx := context.Background()
-	ms, err := schema.Migrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.Pool.Exec(ctx, `create table `+e.Table.Derived("schema_migrations")+
-		` (version int primary key, name text not null, applied_at timestamptz not null default now())`); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range ms[:version] {
-		sql, err := m.SQL(e.Table)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.Pool.Exec(ctx, sql); err != nil {
-			t.Fatalf("migration %d: %v", m.Version, err)
-		}
-		if _, err := e.Pool.Exec(ctx, "insert into "+e.Table.Derived("schema_migrations")+" (version, name) values ($1, $2)", m.Version, m.Name); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // insertRow inserts a live row with col set to v and returns its id.
 func insertRow(ctx context.Context, e *testenv.Env, col, v string) (int64, error) {
 	return insert(ctx, e, col, v, false)
@@ -162,7 +135,7 @@ func TestLimitsParkRowsThatPredateThem(t *testing.T) {
 	t.Parallel()
 	e := testenv.New(t, testenv.WithoutMigrate())
 	ctx := context.Background()
-	migratedTo(t, e, 2)
+	e.MigrateTo(t, 2)
 
 	type want struct {
 		dead    bool
@@ -208,8 +181,8 @@ func TestLimitsParkRowsThatPredateThem(t *testing.T) {
 	if err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	if len(applied) != 2 || applied[0].Version != 3 || applied[1].Version != 4 {
-		t.Errorf("applied %v, want 003 and 004", applied)
+	if len(applied) < 2 || applied[0].Version != 3 || applied[1].Version != 4 {
+		t.Errorf("applied %v, want 003 and 004 first", applied)
 	}
 	for id, w := range rows {
 		var dead bool
@@ -252,7 +225,7 @@ func TestLimitsMigrationWaitsForClaimWithoutStallingWriters(t *testing.T) {
 	t.Parallel()
 	e := testenv.New(t, testenv.WithoutMigrate())
 	ctx := context.Background()
-	migratedTo(t, e, 2)
+	e.MigrateTo(t, 2)
 	bad, err := insertRow(ctx, e, "routing_key", overLimit(255)[0])
 	if err != nil {
 		t.Fatal(err)

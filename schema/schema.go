@@ -67,6 +67,17 @@ func Migrations() ([]Migration, error) {
 	return ms, nil
 }
 
+// LatestVersion is the version of the newest migration this build knows.
+// A table recorded at a newer version was migrated by a newer build, whose
+// columns this one may not know.
+func LatestVersion() int {
+	ms, err := Migrations()
+	if err != nil || len(ms) == 0 {
+		return 0 // the embedded files are checked by the tests
+	}
+	return ms[len(ms)-1].Version
+}
+
 // SQL renders the migration for table t.
 func (m Migration) SQL(t Table) (string, error) {
 	var buf bytes.Buffer

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/relay"
@@ -33,6 +34,10 @@ type bench struct {
 	amqp    *amqp.Connection
 	queue   string
 	payload []byte
+	// tracer, when set, is the relays' tracer provider (the tracing
+	// scenario); traced makes fill write a traceparent into every row.
+	tracer trace.TracerProvider
+	traced bool
 }
 
 func newBench(ctx context.Context, o options, stderr io.Writer) (*bench, error) {
@@ -152,6 +157,7 @@ func (b *bench) startRelayCounting(ctx context.Context) (stop func() error, publ
 	reg := prometheus.NewRegistry()
 	cfg := relay.Config{BatchSize: b.o.batch, VacuumEvery: relay.VacuumEveryDefault, Registerer: reg}
 	cfg.DatabaseURL, cfg.AMQPURL, cfg.Table, cfg.Logger = b.dbURL, b.o.amqpURL, b.table, b.log
+	cfg.TracerProvider = b.tracer
 	r, err := relay.New(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -286,6 +292,9 @@ func (b *bench) rawPublish(ctx context.Context, n, window int) error {
 
 // fill inserts n rows with COPY.
 func (b *bench) fill(ctx context.Context, n int) error {
+	if b.traced {
+		return b.fillTraced(ctx, n)
+	}
 	rows := make([][]any, 0, 10_000)
 	for done := 0; done < n; {
 		rows = rows[:0]

@@ -5,7 +5,7 @@
 //
 // It creates its own database, queue and table, and drops them at the end.
 //
-//	outbox-bench [-only drain,idle,steady,rates,python,writers,memory,soak] [-rows 100000] [-rate 2000]
+//	outbox-bench [-only drain,idle,steady,rates,python,writers,memory,tracing,soak] [-rows 100000] [-rate 2000]
 //	             [-rates 10,50,200,1000,5000] [-rate-for 10s] [-rate-events 300] [-python-for 20s] ...
 //
 // The python scenario runs /usr/bin/python3 with python3-psycopg2 and
@@ -75,7 +75,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.adminURL, "database-url", envOr("OUTBOX_DATABASE_URL", relay.DatabaseURLDefault), "PostgreSQL URL of a database to create the bench database from")
 	fs.StringVar(&o.amqpURL, "amqp-url", envOr("OUTBOX_AMQP_URL", relay.AMQPURLDefault), "RabbitMQ URL")
 	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory, writers, rates and python scenarios")
-	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, rates, python, writers, memory, soak); default all but soak")
+	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, rates, python, writers, memory, tracing, soak); default all but soak")
 	fs.IntVar(&o.rows, "rows", 100_000, "backlog rows for the drain scenario")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds of raw publishing and drain, compared side by side")
 	fs.IntVar(&o.events, "events", 100, "single events for the idle-latency scenario")
@@ -121,6 +121,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		{"python", (*bench).pythonPath},
 		{"writers", (*bench).writers},
 		{"memory", (*bench).memory},
+		{"tracing", (*bench).tracing},
 		{"soak", (*bench).soak},
 	}
 	want := map[string]bool{}

@@ -53,6 +53,7 @@ type config struct {
 	ConfirmTimeout    time.Duration `envconfig:"CONFIRM_TIMEOUT" desc:"longest wait for a batch's publisher confirms before reconnecting"`
 	MaxMessageSize    int           `envconfig:"MAX_MESSAGE_SIZE" desc:"largest payload in bytes published; set to the broker's max_message_size (16 MiB in RabbitMQ 4, 128 MiB in 3.x)"`
 	VacuumEvery       int           `envconfig:"VACUUM_EVERY" desc:"rows deleted between the relay's own VACUUMs of the table, which keep claims cheap while a backlog drains (needs table ownership, or MAINTAIN on PostgreSQL 17); 0 leaves it to autovacuum"`
+	AppID             string        `envconfig:"APP_ID" desc:"AMQP app-id of messages whose row leaves app_id null (at most 255 bytes); empty sends none"`
 	Mandatory         bool          `envconfig:"MANDATORY" desc:"publish with the mandatory flag: unroutable messages are retried, then parked dead"`
 	MetricsAddr       string        `envconfig:"METRICS_ADDR" desc:"listen address of /metrics and the probes /healthz, /readyz and /statusz; empty turns it off"`
 	LogLevel          string        `envconfig:"LOG_LEVEL" desc:"debug, info, warn or error"`
@@ -84,6 +85,7 @@ var envField = map[string]string{
 	"MaxMessageSize":    "MAX_MESSAGE_SIZE",
 	"ShutdownTimeout":   "SHUTDOWN_TIMEOUT",
 	"VacuumEvery":       "VACUUM_EVERY",
+	"AppID":             "APP_ID",
 }
 
 // defaultConfig is the configuration with no variable set: the relay
@@ -209,6 +211,11 @@ func (c *config) validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return &configError{"LOG_FORMAT", "want text or json"}
 	}
+	// Tracing follows the OpenTelemetry variables; one the relay cannot
+	// honour is a bad value too (the error names it).
+	if _, err := relay.TracingFromEnv(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -245,6 +252,7 @@ func (c *config) relayConfig(log *slog.Logger) relay.Config {
 		ShutdownTimeout:   c.ShutdownTimeout,
 		MaxMessageSize:    c.MaxMessageSize,
 		VacuumEvery:       c.VacuumEvery,
+		AppID:             c.AppID,
 		// The one place OUTBOX_MANDATORY meets the library's flag, whose
 		// zero value (false) is OUTBOX_MANDATORY=true.
 		AllowUnroutable: !c.Mandatory,

@@ -50,6 +50,7 @@ func TestBadConfigExits2NamingTheVariable(t *testing.T) {
 		{"MAX_MESSAGE_SIZE", "0"},
 		{"SHUTDOWN_TIMEOUT", "0s"},
 		{"VACUUM_EVERY", "-1"},
+		{"APP_ID", strings.Repeat("a", 256)},
 		{"AMQP_URL", ""},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
@@ -117,6 +118,7 @@ var helpDefaults = map[string]string{
 	"CONFIRM_TIMEOUT":      "30s",
 	"MAX_MESSAGE_SIZE":     "16777216",
 	"VACUUM_EVERY":         "100000",
+	"APP_ID":               "",
 	"MANDATORY":            "true",
 	"METRICS_ADDR":         ":9464",
 	"LOG_LEVEL":            "info",
@@ -213,11 +215,12 @@ func TestRelayConfigFromEnvironment(t *testing.T) {
 	t.Setenv("OUTBOX_VACUUM_EVERY", "0")
 	t.Setenv("OUTBOX_MANDATORY", "false")
 	t.Setenv("OUTBOX_BATCH_SIZE", "7")
+	t.Setenv("OUTBOX_APP_ID", "billing")
 	if c, err = loadConfig(); err != nil {
 		t.Fatal(err)
 	}
-	if rc := c.relayConfig(nil); rc.VacuumEvery != 0 || !rc.AllowUnroutable || rc.BatchSize != 7 {
-		t.Errorf("VacuumEvery %d, AllowUnroutable %t, BatchSize %d; want 0, true, 7", rc.VacuumEvery, rc.AllowUnroutable, rc.BatchSize)
+	if rc := c.relayConfig(nil); rc.VacuumEvery != 0 || !rc.AllowUnroutable || rc.BatchSize != 7 || rc.AppID != "billing" {
+		t.Errorf("VacuumEvery %d, AllowUnroutable %t, BatchSize %d, AppID %q; want 0, true, 7, billing", rc.VacuumEvery, rc.AllowUnroutable, rc.BatchSize, rc.AppID)
 	}
 }
 
@@ -237,7 +240,8 @@ func TestEnvFieldNamesVariables(t *testing.T) {
 	}
 	// A Config whose every checked field is wrong: each error maps.
 	bad := relay.Config{AMQPURL: ",", DatabaseURL: "postgres://h:x/", BatchSize: -1, BatchBytes: -1, PollInterval: -1,
-		MaxAttempts: -1, RetryBackoff: -1, ConfirmTimeout: -1, MaxMessageSize: -1, ShutdownTimeout: -1, VacuumEvery: -1}
+		MaxAttempts: -1, RetryBackoff: -1, ConfirmTimeout: -1, MaxMessageSize: -1, ShutdownTimeout: -1, VacuumEvery: -1,
+		AppID: strings.Repeat("a", 256)}
 	errs := bad.Validate().(interface{ Unwrap() []error }).Unwrap()
 	bad.RetryBackoff = time.Second
 	bad.RetryBackoffMax = time.Millisecond

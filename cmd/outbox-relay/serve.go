@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/lmittmann/tint"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -29,6 +30,21 @@ func cmdRun(ctx context.Context, e *env) error {
 	rcfg := e.cfg.relayConfig(e.log)
 	rcfg.Registerer = reg
 	rcfg.Version, rcfg.Revision = b.version, b.revision
+	tp, err := relay.NewTracerProviderFromEnv(ctx, b.version, rcfg.BatchSize)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		rcfg.TracerProvider = tp
+		defer func() {
+			// Flush the last spans, even after SIGTERM.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				e.log.Warn("flushing traces", tint.Err(err))
+			}
+		}()
+	}
 	r, err := relay.New(rcfg)
 	if err != nil {
 		return err
