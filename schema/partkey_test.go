@@ -52,7 +52,7 @@ func TestPartitionKeyFitsItsIndex(t *testing.T) {
 	}
 }
 
-// Without the check, the stall the issue describes: the UPDATE that backs
+// Without the check, a stall: the UPDATE that backs
 // off a failed row with a long incompressible key fails on the index.
 func TestPartitionKeyTooLongForIndexWithoutCheck(t *testing.T) {
 	t.Parallel()

@@ -17,7 +17,7 @@ import (
 //   - broker alone: nobody consumes while the messages are published, so
 //     the broker writes every persistent message to its queue before it
 //     confirms it. This is the broker's raw publish-with-confirms rate, the
-//     reference of the performance issue. Raw publishing ends when every
+//     reference the drain targets. Raw publishing ends when every
 //     message is confirmed; the drain when the relay has published and
 //     deleted every row. Then the queue must hold all of them.
 //   - live consumer: a consumer takes the messages as they come, as in

@@ -9,7 +9,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/harness"
 )
 
-// Large rows for the memory scenario: the backlog of 600 rows of
+// Large rows for the memory scenario: a backlog of 600 rows of
 // 2 MiB (1.2 GB, which took a relay that loaded whole batches to 1.2 GiB),
 // and one row of 15 MiB, just under the default OUTBOX_MAX_MESSAGE_SIZE.
 const (
@@ -19,8 +19,8 @@ const (
 )
 
 // rssBound is the peak resident memory the relay must stay under, with no
-// memory limit set, however long the backlog: on the rows of 2 MiB
-// and on a row of 15 MiB (the README's sidecar manifest allows 128 MiB).
+// memory limit set, however long the backlog: on rows of 2 MiB
+// and on a row of 15 MiB (the sidecar in deploy/kubernetes allows 128 MiB).
 // With the default OUTBOX_BATCH_BYTES of 8 MiB the relay holds the payloads
 // of one batch at a time, plus the database driver's read buffer for the
 // largest row: 45-50 MiB on both. Rows near OUTBOX_MAX_MESSAGE_SIZE (16

@@ -17,7 +17,7 @@ const testLargeRows = 150
 // The relay's release build, run as its own process, drains a backlog of
 // 2 MiB rows, then a row of 15 MiB, with its peak resident memory under
 // rssBound: memory follows OUTBOX_BATCH_BYTES and the largest row, not the
-// backlog (the bench's memory scenario drains the 600 rows).
+// backlog (the bench's memory scenario drains 600 rows of 2 MiB).
 func TestRelayMemoryStaysBounded(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

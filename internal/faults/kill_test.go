@@ -38,7 +38,7 @@ func TestKill9Relay(t *testing.T) {
 }
 
 // maxTakeover is the longest a standby may take, from the leader's death to
-// outbox_leader 1 and deliveries resumed (issue 4; DESIGN.md: "within
+// outbox_leader 1 and deliveries resumed (DESIGN.md: "within
 // seconds").
 const maxTakeover = 2 * time.Second
 
