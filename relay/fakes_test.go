@@ -26,7 +26,7 @@ type fakeClaim struct {
 
 type fakeStore struct {
 	j         *journal
-	clock     *fakeClock // claims begin at its now, less their age
+	clock     *fakeClock  // claims begin at its now, less their age
 	claims    []fakeClaim // returned by Claim and Settle(next > 0), in turn; then empty claims
 	claimed   int         // claims made
 	settleErr error
