@@ -220,8 +220,10 @@ func (c Config) Validate() error { return c.validate() }
 func (c Config) validate() error {
 	var errs []error
 	bad := func(field, reason string) { errs = append(errs, &FieldError{Field: field, Reason: reason}) }
-	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+	if pc, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
 		// pgx leaves the password out of its parse errors.
+		errs = append(errs, &FieldError{Field: "DatabaseURL", Reason: err.Error(), Err: err})
+	} else if _, err := deadSessionFrom(pc.ConnConfig.RuntimeParams); err != nil {
 		errs = append(errs, &FieldError{Field: "DatabaseURL", Reason: err.Error(), Err: err})
 	}
 	if uris, err := parseAMQPURLs(c.AMQPURL); err != nil {

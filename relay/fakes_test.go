@@ -21,10 +21,12 @@ type fakeClaim struct {
 	rows []Row
 	full bool
 	err  error
+	age  time.Duration // how long ago, by the clock, its transaction began
 }
 
 type fakeStore struct {
 	j         *journal
+	clock     *fakeClock  // claims begin at its now, less their age
 	claims    []fakeClaim // returned by Claim and Settle(next > 0), in turn; then empty claims
 	claimed   int         // claims made
 	settleErr error
@@ -49,7 +51,7 @@ func (s *fakeStore) next() (*claim, error) {
 		return nil, fc.err
 	}
 	s.j.add("claim " + ids(fc.rows))
-	c := &claim{rows: slices.Clone(fc.rows), full: fc.full}
+	c := &claim{rows: slices.Clone(fc.rows), full: fc.full, at: s.clock.now.Add(-fc.age)}
 	for _, r := range c.rows {
 		if !r.deferred {
 			c.loaded++

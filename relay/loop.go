@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -118,7 +119,14 @@ func (l *loop) runOnce(ctx, work context.Context) step {
 		if n == 0 {
 			msg = "claim failed"
 		}
-		l.log.Error(msg, tint.Err(withHint(err)), slog.Int("rows", n))
+		if errors.Is(err, errClaimTooOld) {
+			// See sendInTime: the database or the relay itself was too
+			// slow between claim and send, perhaps a cut.
+			l.log.Warn("claim abandoned: too old to send; its rows were released unsent", tint.Err(err),
+				slog.Duration("claim_age_max", l.claimAgeMax))
+		} else {
+			l.log.Error(msg, tint.Err(withHint(err)), slog.Int("rows", n))
+		}
 		if !l.pub.Connected() {
 			l.log.Warn("broker connection lost")
 			l.metrics.connUp.WithLabelValues(connAMQP).Set(0)

@@ -36,9 +36,11 @@ func setupLoop(t *testing.T) *loopBundle {
 	cfg := Config{BatchSize: 3, PollInterval: time.Second, Logger: logger}.withDefaults()
 	j := &journal{}
 	b := &loopBundle{j: j, logs: logs, clock: &fakeClock{now: time.Unix(1000, 0)},
-		store: &fakeStore{j: j}, pub: &fakePublisher{j: j}}
+		pub: &fakePublisher{j: j}}
+	b.store = &fakeStore{j: j, clock: b.clock}
 	b.lis = &fakeListener{j: j, lead: true, clock: b.clock}
-	r := &Relay{cfg: cfg, log: logger, metrics: newMetrics(prometheus.NewRegistry())}
+	r := &Relay{cfg: cfg, log: logger, metrics: newMetrics(prometheus.NewRegistry()),
+		claimAgeMax: deadSessionDefault.claimAgeMax()}
 	b.l = &loop{Relay: r, store: b.store, pub: b.pub, lis: b.lis, clock: b.clock,
 		vac: newVacuumer(nil, "outbox", 0, logger), prog: &progress{}, channel: "outbox",
 		idle: make(chan struct{}, 1), resetPool: func() { b.resets++ }}

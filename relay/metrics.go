@@ -95,7 +95,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Unix time of the last successful refresh of the table gauges (pending, dead, lag, NOTIFY queue); while refreshes fail, those keep their last values.",
 		}),
 	}
-	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed, ReasonExpired} {
+	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed, ReasonExpired, ReasonClaimTooOld} {
 		m.failures.WithLabelValues(r)
 	}
 	for _, c := range []string{connListener, connAMQP} {

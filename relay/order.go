@@ -1,5 +1,7 @@
 package relay
 
+import "time"
+
 // Per-key order, the one home of the rule within a drain.
 //
 // Rows of a partition_key are published in id order. The claim does its
@@ -31,6 +33,9 @@ type batch struct {
 	send    []bool   // rows keyOrder lets go out
 	err     error    // why sending stopped early, or could not begin
 	sent    any      // the publisher's record of what it sent, for Await
+	// sendBy is when the claim passes the claim age bound: no row of it is
+	// sent after that (see sendInTime).
+	sendBy time.Time
 }
 
 func newBatch(c *claim) *batch {

@@ -53,7 +53,9 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 		b := newBatch(c)
 		if b.err = l.pub.Prepare(ctx, b); b.err == nil {
 			order.plan(b, wire, func(i int) bool { return l.pub.Check(b, i) })
-			l.pub.Send(ctx, b)
+			if err := l.sendInTime(ctx, b); err != nil {
+				errs, broken = append(errs, err), true
+			}
 		}
 		dropPayloads(c.rows)
 		wire = append(wire, b)

@@ -49,6 +49,10 @@ type Relay struct {
 	// sessions are its own (not a transaction pooler's): the pool's
 	// sessions get the relay's settings from then on.
 	sessionsOwn atomic.Bool
+	// deadAfter is T, how long the server may take to drop a silent
+	// session of the relay, and claimAgeMax D, the claim age bound below
+	// it (see deadSession).
+	deadAfter, claimAgeMax time.Duration
 }
 
 // New checks cfg and returns a relay. It connects to nothing: Run does.
@@ -81,6 +85,11 @@ func New(cfg Config) (*Relay, error) {
 	}
 	poolCfg, lisCfg, fromURL := r.sessionConfigs(poolCfg, appName, acquireTracer{log: cfg.Logger, metrics: m})
 	r.fromURL = fromURL
+	ds, err := deadSessionFrom(fromURL) // checked in validate
+	if err != nil {
+		return nil, err
+	}
+	r.deadAfter, r.claimAgeMax = ds.detectAfter(), ds.claimAgeMax()
 	r.liveBound = livenessBound(cfg, 1+len(lisCfg.Fallbacks))
 
 	r.cfg, r.log, r.metrics, r.poolCfg, r.lisCfg, r.amqpURIs, r.appName = cfg, cfg.Logger, m, poolCfg, lisCfg, uris, appName
@@ -134,7 +143,8 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 	blocked := l.pub.Blocked
 	r.prog.blocked.Store(&blocked)
 	r.log.Info("relay starting", slog.String("table", table.String()), slog.String("channel", table.Channel()),
-		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval))
+		slog.Int("batch_size", r.cfg.BatchSize), slog.Duration("poll_interval", r.cfg.PollInterval),
+		slog.Duration("dead_session_after", r.deadAfter), slog.Duration("claim_age_max", r.claimAgeMax))
 
 	// Batches in flight finish under work, which outlives ctx by at most
 	// ShutdownTimeout so that confirms can arrive and rows be settled.

@@ -74,6 +74,9 @@ const (
 	// ReasonExpired: the row's expiration ran out before it was
 	// published. It is parked dead at once, whatever its attempts.
 	ReasonExpired = "expired"
+	// ReasonClaimTooOld: the row was not sent because its claim passed
+	// the claim age bound first (see sendInTime); not an attempt.
+	ReasonClaimTooOld = "claim_too_old"
 
 	// reasonHeld marks a NotSent row held back behind an earlier row of
 	// its partition_key that failed in the same batch; not a failure.

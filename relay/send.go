@@ -93,6 +93,11 @@ func (p *amqpPublisher) Send(ctx context.Context, b *batch) {
 		if !b.send[i] {
 			continue
 		}
+		if now := time.Now(); !b.sendBy.IsZero() && now.After(b.sendBy) {
+			// Started in time, ran late: not a row more (see sendInTime).
+			b.err = b.abandonFrom(i, now)
+			return
+		}
 		r := &b.rows[i]
 		wd.sent()
 		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, r.Exchange, r.RoutingKey, p.mandatory, false, s.msgs[i])

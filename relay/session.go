@@ -44,15 +44,10 @@ const lockTimeout = 10 * time.Second
 // batch is on the wire. The relay bounds them itself (the confirm timeout),
 // and a relay that hangs holds its leader lock anyway.
 func sessionSettings(fromURL map[string]string, serverMajor int) []sessionSetting {
-	all := []sessionSetting{
-		// A relay that vanishes from the network must lose its leader lock
-		// and row locks in bounded time: the server probes its sessions
-		// (idle 5s, then every 2s, 3 misses; unacknowledged data 10s)
-		// instead of waiting for the kernel's two hours.
-		{"tcp_keepalives_idle", "5"},
-		{"tcp_keepalives_interval", "2"},
-		{"tcp_keepalives_count", "3"},
-		{"tcp_user_timeout", "10000"},
+	// A relay that vanishes from the network must lose its leader lock
+	// and row locks in bounded time: the server probes its sessions
+	// instead of waiting for the kernel's two hours (see deadSession).
+	all := append(deadSessionDefault.settings(), []sessionSetting{
 		// The relay's own commits (deletes of published rows, failure
 		// records) need not wait for the WAL flush: if the server crashes
 		// before it, the rows come back and are published again, which
@@ -69,7 +64,7 @@ func sessionSettings(fromURL map[string]string, serverMajor int) []sessionSettin
 		// The claim relies on read committed: each statement sees what
 		// committed before it, and no serialization failure.
 		{"default_transaction_isolation", "read committed"},
-	}
+	}...)
 	if serverMajor >= 17 {
 		all = append(all, sessionSetting{"transaction_timeout", "0"})
 	}
