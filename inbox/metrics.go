@@ -23,7 +23,7 @@ type Metrics struct {
 //
 //	inbox_claims_total{consumer}            messages claimed for the first time and handled
 //	inbox_duplicates_total{consumer}        duplicates acked without running the handler
-//	inbox_handler_failures_total{consumer}  handler errors (the transaction rolled back)
+//	inbox_handler_failures_total{consumer}  failed transactions: handler errors, failed begins, claims and commits (rolled back)
 //	inbox_dead_lettered_total{consumer,reason} deliveries rejected without requeue
 //	inbox_pruned_rows_total                 claims deleted by Prune
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
@@ -38,7 +38,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"consumer"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inbox_handler_failures_total",
-			Help: "Handler errors and failed commits; the transaction rolled back and the claim with it.",
+			Help: "Failed transactions: handler errors and failed begins, claims or commits; the transaction rolled back and the claim with it.",
 		}, []string{"consumer"}),
 		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inbox_dead_lettered_total",

@@ -9,6 +9,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 	"github.com/outbox-relay/outbox-relay/outbox"
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 // props is the AMQP property columns of a row, as stored.
@@ -83,6 +84,7 @@ func TestEnqueueRefusesBadProperties(t *testing.T) {
 	t.Parallel()
 	for _, m := range []outbox.Message{
 		{RoutingKey: "k", Expiration: -time.Second},
+		{RoutingKey: "k", Expiration: schema.MaxExpiration + time.Millisecond},
 		{RoutingKey: "k", Type: strings.Repeat("t", 256)},
 		{RoutingKey: "k", CorrelationID: "a\x00b"},
 		{RoutingKey: "k", ReplyTo: "\xff"},

@@ -101,8 +101,8 @@ func (m *Message) checkFields() error {
 	if err := checkText("partition key", m.PartitionKey, false); err != nil {
 		return err
 	}
-	if m.Expiration < 0 {
-		return invalidf(ErrInvalidField, "expiration %s is negative", m.Expiration)
+	if m.Expiration < 0 || m.Expiration > schema.MaxExpiration {
+		return invalidf(ErrInvalidField, "expiration %s is negative or over %s (RabbitMQ's limit)", m.Expiration, schema.MaxExpiration)
 	}
 	for _, f := range [...]struct{ name, value string }{
 		{"content type", m.ContentType},

@@ -210,9 +210,10 @@ func (s *pgStore) queueClaim(b *pgx.Batch, limit int) *claiming {
 
 // promoteEvery is how long claims go without promoting due rows after a
 // promotion found none: promoteSQL costs about a third of a claim that
-// finds a row or two, and rows rarely wait in delayed_idx. A row that
-// falls due waits that much longer at most; an idle relay sleeps for
-// PollInterval anyway before it looks.
+// finds a row or two, and rows rarely wait in delayed_idx. A delayed or
+// backing-off row that falls due while the relay is busy waits that much
+// longer at most; one that falls due while it sleeps waits for the poll
+// (PollInterval) as before. Rows revived by RetryDead skip delayed_idx.
 const promoteEvery = 50 * time.Millisecond
 
 // promoted records that the promotion queued at now moved n rows: with

@@ -12,11 +12,13 @@ import (
 
 // revived is what RetryDead sets in a row it revives. Both the UPDATE and
 // the rows the checks are tried on (see breaking) are built from it, so
-// they cannot disagree.
+// they cannot disagree. available_at = created_at puts the row straight
+// into claim_idx (see claimQuery), so the claim woken by RetryDead's
+// NOTIFY takes it without waiting for a promotion (see promoteEvery).
 var revived = []struct{ column, value string }{
 	{"dead_at", "null"},
 	{"attempts", "0"},
-	{"available_at", "now()"},
+	{"available_at", "created_at"},
 }
 
 // revivedSet returns revived as the SET list of an UPDATE.

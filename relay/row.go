@@ -10,6 +10,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 // Row is one claimed outbox row.
@@ -134,6 +136,10 @@ func (r *Row) publishing(appID string, now time.Time) (amqp.Publishing, error) {
 		if left <= 0 {
 			return amqp.Publishing{}, fmt.Errorf("%w (%s ago)", errExpired, (-left).Round(time.Millisecond))
 		}
+		// A row written before migration 005's check was validated
+		// may ask for more than the broker holds: cap it there rather
+		// than have the channel closed over it.
+		left = min(left, schema.MaxExpiration)
 		p.Expiration = strconv.FormatInt(int64((left+time.Millisecond-1)/time.Millisecond), 10)
 	}
 	return p, nil

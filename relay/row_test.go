@@ -139,6 +139,13 @@ func TestPublishingMapsProperties(t *testing.T) {
 		t.Errorf("row without properties: %+v, %v; want only AppId relay", p, err)
 	}
 
+	// More than RabbitMQ holds (a row from before migration 005's check):
+	// capped, not sent to have the channel closed over it.
+	long := Row{MessageID: "m", ExpiresAt: now.Add(100 * 365 * 24 * time.Hour)}
+	if p, err := long.publishing("", now); err != nil || p.Expiration != "4294967295" {
+		t.Errorf("100 years left: expiration %q, %v; want 4294967295", p.Expiration, err)
+	}
+
 	for _, left := range []time.Duration{0, -time.Second} {
 		r := Row{MessageID: "m", ExpiresAt: now.Add(left)}
 		if _, err := r.publishing("", now); !errors.Is(err, errExpired) {

@@ -65,8 +65,8 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		live:        make(map[*claim]struct{}),
 		claimSQL:    claimQuery(tbl, true),
 		props:       true,
-		// Due rows of delayed_idx (delayed by their writer, backing off
-		// after a failure, or retried by an operator) go back to claim_idx:
+		// Due rows of delayed_idx (delayed by their writer, or backing off
+		// after a failure) go back to claim_idx:
 		// available_at = created_at reads "available", and the claim stays
 		// one ordered index walk. It runs in the claim's transaction, which
 		// commits even when it claims nothing, so the claim sees what it

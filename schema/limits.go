@@ -1,5 +1,7 @@
 package schema
 
+import "time"
+
 // MaxPartitionKey is the longest partition_key the table accepts, in bytes
 // (check <table>_partkey_size, migration 003; dead rows are exempt).
 //
@@ -12,3 +14,11 @@ package schema
 // The migration states the number itself, so that it reads as plain SQL;
 // the schema tests check that the two agree.
 const MaxPartitionKey = 1024
+
+// MaxExpiration is the longest expiration the table accepts (check
+// <table>_expiration_range, migration 005): 2^32-1 milliseconds, about 49.7
+// days. RabbitMQ closes the channel over a per-message TTL it cannot hold
+// (PRECONDITION_FAILED, value_too_large: seen at 100 years), which would
+// send the batch's other messages again; a row that means "never" should
+// leave expiration null. The migration states the number itself.
+const MaxExpiration = (1<<32 - 1) * time.Millisecond

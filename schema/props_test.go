@@ -25,6 +25,7 @@ var propChecks = []propCheck{
 	{"app_id", "app_id_size", strings.Repeat("a", 256)},
 	{"expiration", "expiration_range", "-1 second"},
 	{"expiration", "expiration_range", "0"},
+	{"expiration", "expiration_range", "4294967296 milliseconds"}, // over schema.MaxExpiration
 	{"priority", "priority_range", "256"},
 	{"priority", "priority_range", "-1"},
 }

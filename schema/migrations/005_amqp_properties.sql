@@ -43,7 +43,8 @@ alter table {{.Table}}
     add constraint {{.Local "app_id_size"}}
         check (dead_at is not null or octet_length(app_id) <= 255) not valid,
     add constraint {{.Local "expiration_range"}}
-        check (dead_at is not null or expiration > interval '0') not valid,
+        check (dead_at is not null or (expiration > interval '0'
+                                      and expiration <= interval '4294967295 milliseconds')) not valid,
     add constraint {{.Local "priority_range"}}
         check (dead_at is not null or priority between 0 and 255) not valid;
 
@@ -58,7 +59,7 @@ comment on constraint {{.Local "encoding_size"}} on {{.Table}}
 comment on constraint {{.Local "app_id_size"}} on {{.Table}}
     is 'app_id longer than 255 bytes';
 comment on constraint {{.Local "expiration_range"}} on {{.Table}}
-    is 'expiration not positive';
+    is 'expiration not positive, or over 4294967295 milliseconds (about 49.7 days): RabbitMQ refuses a longer TTL';
 comment on constraint {{.Local "priority_range"}} on {{.Table}}
     is 'priority outside 0-255';
 
