@@ -88,10 +88,14 @@ func TestPythonConsumerEffectivelyOnce(t *testing.T) {
 		t.Errorf("first run: %v; want %s failed once, then processed on its redelivery", first, failOnce)
 	}
 
-	// The consumer restarts; a last message tells it to stop.
+	// The consumer restarts; a message without an id and one whose id is
+	// not a UUID are dead-lettered, never redelivered; a last message
+	// tells it to stop.
 	ch := b.env.Channel(t)
-	if err := ch.PublishWithContext(context.Background(), "", queue, false, false, amqp.Publishing{Type: "stop"}); err != nil {
-		t.Fatal(err)
+	for _, m := range []amqp.Publishing{{Body: []byte("no id")}, {MessageId: "not-a-uuid"}, {Type: "stop"}} {
+		if err := ch.PublishWithContext(context.Background(), "", queue, false, false, m); err != nil {
+			t.Fatal(err)
+		}
 	}
 	code, second := runPython(t, b, queue, "billing", inboxTable, effects)
 	if code != 0 {
@@ -100,8 +104,11 @@ func TestPythonConsumerEffectivelyOnce(t *testing.T) {
 	if second[0].ID != crashOn || second[0].Outcome != "duplicate" {
 		t.Errorf("second run began with %v; want the crashed message %s redelivered as a duplicate", second[0], crashOn)
 	}
+	if n := count(second, "", "rejected"); n != 2 {
+		t.Errorf("second run rejected %d messages; want the 2 without a valid message_id", n)
+	}
 	effectsN, distinct := b.effectCounts(t)
-	deliveries := len(first) + len(second)
+	deliveries := len(first) + len(second) - 2
 	t.Logf("deliveries %d (first run %d, second %d), effects %d", deliveries, len(first), len(second), effectsN)
 	if effectsN != 10 || distinct != 10 {
 		t.Errorf("%d effects of %d messages; want 10 of 10", effectsN, distinct)

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 
 import pika
 import psycopg2
@@ -50,7 +51,10 @@ def handle(db, claim_fn, consumer, message_id, work):
 
 
 def on_message(ch, method, props, body, db, claim_fn, consumer, work):
-    if not props.message_id:
+    try:
+        uuid.UUID(props.message_id or "")
+    except ValueError:
+        # No message_id, or not a UUID: no redelivery would fix it.
         ch.basic_reject(method.delivery_tag, requeue=False)  # dead-lettered
         return "rejected"
     try:
@@ -60,7 +64,9 @@ def on_message(ch, method, props, body, db, claim_fn, consumer, work):
         ch.basic_nack(method.delivery_tag, requeue=True)  # retry the whole transaction
         return "failed"
     except Exception:
-        ch.basic_nack(method.delivery_tag, requeue=True)  # rolled back: redeliver
+        # Rolled back: redeliver. A quorum queue's x-delivery-limit bounds
+        # how often a message that always fails comes back.
+        ch.basic_nack(method.delivery_tag, requeue=True)
         return "failed"
     ch.basic_ack(method.delivery_tag)  # only after the commit
     return "processed" if first else "duplicate"
@@ -100,7 +106,7 @@ def main():
         if props.type == "stop":
             ch.basic_ack(method.delivery_tag)
             break
-        if props.message_id == args.crash_after_commit:
+        if args.crash_after_commit and props.message_id == args.crash_after_commit:
             # Killed between the commit and the ack: the work is done, the
             # broker does not know, and redelivers the message.
             handle(db, claim_fn, args.consumer, props.message_id, lambda cur: work(cur, props, body))
