@@ -93,7 +93,8 @@ type RetryResult struct {
 	IDs []int64
 	// Skipped are the rows left dead because reviving them would break one
 	// of the table's checks, grouped by check, in the order of the checks'
-	// names. A row that breaks two checks is in both groups.
+	// names, then those whose expiration ran out (Check "expired"), which
+	// would be parked dead again at once. A row in two groups is in both.
 	Skipped []Skipped
 }
 

@@ -90,3 +90,33 @@ func TestRetryDeadSkipsRowsThatBreakChecks(t *testing.T) {
 		t.Errorf("retry of %d once fixed: %+v, %v; want it retried", longKey, res, err)
 	}
 }
+
+// A dead row whose expiration ran out would be parked dead again at its
+// next claim: `dead retry` leaves it dead and says why; a row with time
+// left is revived.
+func TestRetryDeadLeavesExpiredRows(t *testing.T) {
+	t.Parallel()
+	e := testenv.New(t)
+	ctx := context.Background()
+	dead := func(expiration string) int64 {
+		t.Helper()
+		var id int64
+		if err := e.Pool.QueryRow(ctx, `insert into `+e.Table.Ident()+` (routing_key, payload, created_at, available_at, expiration, attempts, dead_at)
+			values ('k', 'x', now() - interval '1 hour', now() - interval '1 hour', $1::interval, 10, now()) returning id`, expiration).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	expired, alive := dead("1 minute"), dead("1 day")
+	res, err := relay.RetryDead(ctx, e.Pool, e.Table, relay.DeadFilter{All: true})
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if !slices.Equal(res.IDs, []int64{alive}) {
+		t.Errorf("retried %v, want [%d]", res.IDs, alive)
+	}
+	if len(res.Skipped) != 1 || res.Skipped[0].Check != "expired" || !slices.Equal(res.Skipped[0].IDs, []int64{expired}) ||
+		!strings.Contains(res.Skipped[0].Reason, "expiration ran out") {
+		t.Errorf("skipped %+v, want %d as expired", res.Skipped, expired)
+	}
+}

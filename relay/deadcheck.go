@@ -55,6 +55,15 @@ func (c check) reason() string {
 	return "breaks " + c.expr
 }
 
+// expiredCheck is not a check of the table but is tried like one: a row
+// whose expiration ran out (migration 005) would be parked dead again, with
+// reason expired, at its next claim. RetryDead leaves it dead and says so.
+var expiredCheck = check{
+	name:    "expired",
+	expr:    "expiration is null or created_at + expiration > now()",
+	comment: "its expiration ran out: it would be parked dead again at once",
+}
+
 // tableChecks returns the check constraints of table t, by name.
 func tableChecks(ctx context.Context, q Querier, t schema.Table) ([]check, error) {
 	rows, err := q.Query(ctx, `select conname::text, pg_get_expr(conbin, conrelid), coalesce(obj_description(oid, 'pg_constraint'), '')
@@ -92,8 +101,18 @@ func tableChecks(ctx context.Context, q Querier, t schema.Table) ([]check, error
 // alter the table. No value from the caller goes in as text.
 func breaking(ctx context.Context, tx pgx.Tx, t schema.Table, f DeadFilter) ([]Skipped, []int64, error) {
 	checks, err := tableChecks(ctx, tx, t)
-	if err != nil || len(checks) == 0 {
+	if err != nil {
 		return nil, nil, err
+	}
+	var props bool
+	if err := tx.QueryRow(ctx, propertiesSQL, t.Ident()).Scan(&props); err != nil {
+		return nil, nil, fmt.Errorf("check for property columns: %w", err)
+	}
+	if props {
+		checks = append(checks, expiredCheck)
+	}
+	if len(checks) == 0 {
+		return nil, nil, nil
 	}
 	cond, args, err := f.where("o.")
 	if err != nil {
