@@ -55,7 +55,7 @@ func cmdDead(args []string) (action, error) {
 	}
 	var filter relay.DeadFilter
 	exchange := f.String("exchange", "", "only rows for this exchange (\"(default)\" for the default exchange)")
-	f.DurationVar(&filter.OlderThan, "older-than", 0, "only rows parked at least this long ago (e.g. 1h)")
+	f.durationVar(&filter.OlderThan, "older-than", "only rows parked at least this `duration` ago (e.g. 1h)")
 	var output *string
 	var limit *int
 	var yes *bool

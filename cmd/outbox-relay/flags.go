@@ -100,8 +100,13 @@ func (f *flags) help() string {
 // the value in -h, e.g. "-older-than D".
 func (f *flags) duration(name string, value time.Duration, usage string) *time.Duration {
 	p := &value
-	f.Var((*durationValue)(p), name, usage)
+	f.durationVar(p, name, usage)
 	return p
+}
+
+// durationVar is duration into p, whose value is the default.
+func (f *flags) durationVar(p *time.Duration, name, usage string) {
+	f.Var((*durationValue)(p), name, usage)
 }
 
 // durationValue is a time.Duration as a flag.Value.
