@@ -178,7 +178,7 @@ func TestClaimReadsOnlyPayloadsWithinBudget(t *testing.T) {
 		defer tx.Rollback(ctx)
 		var js []byte
 		err = tx.QueryRow(ctx, "explain (analyze, buffers, format json) select count(*), max(get_byte(payload, 0)) from ("+
-			b.store.claimSQL+") c", rows, 0, 0, 0, []int64{}, budget, math.MaxInt64, 0).Scan(&js)
+			b.store.claimSQL+") c", b.store.claimArgs(rows, budget, math.MaxInt64)...).Scan(&js)
 		if err != nil {
 			t.Fatal(err)
 		}

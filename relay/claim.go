@@ -11,9 +11,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
-// claimQuery returns the claim of table tbl.
+// claimQuery returns the claim of table t.
 //
 // Rows are taken in id order, never after a "last id seen" cursor (ids are
 // not assigned in commit order): the available rows with the lowest ids, in
@@ -50,16 +52,37 @@ import (
 // pages). The budget is used above the walk only, so the plan is the same
 // for every value of it and stays generic.
 //
+// The claim takes rows of the partitions this relay owns only (see
+// share.go), and only while its LISTEN session ($2) still holds their locks
+// (the session holds all of them or, gone, none: the lock of the first, $3
+// and $4, stands for them): a relay that lost them stops at its next
+// claim, not when it next idles. Each claim holds the "in flight" lock of
+// every partition it claims for ($8) shared until its settle, and only
+// while no new owner fences them off (see Fence). With recorded, the table
+// records its P (migration 007): the claim checks that P is still the one
+// the relay has ($9), so that no claim maps rows with a P that `migrate`
+// has changed, and takes the rows of the partitions listed in $10 (null:
+// all of them). Without, P is 1, and the claim checks that the settings
+// table ($9, its name) has not appeared meanwhile: the relay takes the
+// table's P at its next look.
+//
 // With props, the claim reads the AMQP property columns of migration 005,
 // and for a row with an expiration the milliseconds it has left, by the
 // database's clock (the one created_at was set by). Without, against a
 // table not migrated that far, it returns nulls in their place.
-func claimQuery(tbl string, props bool) string {
+func claimQuery(t schema.Table, props, recorded bool) string {
+	tbl := t.Ident()
 	properties := `null::text as type, null::text as correlation_id, null::text as reply_to, null::smallint as priority,
        null::text as content_encoding, null::text as app_id, null::bigint as expires_ms`
 	if props {
 		properties = `type, correlation_id, reply_to, priority, content_encoding, app_id,
        floor(extract(epoch from created_at + expiration - clock_timestamp()) * 1000)::bigint as expires_ms`
+	}
+	partitionsCheck, partitionsFilter := `to_regclass($9::text) is null`, ""
+	if recorded {
+		partitionsCheck = `$9::integer = (select partitions from ` + t.Derived("settings") + `)`
+		partitionsFilter = `
+   and ($10::integer[] is null or ` + t.Derived("partition") + `(o.partition_key, o.id, $9::integer) = any($10::integer[]))`
 	}
 	return `select id, exchange, routing_key, partition_key, message_id,
        content_type, headers, case when loaded then payload end as payload, size, created_at, attempts, loaded,
@@ -76,14 +99,11 @@ select id, exchange, routing_key, partition_key, message_id::text,
    and available_at = created_at
    and id not in (select unnest($5::bigint[]))
    and ` + keyFree(tbl, "o") + `
-   -- Only while this relay's LISTEN session ($2) holds the leader lock: a
-   -- leader that lost it stops at its next claim, not when it next idles.
-   -- And only while no new leader fences off the claims before its own
-   -- (see Fence): the shared "in flight" lock, held until the settle.
    and ($2 = 0 or (exists (
         select 1 from pg_locks l
          where ` + heldLock("l", "$3", "$4") + ` and l.pid = $2)
-        and (select pg_try_advisory_xact_lock_shared($8::bigint))))
+        and (select bool_and(pg_try_advisory_xact_lock_shared(k)) from unnest($8::bigint[]) k)
+        and ` + partitionsCheck + `))` + partitionsFilter + `
  order by id
  limit $1
    for update skip locked) c
@@ -181,9 +201,7 @@ func (s *pgStore) queueClaim(b *pgx.Batch, limit int) *claiming {
 	}
 	cl := &claiming{at: now, rows: make([]Row, 0, min(limit, 1024)), asked: limit}
 	budget, largest := cmp.Or(s.maxBytes, math.MaxInt64), cmp.Or(s.maxRowBytes, math.MaxInt64)
-	classid, objid := lockParts(s.table.LockKey("leader"))
-	b.Queue(s.claimSQL, limit, s.leaderPID, classid, objid, s.heldIDs(), budget, largest,
-		s.table.LockKey("inflight")).Query(func(rows pgx.Rows) error {
+	b.Queue(s.claimSQL, s.claimArgs(limit, budget, largest)...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var r Row
 			var loaded bool
@@ -273,6 +291,31 @@ func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, cl *claiming) (*
 	c.full = len(rows) >= cl.asked || c.deferred()
 	s.live[c] = struct{}{}
 	return c, nil
+}
+
+// claimArgs returns the arguments of claimSQL (see claimQuery).
+func (s *pgStore) claimArgs(limit int, budget, largest int64) []any {
+	first := 0
+	if len(s.owned) > 0 {
+		first = s.owned[0]
+	}
+	classid, objid := lockParts(s.table.PartitionLockKey("leader", first))
+	inflight := make([]int64, len(s.owned))
+	for i, p := range s.owned {
+		inflight[i] = s.table.PartitionLockKey("inflight", p)
+	}
+	args := []any{limit, s.owner, classid, objid, s.heldIDs(), budget, largest, inflight}
+	if !s.recorded {
+		return append(args, s.table.Derived("settings"))
+	}
+	var owned []int32 // null: every partition (nil owned: unchecked, as pid 0)
+	if s.owned != nil && len(s.owned) < s.partitions {
+		owned = make([]int32, len(s.owned))
+		for i, p := range s.owned {
+			owned[i] = int32(p)
+		}
+	}
+	return append(args, s.partitions, owned)
 }
 
 // heldIDs returns the ids of the rows of live claims. Claims are not made

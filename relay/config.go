@@ -121,6 +121,12 @@ type Config struct {
 	// queue is bound for is dropped by the broker instead of being retried.
 	// The zero value publishes with it (OUTBOX_MANDATORY=true).
 	AllowUnroutable bool
+	// Partitions is the table's number of partitions (migration 007) that
+	// the relay expects: a table recorded with another number is refused
+	// at start, and a relay that finds it changed while it runs stops
+	// with an error. Zero follows the table, whatever its number, and
+	// through a change of it.
+	Partitions int
 	// AppID is the AMQP app-id of the messages whose row leaves app_id
 	// null, at most 255 bytes. Empty sends none.
 	AppID string
@@ -259,6 +265,9 @@ func (c Config) validate() error {
 	}
 	if len(c.AppID) > maxShortstr {
 		bad("AppID", fmt.Sprintf("must be at most %d bytes (an AMQP short string)", maxShortstr))
+	}
+	if c.Partitions < 0 || c.Partitions > schema.MaxPartitions {
+		bad("Partitions", fmt.Sprintf("must be between 1 and %d, or 0 to follow the table", schema.MaxPartitions))
 	}
 	if c.VacuumEvery < 0 {
 		bad("VacuumEvery", "must be 0 (off) or more")

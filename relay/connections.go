@@ -21,18 +21,23 @@ func (l *loop) listenerLost(err error) {
 	l.lisNextTry = time.Time{}
 }
 
+// loseLeadership forgets the partitions and the membership the listener's
+// session held: it is gone, or closed, and its locks with it.
 func (l *loop) loseLeadership() {
 	if l.leader {
-		l.log.Warn("leadership lost")
-		// Let a standby, if there is one, take over rather than race it
-		// for the lock: it tries every standbyInterval.
-		l.leadNotBefore = l.clock.Now().Add(deposedPause)
+		l.log.Warn("leadership lost", slog.Any("partitions", l.owned))
 	}
+	if len(l.held()) > 0 {
+		l.metrics.partitionChanges.WithLabelValues("released").Add(float64(len(l.held())))
+	}
+	l.owned, l.gained, l.gainedAt = nil, nil, time.Time{}
+	l.member, l.nextLook = false, time.Time{}
 	l.leader = false
-	l.store.SetLeader(0)
+	l.store.SetOwner(0, nil)
 	l.prog.setLeader(0)
 	l.waiting, l.armed = false, false // armed again once leader again
 	l.metrics.leader.Set(0)
+	l.metrics.partitionsOwned.Set(0)
 }
 
 // ensureListener (re)connects the LISTEN connection, with back-off. It
@@ -90,83 +95,31 @@ func (l *loop) listenerFailed(err error) {
 		slog.String("fix", se.fix), slog.Int("attempt", l.lisFailures))
 }
 
-// ensureLeader takes the table's leader lock on the listener connection,
-// where it lives exactly as long as the LISTEN. A standby retries every
-// standbyInterval and otherwise just waits.
-func (l *loop) ensureLeader(ctx context.Context) bool {
-	if l.leader {
-		return true
-	}
-	if d := l.leadNotBefore.Sub(l.clock.Now()); d > 0 {
-		// Just deposed: if another relay stands by, leave it the lead.
-		others, err := l.lis.Others(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				l.listenerLost(err)
-			}
-			return false
-		}
-		if others {
-			l.wait(ctx, d)
-			return false
-		}
-		l.leadNotBefore = time.Time{}
-	}
-	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	got, err := l.lis.TryLead(lctx)
-	if err != nil {
-		if ctx.Err() == nil {
-			l.listenerLost(err)
-		}
-		return false
-	}
-	if !got {
-		l.wait(ctx, standbyInterval)
-		return false
-	}
-	// Before its first claim, wait for the claims of the leader before it
-	// to settle or die (see pgStore.Fence): a deposed leader may still
-	// have batches on the wire, and publishing later rows of their keys
-	// first would reorder them.
-	begin := l.clock.Now()
-	if err := l.store.Fence(ctx, fenceWait(l.cfg)); err != nil {
-		if ctx.Err() == nil {
-			l.log.Warn("previous leader's claims did not settle in time; trying again", tint.Err(withHint(err)))
-		}
-		return false
-	}
-	if d := l.clock.Now().Sub(begin); d > 100*time.Millisecond {
-		l.log.Info("waited for the previous leader's batches in flight", slog.Duration("waited", d.Round(time.Millisecond)))
-	}
-	l.leader = true
-	// The server's pid of the LISTEN session, not the startup data's: a
-	// pooler fills that with a number of its own.
-	l.store.SetLeader(l.lis.PID())
-	l.prog.setLeader(l.lis.PID())
-	l.metrics.leader.Set(1)
-	l.log.Info("leadership gained")
-	// A leader killed while it waited leaves the flag set, and writers
-	// would notify nobody until it is cleared. This one claims next.
-	l.setWaiting(ctx, false)
-	return true
-}
-
-// deposedPause is how long a relay that lost the lead waits before it
-// tries to lead again while another relay is connected: two standby
-// intervals, so that the standby, which tries every standbyInterval, takes
-// over. Alone, it tries at once.
-const deposedPause = 2 * standbyInterval
-
-// fenceWait bounds one try of a new leader's wait for the claims before
-// it; it logs and tries again after that. The old leader's batches settle
+// fenceWait bounds one try of a new owner's wait for the claims before it;
+// it logs and tries again after that. The old owner's batches settle
 // within two confirm timeouts unless its broker is blocked or crawling.
 func fenceWait(cfg Config) time.Duration { return 2*cfg.ConfirmTimeout + dbTimeout }
 
-// ensurePublisher (re)connects to the broker, with back-off.
+// brokerGone is how long a relay may go without a broker connection
+// before it gives its partitions up and leaves the members, so that relays
+// that reach the broker do the work. It takes partitions again once it has
+// one. Shorter than a broker node's restart would move partitions at every
+// blip.
+const brokerGone = 10 * time.Second
+
+// ensurePublisher (re)connects to the broker, with back-off. A relay that
+// stays without one for brokerGone leaves the members.
 func (l *loop) ensurePublisher(ctx context.Context) bool {
 	if l.pub.Connected() {
+		l.noBrokerSince = time.Time{}
 		return true
+	}
+	now := l.clock.Now()
+	if l.noBrokerSince.IsZero() {
+		l.noBrokerSince = now
+	}
+	if l.member && now.Sub(l.noBrokerSince) >= brokerGone {
+		l.leave(ctx, "no broker connection")
 	}
 	l.metrics.connUp.WithLabelValues(connAMQP).Set(0)
 	if err := l.pub.Connect(ctx); err != nil {
@@ -179,6 +132,7 @@ func (l *loop) ensurePublisher(ctx context.Context) bool {
 		return false
 	}
 	l.amqpFailures = 0
+	l.noBrokerSince = time.Time{}
 	l.amqpConnects++
 	if l.amqpConnects > 1 {
 		l.metrics.reconnects.WithLabelValues(connAMQP).Inc()
@@ -203,4 +157,25 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// leave gives every partition up and leaves the members; the relay takes
+// partitions again once share joins it back. Nothing is in flight between
+// two steps of the loop.
+func (l *loop) leave(ctx context.Context, why string) {
+	for _, p := range l.held() {
+		if err := l.lis.Release(ctx, p); err != nil {
+			l.shareFailed(ctx, err)
+			return
+		}
+		l.metrics.partitionChanges.WithLabelValues("released").Inc()
+	}
+	if err := l.lis.Member(ctx, false); err != nil {
+		l.shareFailed(ctx, err)
+		return
+	}
+	l.log.Warn("gave partitions up and left the members", slog.String("reason", why), slog.Any("partitions", l.held()))
+	l.owned, l.gained = nil, nil
+	l.setOwned(ctx, nil)
+	l.member = false
 }

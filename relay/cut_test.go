@@ -20,7 +20,7 @@ func TestLoopAbandonsClaimOlderThanBound(t *testing.T) {
 		{rows: rows("1a", "2b"), age: d - time.Millisecond},
 	}
 	wantSteps(t, b.steps(t, 1), stepFailed)
-	wantJournal(t, b.since(0), "fence", "waiting off", "claim [1 2]", "settle [1 2]", "ping")
+	wantJournal(t, b.since(0), "member true", "take 0", "fence [0]", "waiting off", "claim [1 2]", "settle [1 2]", "ping")
 	n := len(*b.j)
 	b.step(t)
 	wantJournal(t, b.since(n)[:3], "claim [1 2]", "send [1 2]", "settle [1 2]")
@@ -50,7 +50,7 @@ func TestLoopAbandonsClaimBehindBatchOnTheWire(t *testing.T) {
 	}
 	wantSteps(t, b.steps(t, 1), stepFailed)
 	b.step(t)
-	wantJournal(t, b.since(2)[:9], "claim [1 2 3]", "send [1 2 3]", "claim [4 5 6]",
+	wantJournal(t, b.since(4)[:9], "claim [1 2 3]", "send [1 2 3]", "claim [4 5 6]",
 		"settle [1 2 3]", "settle [4 5 6]", "ping",
 		"claim [4 5 6]", "send [4 5 6]", "settle [4 5 6]")
 	if n := testutil.ToFloat64(b.l.metrics.published); n != 6 {

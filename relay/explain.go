@@ -15,9 +15,11 @@ type Query struct {
 func Queries(t schema.Table, batchSize, maxAttempts int) []Query {
 	s := newStore(nil, t, maxAttempts, nil)
 	g := newGaugeQueries(t)
+	claimArgs := s.claimArgs(batchSize, BatchBytesDefault, MaxMessageSizeDefault)
+	claimArgs[4] = []int64{1, 2, 3} // the rows of a batch on the wire
 	return []Query{
 		{"promote due rows", s.promoteSQL, []any{batchSize}},
-		{"claim", s.claimSQL, []any{batchSize, 0, 0, 0, []int64{1, 2, 3}, BatchBytesDefault, MaxMessageSizeDefault, 0}},
+		{"claim", s.claimSQL, claimArgs},
 		{"delete acked", s.deleteSQL, []any{[]int64{1, 2, 3}}},
 		{"record failure", s.failSQL, []any{[]int64{1}, []string{"example"}, []int64{1000}, maxAttempts, []bool{false}}},
 		{"gauges", g.gauges, nil},

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"time"
@@ -35,7 +36,9 @@ type fakeStore struct {
 	armed     []bool // what Arm reports, in turn; then true
 	fenceErr  error
 	fences    int
-	leader    []int32 // SetLeader calls
+	leader    []int32 // SetOwner calls: the pid
+	owned     [][]int // SetOwner calls: the partitions
+	fenced    [][]int // Fence calls: the partitions
 }
 
 func (s *fakeStore) next() (*claim, error) {
@@ -96,13 +99,19 @@ func (s *fakeStore) Arm(context.Context) (bool, error) {
 	return ok, s.waitErr
 }
 
-func (s *fakeStore) Fence(context.Context, time.Duration) error {
+func (s *fakeStore) Fence(_ context.Context, _ time.Duration, parts []int) error {
 	s.fences++
-	s.j.add("fence")
+	s.fenced = append(s.fenced, parts)
+	s.j.add(fmt.Sprint("fence ", parts))
 	return s.fenceErr
 }
 
-func (s *fakeStore) SetLeader(pid int32) { s.leader = append(s.leader, pid) }
+func (s *fakeStore) SetOwner(pid int32, owned []int) {
+	s.leader = append(s.leader, pid)
+	s.owned = append(s.owned, owned)
+}
+
+func (s *fakeStore) SetPartitions(int, bool) {}
 
 type fakePublisher struct {
 	j           *journal
@@ -187,15 +196,23 @@ func (p *fakePublisher) Await(b *batch) error {
 
 func (p *fakePublisher) RowRefused() bool { return p.rowRefused }
 
+// fakeListener is the LISTEN session of a relay in a group of its own
+// making: others are the other members, foreign the partitions they hold;
+// without lead, every partition this relay does not hold is another's.
 type fakeListener struct {
 	j           *journal
 	clock       *fakeClock // a wait with no notification lasts its timeout
 	connected   bool
 	connectErrs []error
 	pid         int32
-	lead        bool
-	leadErr     error
-	others      bool // another relay is connected
+	lead        bool  // partitions not foreign may be taken
+	leadErr     error // what Look and Take fail with; the session is then closed
+	partitions  int   // the table's P (recorded, as by migration 007); 0 is 1
+	others      []int32
+	foreign     map[int]int32
+	held        map[int]bool
+	member      bool
+	changed     bool
 	waits       []time.Duration
 	waitErr     error
 	pingErr     error
@@ -209,22 +226,75 @@ func (l *fakeListener) Connect(context.Context) error {
 		l.connectErrs = l.connectErrs[1:]
 		return err
 	}
-	l.connected, l.pid = true, 4242
+	l.connected, l.pid, l.held, l.member = true, 4242, nil, false // a new session holds no lock
 	return nil
 }
 
-func (l *fakeListener) Close(context.Context) { l.connected, l.pid = false, 0 }
-func (l *fakeListener) PID() int32            { return l.pid }
+func (l *fakeListener) Close(context.Context) {
+	l.connected, l.pid, l.held, l.member = false, 0, nil, false
+}
+func (l *fakeListener) PID() int32 { return l.pid }
 
-func (l *fakeListener) TryLead(context.Context) (bool, error) {
+func (l *fakeListener) Look(context.Context) (groupView, error) {
 	if l.leadErr != nil {
-		l.connected = false
-		return false, l.leadErr
+		l.Close(context.Background())
+		return groupView{}, l.leadErr
 	}
-	return l.lead, nil
+	p := max(1, l.partitions)
+	v := groupView{partitions: p, settings: true, owners: make([]int32, p)}
+	v.relays = append(slices.Clone(l.others), l.pid)
+	v.members = slices.Clone(l.others)
+	if l.member {
+		v.members = append(v.members, l.pid)
+	}
+	slices.Sort(v.relays)
+	slices.Sort(v.members)
+	for q := range p {
+		switch {
+		case l.held[q]:
+			v.owners[q] = l.pid
+		case l.foreign[q] != 0:
+			v.owners[q] = l.foreign[q]
+		case !l.lead:
+			v.owners[q] = 1
+		}
+	}
+	return v, nil
 }
 
-func (l *fakeListener) Others(context.Context) (bool, error) { return l.others, nil }
+func (l *fakeListener) Take(_ context.Context, p int) (bool, error) {
+	if l.leadErr != nil {
+		l.Close(context.Background())
+		return false, l.leadErr
+	}
+	if !l.lead || l.foreign[p] != 0 || l.held[p] {
+		return false, nil
+	}
+	if l.held == nil {
+		l.held = map[int]bool{}
+	}
+	l.held[p] = true
+	l.j.add(fmt.Sprint("take ", p))
+	return true, nil
+}
+
+func (l *fakeListener) Release(_ context.Context, p int) error {
+	delete(l.held, p)
+	l.j.add(fmt.Sprint("release ", p))
+	return nil
+}
+
+func (l *fakeListener) Member(_ context.Context, in bool) error {
+	l.member = in
+	l.j.add(fmt.Sprint("member ", in))
+	return nil
+}
+
+func (l *fakeListener) GroupChanged() bool {
+	c := l.changed
+	l.changed = false
+	return c
+}
 
 func (l *fakeListener) Wait(_ context.Context, d time.Duration) (bool, error) {
 	l.waits = append(l.waits, d)

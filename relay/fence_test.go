@@ -19,7 +19,7 @@ func (b *storeBundle) leadWith(t *testing.T) {
 		b.env.Table.LockKey("leader")).Scan(nil, &pid); err != nil {
 		t.Fatal(err)
 	}
-	b.store.SetLeader(pid)
+	b.store.SetOwner(pid, []int{0})
 }
 
 // A new leader's fence waits for every claim made before it to settle; a
@@ -38,7 +38,7 @@ func TestFenceWaitsForEarlierClaims(t *testing.T) {
 
 	fence := make(chan error, 1)
 	next := newStore(b.env.Pool, b.env.Table, 10, nil)
-	go func() { fence <- next.Fence(context.Background(), 10*time.Second) }()
+	go func() { fence <- next.Fence(context.Background(), 10*time.Second, []int{0}) }()
 	testenv.WaitFor(t, 5*time.Second, "the fence to wait for the lock", func() bool {
 		var waiting bool
 		classid, objid := lockParts(b.env.Table.LockKey("inflight"))
@@ -80,7 +80,7 @@ func TestFenceGivesUp(t *testing.T) {
 	b.claimKeys(t, 1)
 	next := newStore(b.env.Pool, b.env.Table, 10, nil)
 	begin := time.Now()
-	if err := next.Fence(context.Background(), 200*time.Millisecond); err == nil {
+	if err := next.Fence(context.Background(), 200*time.Millisecond, []int{0}); err == nil {
 		t.Fatal("fence returned nil with a claim unsettled")
 	}
 	if d := time.Since(begin); d > 5*time.Second {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 // listenerPingInterval is how often an idle listener connection is pinged so
@@ -26,16 +28,14 @@ const sessionCheckTimeout = 5 * time.Second
 const connectTimeout = 10 * time.Second
 
 // pgListener owns the dedicated LISTEN connection, which also holds the
-// leader lock. It lives outside the pool (a pooled connection could be
+// table's relays and members locks and the locks of the partitions the
+// relay owns (members.go). It lives outside the pool (a pooled connection could be
 // handed to someone else with LISTEN still active) and is used by one
 // goroutine.
 type pgListener struct {
 	config  *pgx.ConnConfig
 	channel string
-	lockKey int64 // the table's leader lock
-	// relaysKey is a lock every relay's LISTEN session holds shared, so
-	// that a relay can tell whether others stand by (see Others).
-	relaysKey int64
+	table   schema.Table
 	// probe runs on another session (the pool): it returns that session's
 	// backend pid and sends payload on channel.
 	probe func(ctx context.Context, channel, payload string) (int32, error)
@@ -45,11 +45,14 @@ type pgListener struct {
 	conn     *pgx.Conn
 	pid      int32 // the server's pg_backend_pid() of conn
 	lastPing time.Time
+	// changed says another relay announced a change of the group (see
+	// GroupChanged).
+	changed bool
 }
 
-func newListener(cfg *pgx.ConnConfig, channel string, lockKey, relaysKey int64, probe func(context.Context, string, string) (int32, error),
+func newListener(cfg *pgx.ConnConfig, t schema.Table, probe func(context.Context, string, string) (int32, error),
 	waits acquireTracer, own func(context.Context, *pgconn.PgConn) error) *pgListener {
-	return &pgListener{config: cfg, channel: channel, lockKey: lockKey, relaysKey: relaysKey, probe: probe, waits: waits, own: own}
+	return &pgListener{config: cfg, channel: t.Channel(), table: t, probe: probe, waits: waits, own: own}
 }
 
 // Connected reports whether the LISTEN connection is up.
@@ -132,27 +135,12 @@ func (l *pgListener) setUp(ctx context.Context, conn *pgx.Conn, readOnly bool) e
 	if err := l.own(ctx, conn.PgConn()); err != nil {
 		return err
 	}
-	if _, err := conn.Exec(ctx, "select pg_advisory_lock_shared($1)", simple, l.relaysKey); err != nil {
+	// Every relay's LISTEN session holds the relays lock shared: status
+	// lists them, and their rank picks their first broker node.
+	if _, err := conn.Exec(ctx, "select pg_advisory_lock_shared($1)", simple, l.table.LockKey("relays")); err != nil {
 		return fmt.Errorf("join the table's relays: %w", err)
 	}
 	return nil
-}
-
-// Others reports whether another relay of the table has its LISTEN
-// session up: a standby that would take the lead.
-func (l *pgListener) Others(ctx context.Context) (bool, error) {
-	if !l.Connected() {
-		return false, errors.New("listener not connected")
-	}
-	classid, objid := lockParts(l.relaysKey)
-	var others bool
-	err := l.conn.QueryRow(ctx, "select count(*) > 1 from pg_locks l where "+heldLock("l", "$1", "$2"), simple,
-		classid, objid).Scan(&others)
-	if err != nil {
-		l.Close(ctx)
-		return false, fmt.Errorf("look for other relays: %w", err)
-	}
-	return others, nil
 }
 
 // checkSession proves that conn is a server session of its own, as LISTEN
@@ -205,28 +193,6 @@ func (l *pgListener) checkSession(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// TryLead tries to take the table's leader lock on the LISTEN
-// session, where it lives exactly as long as the LISTEN, and reports
-// whether it holds it. It checks that the lock went to the listener's own
-// backend.
-func (l *pgListener) TryLead(ctx context.Context) (bool, error) {
-	if !l.Connected() {
-		return false, errors.New("listener not connected")
-	}
-	var got bool
-	var pid int32
-	err := l.conn.QueryRow(ctx, "select pg_try_advisory_lock($1), pg_backend_pid()", simple, l.lockKey).Scan(&got, &pid)
-	if err != nil {
-		l.Close(ctx)
-		return false, fmt.Errorf("take leader lock: %w", err)
-	}
-	if pid != l.pid {
-		l.Close(ctx)
-		return false, poolerError(fmt.Sprintf("the leader lock was taken by server backend %d, not the LISTEN session's %d", pid, l.pid))
-	}
-	return got, nil
-}
-
 // Wait blocks until a notification arrives (true), timeout passes (false) or
 // ctx is done. An error means the connection broke; it has been closed.
 func (l *pgListener) Wait(ctx context.Context, timeout time.Duration) (bool, error) {
@@ -235,9 +201,12 @@ func (l *pgListener) Wait(ctx context.Context, timeout time.Duration) (bool, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	_, err := l.conn.WaitForNotification(wctx)
+	n, err := l.conn.WaitForNotification(wctx)
 	switch {
 	case err == nil:
+		if n.Payload == groupPayload && n.PID != uint32(l.pid) {
+			l.changed = true
+		}
 		return true, nil
 	case ctx.Err() != nil:
 		return false, ctx.Err()
@@ -302,5 +271,5 @@ func (l *pgListener) Close(ctx context.Context) {
 		_ = l.conn.Close(cctx)
 		l.conn = nil
 	}
-	l.pid = 0
+	l.pid, l.changed = 0, false
 }

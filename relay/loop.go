@@ -47,9 +47,23 @@ type loop struct {
 	// lastClaim is when the last claim started.
 	lastClaim time.Time
 
-	// leadNotBefore is when a relay that lost the lead may try again
-	// (see deposedPause).
-	leadNotBefore time.Time
+	// The relay's share of the table (share.go): the table's P as it
+	// knows it (0 before the first look) and whether the table records
+	// it, whether it is a member, the partitions it owns and claims for,
+	// those it gained whose fence has not passed yet (since gainedAt), and
+	// when it looks at the group next.
+	partitions int
+	settings   bool
+	member     bool
+	owned      []int
+	gained     []int
+	gainedAt   time.Time
+	nextLook   time.Time
+	// noBrokerSince is when the broker connection was last found down,
+	// zero while it is up (see brokerGone).
+	noBrokerSince time.Time
+	// fatal ends Run with it: a problem retrying cannot outlast.
+	fatal error
 
 	lisFailures, lisConnects   int
 	lisNextTry                 time.Time
@@ -63,7 +77,7 @@ type step string
 
 const (
 	stepNoListener step = "no listener" // the listener is down: connecting, or waiting to retry
-	stepStandby    step = "standby"     // another relay leads, or the fence did not clear
+	stepStandby    step = "standby"     // the relay owns no partition yet, or none at all
 	stepNoBroker   step = "no broker"   // the broker is down: connecting, or waiting to retry
 	stepBlocked    step = "blocked"     // the broker blocks publishing
 	stepBusy       step = "busy"        // rows drained
@@ -75,11 +89,12 @@ const (
 	stepStopped    step = "stopped"     // the relay is stopping: the batches on the wire were settled
 )
 
-func (l *loop) run(ctx, work context.Context) {
-	for ctx.Err() == nil {
+func (l *loop) run(ctx, work context.Context) error {
+	for ctx.Err() == nil && l.fatal == nil {
 		l.runOnce(ctx, work)
 		l.prog.stepDone() // for the liveness probe (see Relay.Live)
 	}
+	return l.fatal
 }
 
 // runOnce makes one decision: connect what is down, lead, drain, or wait.
@@ -89,12 +104,12 @@ func (l *loop) runOnce(ctx, work context.Context) step {
 	if !l.ensureListener(ctx) {
 		return stepNoListener
 	}
-	if !l.ensureLeader(ctx) {
-		return stepStandby
-	}
 	if !l.ensurePublisher(ctx) {
 		l.prog.noBroker.Store(true)
 		return stepNoBroker
+	}
+	if !l.share(ctx) {
+		return stepStandby
 	}
 	if l.pub.Blocked() {
 		l.prog.noBroker.Store(true)

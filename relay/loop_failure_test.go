@@ -73,7 +73,7 @@ func TestLoopFailures(t *testing.T) {
 			if !b.l.leader {
 				t.Error("a claim error with a healthy listener lost leadership")
 			}
-			wantJournal(t, b.since(4), "claim error", "ping")
+			wantJournal(t, b.since(6), "claim error", "ping")
 		},
 	}, {
 		name: "database gone: the listener says so, leadership lost",
@@ -127,7 +127,7 @@ func TestLoopFailures(t *testing.T) {
 			b := setupLoop(t)
 			b.step(t) // leader, broker connected, lingering
 			b.store.claimed = 0
-			if len(*b.j) != 4 {
+			if len(*b.j) != 6 {
 				t.Fatalf("setup: %q", *b.j)
 			}
 			tc.arrange(b)

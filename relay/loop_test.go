@@ -101,7 +101,7 @@ func TestLoopWakeUpSparse(t *testing.T) {
 	t.Parallel()
 	b := setupLoop(t)
 	wantSteps(t, b.steps(t, 3), stepAnnounce, stepWait, stepWait)
-	wantJournal(t, b.since(0), "fence", "waiting off", "claim 0", "arm", "claim 0", "wait 1s", "claim 0", "wait 1s")
+	wantJournal(t, b.since(0), "member true", "take 0", "fence [0]", "waiting off", "claim 0", "arm", "claim 0", "wait 1s", "claim 0", "wait 1s")
 	select {
 	case <-b.l.idle:
 	default:
@@ -224,7 +224,7 @@ func TestLoopArmWaitsForWriters(t *testing.T) {
 	b := setupLoop(t)
 	b.store.armed = []bool{false, false, true}
 	wantSteps(t, b.steps(t, 4), stepLinger, stepLinger, stepAnnounce, stepWait)
-	wantJournal(t, b.since(0), "fence", "waiting off", "claim 0", "arm: writers in flight", "wait 2ms",
+	wantJournal(t, b.since(0), "member true", "take 0", "fence [0]", "waiting off", "claim 0", "arm: writers in flight", "wait 2ms",
 		"claim 0", "arm: writers in flight", "wait 4ms", "claim 0", "arm", "claim 0", "wait 1s")
 }
 
@@ -257,7 +257,7 @@ func TestLoopLeadership(t *testing.T) {
 		b := setupLoop(t)
 		b.lis.lead = false
 		wantSteps(t, b.steps(t, 2), stepStandby, stepStandby)
-		wantJournal(t, b.since(0), "wait "+standbyInterval.String(), "wait "+standbyInterval.String())
+		wantJournal(t, b.since(0), "member true", "wait "+standbyInterval.String(), "wait "+standbyInterval.String())
 		if b.store.fences != 0 || lastPID(b) != 0 || testutil.ToFloat64(b.l.metrics.leader) != 0 {
 			t.Errorf("a standby fenced (%d) or led (%v)", b.store.fences, b.store.leader)
 		}
@@ -269,7 +269,7 @@ func TestLoopLeadership(t *testing.T) {
 		t.Parallel()
 		b := setupLoop(t)
 		wantSteps(t, b.steps(t, 2), stepAnnounce, stepWait)
-		wantJournal(t, b.since(0), "fence", "waiting off", "claim 0", "arm", "claim 0", "wait 1s")
+		wantJournal(t, b.since(0), "member true", "take 0", "fence [0]", "waiting off", "claim 0", "arm", "claim 0", "wait 1s")
 		if lastPID(b) != 4242 || b.l.prog.leaderPID.Load() != 4242 {
 			t.Errorf("leader pid given to the store %v, to the gauges %d; want the listener's 4242", b.store.leader, b.l.prog.leaderPID.Load())
 		}
@@ -285,39 +285,38 @@ func TestLoopLeadership(t *testing.T) {
 		if b.l.leader || lastPID(b) != 0 || b.store.claimed != 0 {
 			t.Errorf("led without the fence: leader %t, pids %v, claims %d", b.l.leader, b.store.leader, b.store.claimed)
 		}
-		wantLog(t, b, "previous leader's claims did not settle in time", 2)
+		wantLog(t, b, "previous owner's claims did not settle in time", 2)
 	})
 	for _, others := range []bool{false, true} {
-		t.Run(fmt.Sprintf("lost with the listener, another relay connected: %t", others), func(t *testing.T) {
+		t.Run(fmt.Sprintf("lost with the listener, another member: %t", others), func(t *testing.T) {
 			t.Parallel()
 			b := setupLoop(t)
-			b.lis.others = others
 			b.step(t)
 			b.lis.connected = false
 			b.lis.connectErrs = []error{context.DeadlineExceeded}
-			lostAt := b.clock.now
 			wantSteps(t, b.steps(t, 1), stepNoListener)
 			if !slices.Contains(b.store.leader, 4242) || lastPID(b) != 0 || b.l.prog.leaderPID.Load() != 0 {
 				t.Errorf("leader pids %v, gauges %d; want 4242 then 0", b.store.leader, b.l.prog.leaderPID.Load())
 			}
-			if testutil.ToFloat64(b.l.metrics.leader) != 0 {
-				t.Error("outbox_leader still 1")
+			if testutil.ToFloat64(b.l.metrics.leader) != 0 || testutil.ToFloat64(b.l.metrics.partitionsOwned) != 0 {
+				t.Error("outbox_leader or outbox_partitions_owned still 1")
 			}
 			wantLog(t, b, "leadership lost", 1)
 			wantLog(t, b, "listener connect failed", 1)
-			// Connected again, alone it leads at once; with another relay
-			// connected it leaves it time to take over. Either way it
-			// fences again before it claims.
-			n := len(*b.j)
+			// Connected again, alone it leads at once, after the fence;
+			// with a member of a lower pid (ranked first) it stands by:
+			// that one's target is the one partition.
 			if others {
-				wantSteps(t, b.steps(t, 3), stepNoListener, stepStandby, stepAnnounce)
-				if waited := b.clock.now.Sub(lostAt); waited < deposedPause {
-					t.Errorf("led again %s after losing the lead, want at least %s", waited, deposedPause)
+				b.lis.others = []int32{17}
+				wantSteps(t, b.steps(t, 3), stepNoListener, stepStandby, stepStandby)
+				if b.store.fences != 1 || len(b.lis.held) != 0 {
+					t.Errorf("fences %d, held %v: want the first fence only, nothing held", b.store.fences, b.lis.held)
 				}
-			} else {
-				wantSteps(t, b.steps(t, 2), stepNoListener, stepAnnounce)
+				return
 			}
-			if calls := b.since(n); b.store.fences != 2 || !slices.Contains(calls, "fence") {
+			n := len(*b.j)
+			wantSteps(t, b.steps(t, 2), stepNoListener, stepAnnounce)
+			if calls := b.since(n); b.store.fences != 2 || !slices.Contains(calls, "fence [0]") {
 				t.Errorf("fences %d, want 2; calls %q", b.store.fences, calls)
 			}
 		})

@@ -19,15 +19,19 @@ type metrics struct {
 	deliveryLatency prometheus.Histogram
 	batchSize       prometheus.Histogram
 	leader          prometheus.Gauge
-	connUp          *prometheus.GaugeVec
-	reconnects      *prometheus.CounterVec
-	pending         prometheus.Gauge
-	dead            prometheus.Gauge
-	lag             prometheus.Gauge
-	notifyQueue     prometheus.Gauge
-	stalled         prometheus.Gauge
-	acquireWaits    prometheus.Counter
-	gaugesRefreshed prometheus.Gauge
+	// partitionsOwned and partitionChanges follow the relay's share of
+	// the table (share.go).
+	partitionsOwned  prometheus.Gauge
+	partitionChanges *prometheus.CounterVec
+	connUp           *prometheus.GaugeVec
+	reconnects       *prometheus.CounterVec
+	pending          prometheus.Gauge
+	dead             prometheus.Gauge
+	lag              prometheus.Gauge
+	notifyQueue      prometheus.Gauge
+	stalled          prometheus.Gauge
+	acquireWaits     prometheus.Counter
+	gaugesRefreshed  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -56,8 +60,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outbox_leader",
-			Help: "1 while this relay is the active one for its table.",
+			Help: "1 while this relay owns at least one of its table's partitions and claims for it (with one partition: it is the active relay).",
 		}),
+		partitionsOwned: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_partitions_owned",
+			Help: "Partitions of the table this relay owns and claims for.",
+		}),
+		partitionChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outbox_partition_changes_total",
+			Help: "Partitions this relay gained or released (change: gained, released), its session's loss included.",
+		}, []string{"change"}),
 		connUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "outbox_connection_up",
 			Help: "1 while the named connection (postgres_listener, amqp) is up.",
@@ -98,13 +110,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed, ReasonExpired, ReasonClaimTooOld} {
 		m.failures.WithLabelValues(r)
 	}
+	for _, c := range []string{"gained", "released"} {
+		m.partitionChanges.WithLabelValues(c)
+	}
 	for _, c := range []string{connListener, connAMQP} {
 		m.connUp.WithLabelValues(c)
 		m.reconnects.WithLabelValues(c)
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.failures, m.orderBreaks, m.deliveryLatency, m.batchSize,
-			m.leader, m.connUp, m.reconnects, m.pending, m.dead, m.lag, m.notifyQueue,
+			m.leader, m.partitionsOwned, m.partitionChanges, m.connUp, m.reconnects, m.pending, m.dead, m.lag, m.notifyQueue,
 			m.stalled, m.acquireWaits, m.gaugesRefreshed)
 	}
 	return m

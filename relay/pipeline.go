@@ -7,7 +7,8 @@ import (
 )
 
 // drain claims, publishes and settles batches back to back until a claim
-// comes back short of a full batch or stop is done, and returns how many
+// comes back short of a full batch, stop is done or a look at the group
+// is due (share.go: the batches are settled first), and returns how many
 // rows it claimed and loaded. ctx bounds the work itself (see Run: it
 // outlives stop by the shutdown timeout).
 //
@@ -66,7 +67,7 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 	// mayClaim reports whether to claim now, with the batches in wire
 	// staying on the wire.
 	mayClaim := func() bool {
-		if !lastFull || broken || stop.Err() != nil {
+		if !lastFull || broken || stop.Err() != nil || l.lookDue() {
 			return false
 		}
 		for _, b := range wire {

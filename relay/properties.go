@@ -41,7 +41,7 @@ const propertiesSQL = `select exists (select 1 from pg_attribute
 // property columns.
 func (s *pgStore) setProperties(props bool) {
 	s.props = props
-	s.claimSQL = claimQuery(s.table.Ident(), props)
+	s.claimSQL = claimQuery(s.table, props, s.recorded)
 }
 
 // queuePropertiesCheck queues, after a claim made without the property

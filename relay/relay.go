@@ -125,7 +125,7 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 		Relay: r,
 		store: store,
 		pub:   newPublisher(r.cfg, r.amqpURIs, r.appName),
-		lis: newListener(r.lisCfg, table.Channel(), table.LockKey("leader"), table.LockKey("relays"), probeSession(pool),
+		lis: newListener(r.lisCfg, table, probeSession(pool),
 			acquireTracer{log: r.log, metrics: r.metrics},
 			func(ctx context.Context, c *pgconn.PgConn) error {
 				if !r.sessionsOwn.Swap(true) {
@@ -183,7 +183,7 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 		defer wg.Done()
 		l.vac.run(ctx)
 	}()
-	l.run(ctx, work)
+	fatal := l.run(ctx, work)
 	r.ready.Store(false)
 
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -196,6 +196,10 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 	r.metrics.leader.Set(0)
 	r.metrics.connUp.WithLabelValues(connAMQP).Set(0)
 	r.metrics.connUp.WithLabelValues(connListener).Set(0)
+	if fatal != nil {
+		r.log.Error("relay stopped", tint.Err(fatal))
+		return fatal
+	}
 	r.log.Info("relay stopped")
 	return nil
 }

@@ -22,11 +22,17 @@ type store interface {
 	// Arm raises the flag and waits briefly for the writers that did not
 	// notify; false: one is still in its transaction (see pgStore.Arm).
 	Arm(ctx context.Context) (bool, error)
-	// Fence waits up to wait for the claims made before it to settle.
-	Fence(ctx context.Context, wait time.Duration) error
-	// SetLeader gives the backend pid of the session holding the leader
-	// lock; claims stop once it no longer holds it. 0 claims unchecked.
-	SetLeader(pid int32)
+	// Fence waits up to wait for the claims made before it on partitions
+	// to settle.
+	Fence(ctx context.Context, wait time.Duration, partitions []int) error
+	// SetPartitions gives the table's P, and whether the table records it
+	// (migration 007).
+	SetPartitions(p int, recorded bool)
+	// SetOwner gives the backend pid of the session holding the locks of
+	// the partitions owned, and those partitions (ascending): claims take
+	// rows of them only, and stop once the session is gone. Pid 0 claims
+	// unchecked.
+	SetOwner(pid int32, owned []int)
 }
 
 // publisher is the broker as the loop sees it (amqpPublisher). It sends
@@ -62,22 +68,29 @@ type publisher interface {
 	RowRefused() bool
 }
 
-// listener is the LISTEN session, which also holds the leader lock
-// (pgListener).
+// listener is the LISTEN session, which also holds the members lock and the
+// locks of the partitions the relay owns (pgListener).
 type listener interface {
 	// Connected reports whether the session is up.
 	Connected() bool
 	// Connect opens and checks the session (a *setupError says why it
 	// cannot be used) and LISTENs.
 	Connect(ctx context.Context) error
-	// Close closes the session, releasing the leader lock.
+	// Close closes the session, releasing its locks.
 	Close(ctx context.Context)
 	// PID is the server's backend pid of the session; 0 when down.
 	PID() int32
-	// TryLead tries to take the leader lock on the session.
-	TryLead(ctx context.Context) (bool, error)
-	// Others reports whether another relay of the table is connected.
-	Others(ctx context.Context) (bool, error)
+	// Look reads the table's P, relays, members and partition owners.
+	Look(ctx context.Context) (groupView, error)
+	// Take tries to take partition p's lock on the session.
+	Take(ctx context.Context, p int) (bool, error)
+	// Release gives partition p's lock up.
+	Release(ctx context.Context, p int) error
+	// Member joins or leaves the table's members.
+	Member(ctx context.Context, in bool) error
+	// GroupChanged reports whether another relay announced a change of
+	// the group since it was last asked.
+	GroupChanged() bool
 	// Wait sleeps until a notification (true), the timeout or ctx. An error
 	// means the session broke and was closed.
 	Wait(ctx context.Context, timeout time.Duration) (bool, error)

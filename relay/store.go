@@ -36,9 +36,15 @@ type pgStore struct {
 	// claim asks for (see rowLimit). Only the loop's goroutine claims.
 	rowBytes float64
 
-	// leaderPID is the backend pid of the session holding the leader lock
-	// for this relay (its LISTEN connection); 0 claims without the check.
-	leaderPID int32
+	// owner is the backend pid of the session holding this relay's
+	// partition locks (its LISTEN connection), 0 to claim without the
+	// check, and owned the partitions it owns, ascending (see SetOwner).
+	owner int32
+	owned []int
+	// partitions is the table's P; recorded says the table records it
+	// (migration 007), and claimSQL checks and uses it.
+	partitions int
+	recorded   bool
 
 	// live holds the claims not yet settled (see heldIDs). Like every
 	// field, only the loop's goroutine touches it.
@@ -63,8 +69,12 @@ func newStore(pool *pgxpool.Pool, t schema.Table, maxAttempts int, backoff func(
 		maxAttempts: maxAttempts,
 		backoff:     backoff,
 		live:        make(map[*claim]struct{}),
-		claimSQL:    claimQuery(tbl, true),
-		props:       true,
+		// The latest schema, until Run finds out (see setProperties and
+		// SetPartitions).
+		claimSQL:   claimQuery(t, true, true),
+		props:      true,
+		partitions: 1,
+		recorded:   true,
 		// Due rows of delayed_idx (delayed by their writer, or backing off
 		// after a failure) go back to claim_idx:
 		// available_at = created_at reads "available", and the claim stays
@@ -234,9 +244,16 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 	return st, nc, nil, claimErr
 }
 
-// SetLeader sets the backend pid of the session holding the leader lock
-// for this relay; 0 claims without the check.
-func (s *pgStore) SetLeader(pid int32) { s.leaderPID = pid }
+// SetOwner sets the backend pid of the session holding this relay's
+// partition locks, and the partitions it owns; pid 0 claims without the
+// check.
+func (s *pgStore) SetOwner(pid int32, owned []int) { s.owner, s.owned = pid, owned }
+
+// SetPartitions sets the table's P, and whether the table records it.
+func (s *pgStore) SetPartitions(p int, recorded bool) {
+	s.partitions, s.recorded = p, recorded
+	s.claimSQL = claimQuery(s.table, s.props, recorded)
+}
 
 // SetWaiting records whether the relay is asleep on LISTEN; the insert
 // trigger sends a NOTIFY only while it is.
@@ -262,31 +279,36 @@ func lastError(r Result) string {
 	return Clip(strings.ToValidUTF8(msg, "?"), maxLastError)
 }
 
-// Fence waits until every claim transaction made on the table before it,
-// by whichever relay, has ended: settled, or died with its session. A new
-// leader calls it before its first claim. Every claim takes the table's
-// "in flight" advisory lock shared, for its transaction; Fence takes it
-// exclusively, which waits for those. A deposed leader still settling what
-// it has on the wire therefore delays the new leader instead of being
-// overtaken by it: the new leader never publishes a row of a key while an
-// earlier row of that key is unsettled at the old one. Its claims made
-// meanwhile find the lock requested and claim nothing (a shared try-lock
-// gives way to a waiting exclusive request), so the two never deadlock.
+// Fence waits until every claim transaction made on partitions before it,
+// by whichever relay, has ended: settled, or died with its session. A relay
+// calls it for the partitions it gained before it claims for them. Every
+// claim takes its partitions' "in flight" advisory locks shared, for its
+// transaction; Fence takes them exclusively, which waits for those. A
+// previous owner still settling what it has on the wire therefore delays
+// the new owner instead of being overtaken by it: the new owner never
+// publishes a row of a key while an earlier row of that key is unsettled
+// at the old one. Claims of the old owner made meanwhile find the lock
+// requested and claim nothing (a shared try-lock gives way to a waiting
+// exclusive request), so the two never deadlock.
 //
 // The wait is bounded by wait (lock_timeout and statement_timeout for this
 // transaction); an error says it did not end in time.
-func (s *pgStore) Fence(ctx context.Context, wait time.Duration) error {
+func (s *pgStore) Fence(ctx context.Context, wait time.Duration, partitions []int) error {
 	ctx, cancel := context.WithTimeout(ctx, wait+dbTimeout)
 	defer cancel()
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("fence: %w", err)
 	}
+	keys := make([]int64, len(partitions))
+	for i, p := range partitions {
+		keys[i] = s.table.PartitionLockKey("inflight", p)
+	}
 	b := &pgx.Batch{}
 	b.Queue("begin")
 	b.Queue(fmt.Sprintf("set local lock_timeout = %d", wait.Milliseconds()))
 	b.Queue(fmt.Sprintf("set local statement_timeout = %d", wait.Milliseconds()+1000))
-	b.Queue("select pg_advisory_xact_lock($1)", s.table.LockKey("inflight"))
+	b.Queue("select pg_advisory_xact_lock(k) from unnest($1::bigint[]) k", keys)
 	b.Queue("commit")
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		discard(conn)

@@ -94,11 +94,41 @@ func cmdMigrate(args []string) (action, error) {
 		if err != nil {
 			return err
 		}
-		if len(applied) == 0 {
+		changed, err := migratePartitions(ctx, e, conn, t, applied)
+		if err != nil {
+			return err
+		}
+		if len(applied) == 0 && !changed {
 			fmt.Fprintf(e.stdout, "%s is up to date\n", t)
 		}
 		return nil
 	}, nil
+}
+
+// partitionsWait bounds migrate's wait for the claims in flight when it
+// changes P: a relay's batch settles within two confirm timeouts unless its
+// broker blocks.
+const partitionsWait = 2 * time.Minute
+
+// migratePartitions records OUTBOX_PARTITIONS as the table's number of
+// partitions, or the default for a table this migrate created, and reports
+// whether it changed it. Unset, an existing table keeps its number.
+func migratePartitions(ctx context.Context, e *env, conn *pgx.Conn, t schema.Table, applied []schema.Migration) (bool, error) {
+	want := e.cfg.Partitions
+	if want == 0 && len(applied) > 0 && applied[0].Version == 1 {
+		want = schema.DefaultPartitions
+	}
+	if want == 0 {
+		return false, nil
+	}
+	old, err := schema.SetPartitions(ctx, conn, t, want, partitionsWait)
+	if err != nil {
+		return false, err
+	}
+	if old != want {
+		fmt.Fprintf(e.stdout, "partitions of %s: %d, were %d\n", t, want, old)
+	}
+	return old != want, nil
 }
 
 // printMigrations writes the SQL of every migration for OUTBOX_TABLE.

@@ -53,6 +53,7 @@ type config struct {
 	ConfirmTimeout    time.Duration `envconfig:"CONFIRM_TIMEOUT" desc:"longest wait for a batch's publisher confirms before reconnecting"`
 	MaxMessageSize    int           `envconfig:"MAX_MESSAGE_SIZE" desc:"largest payload in bytes published; set to the broker's max_message_size (16 MiB in RabbitMQ 4, 128 MiB in 3.x)"`
 	VacuumEvery       int           `envconfig:"VACUUM_EVERY" desc:"rows deleted between the relay's own VACUUMs of the table, which keep claims cheap while a backlog drains (needs table ownership, or MAINTAIN on PostgreSQL 17); 0 leaves it to autovacuum"`
+	Partitions        int           `envconfig:"PARTITIONS" desc:"the table's number of partitions (1-256), which relays share: migrate records it (default 12 for a table it creates); a relay refuses a table recorded with another. Unset, a relay follows the table"`
 	AppID             string        `envconfig:"APP_ID" desc:"AMQP app-id of messages whose row leaves app_id null (at most 255 bytes); empty sends none"`
 	Mandatory         bool          `envconfig:"MANDATORY" desc:"publish with the mandatory flag: unroutable messages are retried, then parked dead"`
 	MetricsAddr       string        `envconfig:"METRICS_ADDR" desc:"listen address of /metrics and the probes /healthz, /readyz and /statusz; empty turns it off"`
@@ -86,6 +87,7 @@ var envField = map[string]string{
 	"ShutdownTimeout":   "SHUTDOWN_TIMEOUT",
 	"VacuumEvery":       "VACUUM_EVERY",
 	"AppID":             "APP_ID",
+	"Partitions":        "PARTITIONS",
 }
 
 // defaultConfig is the configuration with no variable set: the relay
@@ -200,6 +202,11 @@ func (c *config) validate() error {
 		// not part of that.
 		return &configError{envField[fe.Field], fe.Explain(func(field string) string { return envPrefix + "_" + envField[field] })}
 	}
+	if v, set := os.LookupEnv(envPrefix + "_PARTITIONS"); set && v != "" && c.Partitions == 0 {
+		// The library's 0 follows the table; the variable says so by
+		// being unset.
+		return &configError{"PARTITIONS", fmt.Sprintf("must be between 1 and %d; leave it unset to follow the table", schema.MaxPartitions)}
+	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			return &configError{"METRICS_ADDR", "want host:port or :port"}
@@ -253,6 +260,7 @@ func (c *config) relayConfig(log *slog.Logger) relay.Config {
 		MaxMessageSize:    c.MaxMessageSize,
 		VacuumEvery:       c.VacuumEvery,
 		AppID:             c.AppID,
+		Partitions:        c.Partitions,
 		// The one place OUTBOX_MANDATORY meets the library's flag, whose
 		// zero value (false) is OUTBOX_MANDATORY=true.
 		AllowUnroutable: !c.Mandatory,

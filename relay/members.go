@@ -1,0 +1,125 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/schema"
+)
+
+// The listener's part in sharing the table (see share.go): its session
+// holds the members lock and the locks of the partitions the relay owns,
+// so all of them end with it.
+
+// groupPayload is the payload of the notification a relay sends when it
+// joins or leaves the members or releases partitions, so that the others
+// look at once rather than at their next look.
+const groupPayload = "outbox-relay group changed"
+
+// Look reads the table's P and, from pg_locks, its relays, members and
+// partition owners.
+func (l *pgListener) Look(ctx context.Context) (groupView, error) {
+	if !l.Connected() {
+		return groupView{}, errors.New("listener not connected")
+	}
+	p, recorded, err := schema.ReadPartitions(ctx, simpleConn{l.conn}, l.table)
+	if err != nil {
+		return groupView{}, err
+	}
+	v := groupView{partitions: p, settings: recorded, owners: make([]int32, p)}
+	part := make(map[int64]int, p)
+	keys := []int64{l.table.LockKey("relays"), l.table.LockKey("members")}
+	for i, k := range l.table.PartitionLockKeys("leader", p) {
+		part[k] = i
+		keys = append(keys, k)
+	}
+	// pg_locks shows a 64-bit key as two oids; << wraps in bigint as the
+	// key did.
+	rows, err := l.conn.Query(ctx, `select (l.classid::bigint << 32) | l.objid::bigint, l.pid from pg_locks l
+ where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+   and l.database = (select oid from pg_database where datname = current_database())
+   and ((l.classid::bigint << 32) | l.objid::bigint) = any($1::bigint[])
+ order by l.pid`, simple, keys)
+	if err != nil {
+		return groupView{}, fmt.Errorf("look at the table's relays: %w", err)
+	}
+	var key int64
+	var pid int32
+	_, err = pgx.ForEachRow(rows, []any{&key, &pid}, func() error {
+		switch key {
+		case keys[0]:
+			v.relays = append(v.relays, pid)
+		case keys[1]:
+			v.members = append(v.members, pid)
+		default:
+			v.owners[part[key]] = pid
+		}
+		return nil
+	})
+	if err != nil {
+		return groupView{}, fmt.Errorf("look at the table's relays: %w", err)
+	}
+	return v, nil
+}
+
+// Take tries to take partition p's lock, and reports whether it holds it.
+func (l *pgListener) Take(ctx context.Context, p int) (bool, error) {
+	if !l.Connected() {
+		return false, errors.New("listener not connected")
+	}
+	var got bool
+	if err := l.conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", simple, l.table.PartitionLockKey("leader", p)).Scan(&got); err != nil {
+		return false, fmt.Errorf("take partition %d: %w", p, err)
+	}
+	return got, nil
+}
+
+// Release gives partition p's lock up and tells the other relays.
+func (l *pgListener) Release(ctx context.Context, p int) error {
+	if !l.Connected() {
+		return errors.New("listener not connected")
+	}
+	var held bool
+	if err := l.conn.QueryRow(ctx, "select pg_advisory_unlock($1), pg_notify($2, $3) is null", simple,
+		l.table.PartitionLockKey("leader", p), l.channel, groupPayload).Scan(&held, nil); err != nil {
+		return fmt.Errorf("release partition %d: %w", p, err)
+	}
+	if !held {
+		return fmt.Errorf("release partition %d: the session did not hold its lock", p)
+	}
+	return nil
+}
+
+// Member joins (in) or leaves the table's members, the relays that may own
+// partitions, and tells the other relays.
+func (l *pgListener) Member(ctx context.Context, in bool) error {
+	if !l.Connected() {
+		return errors.New("listener not connected")
+	}
+	q := "select pg_advisory_lock_shared($1)::text, pg_notify($2, $3)"
+	if !in {
+		q = "select pg_advisory_unlock_shared($1)::text, pg_notify($2, $3)"
+	}
+	if _, err := l.conn.Exec(ctx, q, simple, l.table.LockKey("members"), l.channel, groupPayload); err != nil {
+		return fmt.Errorf("join or leave the table's members: %w", err)
+	}
+	return nil
+}
+
+// GroupChanged reports whether another relay announced a change of the
+// group since the last call.
+func (l *pgListener) GroupChanged() bool {
+	c := l.changed
+	l.changed = false
+	return c
+}
+
+// simpleConn runs QueryRow on a connection without prepared statements.
+type simpleConn struct{ conn *pgx.Conn }
+
+func (q simpleConn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	return q.conn.QueryRow(ctx, sql, append([]any{simple}, args...)...)
+}
