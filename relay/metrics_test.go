@@ -24,7 +24,7 @@ var MetricNames = []string{
 	"outbox_delivery_latency_seconds", "outbox_batch_size", "outbox_leader",
 	"outbox_connection_up", "outbox_reconnects_total", "outbox_notify_queue_usage_ratio",
 	"outbox_stalled", "outbox_db_acquire_waits_total", "outbox_build_info",
-	"outbox_gauges_refreshed_timestamp_seconds",
+	"outbox_gauges_refreshed_timestamp_seconds", "outbox_partitions_owned", "outbox_partition_changes_total",
 }
 
 func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {

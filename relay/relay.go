@@ -228,8 +228,12 @@ func (r *Relay) resolveTable(ctx context.Context, pool *pgxpool.Pool) (t schema.
 		if err == nil {
 			version, props, err = checkSchema(ctx, q, t)
 		}
+		if err == nil && r.cfg.Partitions != 0 {
+			err = r.checkPartitions(ctx, q, t)
+		}
 		var tooNew *SchemaTooNewError
-		if errors.As(err, &tooNew) {
+		var mismatch *PartitionsMismatchError
+		if errors.As(err, &tooNew) || errors.As(err, &mismatch) {
 			return t, false, err
 		}
 		if err == nil {
@@ -258,4 +262,34 @@ func (r *Relay) warnPendingMigrations(have int, props bool) {
 		r.log.Warn("the table's schema is older than this relay: run `outbox-relay migrate`",
 			slog.Int("schema_version", have), slog.Int("relay_version", want), slog.Bool("property_columns", props))
 	}
+}
+
+// PartitionsMismatchError is a relay told OUTBOX_PARTITIONS that differs
+// from the table's number of partitions: it refuses to start.
+type PartitionsMismatchError struct {
+	Table       schema.Table
+	Configured  int
+	TableHas    int
+	TableRecord bool // the table records its P (migration 007)
+}
+
+func (e *PartitionsMismatchError) Error() string {
+	has := fmt.Sprintf("table %s has %d", e.Table, e.TableHas)
+	if !e.TableRecord {
+		has += " (it is not migrated to record partitions)"
+	}
+	return fmt.Sprintf("OUTBOX_PARTITIONS=%d but %s: change the table's with `OUTBOX_PARTITIONS=%d outbox-relay migrate`, "+
+		"or set OUTBOX_PARTITIONS=%d, or leave it unset to follow the table", e.Configured, has, e.Configured, e.TableHas)
+}
+
+// checkPartitions refuses a table whose P is not the configured one.
+func (r *Relay) checkPartitions(ctx context.Context, q simpleQuerier, t schema.Table) error {
+	p, recorded, err := schema.ReadPartitions(ctx, q, t)
+	if err != nil {
+		return err
+	}
+	if p != r.cfg.Partitions {
+		return &PartitionsMismatchError{Table: t, Configured: r.cfg.Partitions, TableHas: p, TableRecord: recorded}
+	}
+	return nil
 }

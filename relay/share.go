@@ -152,6 +152,7 @@ func (l *loop) look(ctx context.Context) bool {
 		l.owned, l.gained = without(l.owned, p), without(l.gained, p)
 		l.metrics.partitionChanges.WithLabelValues("released").Inc()
 	}
+	var gained []int
 	for _, p := range take {
 		got, err := l.lis.Take(ctx, p)
 		if err != nil {
@@ -159,6 +160,7 @@ func (l *loop) look(ctx context.Context) bool {
 			return false
 		}
 		if got {
+			gained = append(gained, p)
 			l.gained = append(l.gained, p)
 			l.metrics.partitionChanges.WithLabelValues("gained").Inc()
 			if l.gainedAt.IsZero() {
@@ -166,8 +168,8 @@ func (l *loop) look(ctx context.Context) bool {
 			}
 		}
 	}
-	if len(take)+len(release) > 0 {
-		l.log.Info("partitions moved", slog.Any("gained", take), slog.Any("released", release),
+	if len(gained)+len(release) > 0 {
+		l.log.Info("partitions moved", slog.Any("gained", gained), slog.Any("released", release),
 			slog.Int("target", v.target(pid)), slog.Int("members", len(v.members)))
 	}
 	l.setOwned(ctx, l.owned)
