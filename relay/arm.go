@@ -43,7 +43,7 @@ func (s *pgStore) Arm(ctx context.Context) (bool, error) {
 	if s.writersSeen {
 		var writers bool
 		b := &pgx.Batch{}
-		b.Queue(s.waitingSQL, s.table.Derived("relay_waiting"), 1)
+		s.queueFlag(b, true)
 		b.Queue(s.writersSQL, s.table.Ident()).QueryRow(func(r pgx.Row) error { return r.Scan(&writers) })
 		if err := conn.SendBatch(ctx, b).Close(); err != nil {
 			discard(conn)
@@ -54,7 +54,7 @@ func (s *pgStore) Arm(ctx context.Context) (bool, error) {
 		return !writers, nil
 	}
 	b := &pgx.Batch{}
-	b.Queue(s.waitingSQL, s.table.Derived("relay_waiting"), 1)
+	s.queueFlag(b, true)
 	b.Queue("begin")
 	b.Queue(fmt.Sprintf("set local lock_timeout = %d", armWait.Milliseconds()))
 	b.Queue("lock table " + s.table.Ident() + " in share mode")
@@ -81,4 +81,30 @@ func (s *pgStore) Arm(ctx context.Context) (bool, error) {
 	conn.Release()
 	s.writersSeen = writers
 	return !writers, nil
+}
+
+// The wake-up flag with several relays. Any relay asleep on LISTEN needs
+// the flag up; a relay that claims at a steady pace lowers it, which
+// would leave the others asleep without a NOTIFY until their poll. So a
+// relay holds the table's sleepers lock, shared, on its LISTEN session
+// from before it raises the flag until it lowers it (pgListener.Sleeper),
+// and lowers it only while no other relay holds that lock. Both changes
+// of the flag take the table's flag lock for their transaction, so a
+// relay that goes to sleep between another's check and its lowering
+// raises the flag after that lowering, not before.
+
+// queueFlag queues, in a transaction of its own under the flag lock, the
+// raising of the flag, or its lowering unless another relay sleeps.
+func (s *pgStore) queueFlag(b *pgx.Batch, up bool) {
+	b.Queue("begin")
+	b.Queue("select pg_advisory_xact_lock($1)", s.table.LockKey("wake-up flag"))
+	if up {
+		b.Queue(s.waitingSQL, s.table.Derived("relay_waiting"), 1)
+	} else {
+		classid, objid := lockParts(s.table.LockKey("sleepers"))
+		b.Queue(`select setval($1::regclass, 0) where not exists (
+        select 1 from pg_locks l where `+heldLock("l", "$2", "$3")+` and l.pid <> $4)`,
+			s.table.Derived("relay_waiting"), classid, objid, s.owner)
+	}
+	b.Queue("commit")
 }

@@ -35,7 +35,7 @@ func (l *loop) loseLeadership() {
 	l.leader = false
 	l.store.SetOwner(0, nil)
 	l.prog.setLeader(0)
-	l.waiting, l.armed = false, false // armed again once leader again
+	l.waiting, l.armed, l.asleep = false, false, false // armed again once leader again
 	l.metrics.leader.Set(0)
 	l.metrics.partitionsOwned.Set(0)
 }
@@ -173,6 +173,9 @@ func (l *loop) leave(ctx context.Context, why string) {
 	if err := l.lis.Member(ctx, false); err != nil {
 		l.shareFailed(ctx, err)
 		return
+	}
+	if l.waiting {
+		l.setWaiting(ctx, false) // others may sleep: the flag stays up for them
 	}
 	l.log.Warn("gave partitions up and left the members", slog.String("reason", why), slog.Any("partitions", l.held()))
 	l.owned, l.gained = nil, nil

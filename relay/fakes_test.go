@@ -212,6 +212,7 @@ type fakeListener struct {
 	foreign     map[int]int32
 	held        map[int]bool
 	member      bool
+	asleep      bool
 	changed     bool
 	waits       []time.Duration
 	waitErr     error
@@ -226,12 +227,12 @@ func (l *fakeListener) Connect(context.Context) error {
 		l.connectErrs = l.connectErrs[1:]
 		return err
 	}
-	l.connected, l.pid, l.held, l.member = true, 4242, nil, false // a new session holds no lock
+	l.connected, l.pid, l.held, l.member, l.asleep = true, 4242, nil, false, false // a new session holds no lock
 	return nil
 }
 
 func (l *fakeListener) Close(context.Context) {
-	l.connected, l.pid, l.held, l.member = false, 0, nil, false
+	l.connected, l.pid, l.held, l.member, l.asleep = false, 0, nil, false, false
 }
 func (l *fakeListener) PID() int32 { return l.pid }
 
@@ -287,6 +288,11 @@ func (l *fakeListener) Release(_ context.Context, p int) error {
 func (l *fakeListener) Member(_ context.Context, in bool) error {
 	l.member = in
 	l.j.add(fmt.Sprint("member ", in))
+	return nil
+}
+
+func (l *fakeListener) Sleeper(_ context.Context, asleep bool) error {
+	l.asleep = asleep
 	return nil
 }
 

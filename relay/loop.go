@@ -28,6 +28,9 @@ type loop struct {
 	resetPool func()
 	leader    bool
 	waiting   bool // the wake-up flag is up: writers notify
+	// asleep says the LISTEN session holds the sleepers lock (see
+	// pgStore.queueFlag).
+	asleep bool
 	// armed says the flag has been up since the writers that did not
 	// notify ended (see pgStore.Arm): the relay may sleep on LISTEN.
 	armed bool

@@ -62,6 +62,7 @@ func (l *pgListener) Look(ctx context.Context) (groupView, error) {
 	if err != nil {
 		return groupView{}, fmt.Errorf("look at the table's relays: %w", err)
 	}
+	l.drainNotifications()
 	return v, nil
 }
 
@@ -107,6 +108,41 @@ func (l *pgListener) Member(ctx context.Context, in bool) error {
 		return fmt.Errorf("join or leave the table's members: %w", err)
 	}
 	return nil
+}
+
+// Sleeper takes (asleep) or gives up the table's sleepers lock, shared:
+// held from before the relay raises the wake-up flag until it lowers it,
+// so that no other relay lowers it meanwhile (see pgStore.queueFlag).
+func (l *pgListener) Sleeper(ctx context.Context, asleep bool) error {
+	if !l.Connected() {
+		return errors.New("listener not connected")
+	}
+	q := "select pg_advisory_lock_shared($1)::text"
+	if !asleep {
+		q = "select pg_advisory_unlock_shared($1)::text"
+	}
+	if _, err := l.conn.Exec(ctx, q, simple, l.table.LockKey("sleepers")); err != nil {
+		return fmt.Errorf("record asleep=%t: %w", asleep, err)
+	}
+	return nil
+}
+
+// drainNotifications takes the notifications that arrived with the last
+// query's answer, noting an announced change of the group. A relay that
+// claims without sleeping on LISTEN receives the notifications sent for
+// other relays all the same; they must not pile up in its memory.
+func (l *pgListener) drainNotifications() {
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for {
+		n, err := l.conn.WaitForNotification(done)
+		if err != nil {
+			return
+		}
+		if n.Payload == groupPayload && n.PID != uint32(l.pid) {
+			l.changed = true
+		}
+	}
 }
 
 // GroupChanged reports whether another relay announced a change of the

@@ -17,7 +17,8 @@ type store interface {
 	// Settle records the results of a claim and, with next > 0, claims the
 	// next batch in the same round trip. A failed settle claims nothing.
 	Settle(ctx context.Context, c *claim, results []Result, next int) (st settled, nc *claim, settleErr, claimErr error)
-	// SetWaiting sets the wake-up flag that makes writers notify.
+	// SetWaiting raises the wake-up flag that makes writers notify, or
+	// lowers it unless another relay sleeps.
 	SetWaiting(ctx context.Context, waiting bool) error
 	// Arm raises the flag and waits briefly for the writers that did not
 	// notify; false: one is still in its transaction (see pgStore.Arm).
@@ -88,6 +89,9 @@ type listener interface {
 	Release(ctx context.Context, p int) error
 	// Member joins or leaves the table's members.
 	Member(ctx context.Context, in bool) error
+	// Sleeper records on the session that the relay sleeps on LISTEN, from
+	// before it raises the wake-up flag until it lowers it.
+	Sleeper(ctx context.Context, asleep bool) error
 	// GroupChanged reports whether another relay announced a change of
 	// the group since it was last asked.
 	GroupChanged() bool

@@ -255,14 +255,21 @@ func (s *pgStore) SetPartitions(p int, recorded bool) {
 	s.claimSQL = claimQuery(s.table, s.props, recorded)
 }
 
-// SetWaiting records whether the relay is asleep on LISTEN; the insert
-// trigger sends a NOTIFY only while it is.
+// SetWaiting raises the wake-up flag, or lowers it unless another relay
+// sleeps on LISTEN (see queueFlag); the insert trigger sends a NOTIFY only
+// while it is up.
 func (s *pgStore) SetWaiting(ctx context.Context, waiting bool) error {
-	flag := 0
-	if waiting {
-		flag = 1
+	conn, err := s.pool.Acquire(ctx)
+	if err == nil {
+		b := &pgx.Batch{}
+		s.queueFlag(b, waiting)
+		if err = conn.SendBatch(ctx, b).Close(); err != nil {
+			discard(conn)
+		} else {
+			conn.Release()
+		}
 	}
-	if _, err := s.pool.Exec(ctx, s.waitingSQL, s.table.Derived("relay_waiting"), flag); err != nil {
+	if err != nil {
 		return fmt.Errorf("set waiting=%t: %w", waiting, err)
 	}
 	return nil

@@ -182,6 +182,15 @@ func (l *loop) wentIdle() {
 func (l *loop) arm(ctx context.Context) bool {
 	actx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
+	if !l.asleep {
+		if err := l.lis.Sleeper(actx, true); err != nil {
+			if ctx.Err() == nil {
+				l.listenerLost(err)
+			}
+			return false
+		}
+		l.asleep = true
+	}
 	armed, err := l.store.Arm(actx)
 	if err != nil {
 		l.flagFailed(ctx, err)
@@ -198,6 +207,15 @@ func (l *loop) arm(ctx context.Context) bool {
 func (l *loop) setWaiting(ctx context.Context, w bool) {
 	sctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
+	if !w && l.asleep {
+		if err := l.lis.Sleeper(sctx, false); err != nil {
+			if ctx.Err() == nil {
+				l.listenerLost(err)
+			}
+			return
+		}
+		l.asleep = false
+	}
 	if err := l.store.SetWaiting(sctx, w); err != nil {
 		l.flagFailed(ctx, err)
 		return
