@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/lmittmann/tint"
@@ -121,6 +122,9 @@ func (l *loop) ensurePublisher(ctx context.Context) bool {
 	if l.member && now.Sub(l.noBrokerSince) >= brokerGone {
 		l.leave(ctx, "no broker connection")
 	}
+	if l.amqpConnects == 0 && l.amqpFailures == 0 {
+		l.placeOnBroker(ctx)
+	}
 	l.metrics.connUp.WithLabelValues(connAMQP).Set(0)
 	if err := l.pub.Connect(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -138,7 +142,24 @@ func (l *loop) ensurePublisher(ctx context.Context) bool {
 		l.metrics.reconnects.WithLabelValues(connAMQP).Inc()
 	}
 	l.metrics.connUp.WithLabelValues(connAMQP).Set(1)
+	if err := l.lis.SetBroker(ctx, l.pub.Node()); err != nil {
+		l.log.Debug("could not show the broker node in application_name", tint.Err(err))
+	}
 	return true
+}
+
+// placeOnBroker makes the relay's first broker node its rank among the
+// table's relays modulo the number of nodes, so that relays on one host
+// (which share a name) spread over a cluster; on a node loss each moves
+// on to the next node as before.
+func (l *loop) placeOnBroker(ctx context.Context) {
+	v, err := l.lis.Look(ctx)
+	if err != nil {
+		return // the first node it is; the look fails again in share
+	}
+	if rank := slices.Index(v.relays, l.lis.PID()); rank >= 0 {
+		l.pub.StartAt(rank)
+	}
 }
 
 // retryDelay is the capped exponential back-off, with jitter, between

@@ -117,6 +117,7 @@ type fakePublisher struct {
 	j           *journal
 	connected   bool
 	connectErrs []error // returned by Connect in turn; then it connects
+	startAt     int     // the node StartAt gave
 	blocked     bool
 	checkErr    error
 	refuse      map[int64]bool // rows Check fails
@@ -140,6 +141,8 @@ func (p *fakePublisher) Connect(context.Context) error {
 }
 
 func (p *fakePublisher) Close()        { p.connected = false }
+func (p *fakePublisher) StartAt(i int) { p.startAt = i }
+func (p *fakePublisher) Node() string  { return "broker:5672" }
 func (p *fakePublisher) Blocked() bool { return p.blocked }
 
 func (p *fakePublisher) Watch(context.Context) func() {
@@ -213,6 +216,7 @@ type fakeListener struct {
 	held        map[int]bool
 	member      bool
 	asleep      bool
+	broker      string
 	changed     bool
 	waits       []time.Duration
 	waitErr     error
@@ -288,6 +292,11 @@ func (l *fakeListener) Release(_ context.Context, p int) error {
 func (l *fakeListener) Member(_ context.Context, in bool) error {
 	l.member = in
 	l.j.add(fmt.Sprint("member ", in))
+	return nil
+}
+
+func (l *fakeListener) SetBroker(_ context.Context, node string) error {
+	l.broker = node
 	return nil
 }
 

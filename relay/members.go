@@ -110,6 +110,22 @@ func (l *pgListener) Member(ctx context.Context, in bool) error {
 	return nil
 }
 
+// SetBroker shows node, the broker node the relay publishes to, after the
+// relay's name in the session's application_name (at most 63 bytes).
+func (l *pgListener) SetBroker(ctx context.Context, node string) error {
+	if !l.Connected() {
+		return errors.New("listener not connected")
+	}
+	name := l.config.RuntimeParams["application_name"] + " amqp=" + node
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	if _, err := l.conn.Exec(ctx, "select set_config('application_name', $1, false)", simple, name); err != nil {
+		return fmt.Errorf("show broker node: %w", err)
+	}
+	return nil
+}
+
 // Sleeper takes (asleep) or gives up the table's sleepers lock, shared:
 // held from before the relay raises the wake-up flag until it lowers it,
 // so that no other relay lowers it meanwhile (see pgStore.queueFlag).

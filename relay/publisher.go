@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -88,6 +89,16 @@ func newPublisher(cfg Config, uris []amqp.URI, name string) *amqpPublisher {
 // Connected reports whether the connection and confirm channel are up.
 func (p *amqpPublisher) Connected() bool {
 	return p.conn != nil && !p.conn.IsClosed() && p.ch != nil && !p.ch.IsClosed()
+}
+
+// StartAt makes the next Connect dial node i of the list (modulo its
+// length): relays spread over a cluster by their rank.
+func (p *amqpPublisher) StartAt(i int) { p.next = i }
+
+// Node returns the host and port of the node last dialled.
+func (p *amqpPublisher) Node() string {
+	u := p.uris[(p.next+len(p.uris)-1)%len(p.uris)]
+	return net.JoinHostPort(u.Host, strconv.Itoa(u.Port))
 }
 
 // Connect dials the next node (after closing what is left of an earlier

@@ -43,6 +43,10 @@ type publisher interface {
 	Connected() bool
 	// Connect (re)connects, to the next node of the list.
 	Connect(ctx context.Context) error
+	// StartAt makes the next Connect dial node i of the list.
+	StartAt(i int)
+	// Node names the node last dialled (host:port).
+	Node() string
 	// Close drops the connection. It never fails.
 	Close()
 	// Blocked reports whether the broker blocks publishing.
@@ -89,6 +93,9 @@ type listener interface {
 	Release(ctx context.Context, p int) error
 	// Member joins or leaves the table's members.
 	Member(ctx context.Context, in bool) error
+	// SetBroker shows the broker node the relay publishes to in the
+	// session's application_name, for status.
+	SetBroker(ctx context.Context, node string) error
 	// Sleeper records on the session that the relay sleeps on LISTEN, from
 	// before it raises the wake-up flag until it lowers it.
 	Sleeper(ctx context.Context, asleep bool) error

@@ -180,3 +180,15 @@ func TestLoopShareFenceDoesNotStallOwnPartitions(t *testing.T) {
 		t.Errorf("owns %v after the fence passed", owned)
 	}
 }
+
+// A relay's first broker node is its rank among the table's relays, and
+// the node it publishes to is shown in its session's application_name.
+func TestLoopSpreadsOverBroker(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	b.lis.others = []int32{1, 2}
+	b.step(t)
+	if b.pub.startAt != 2 || b.lis.broker != "broker:5672" {
+		t.Errorf("started at node %d, shown %q; want 2 (rank of pid 4242 after 1 and 2), broker:5672", b.pub.startAt, b.lis.broker)
+	}
+}
