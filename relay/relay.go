@@ -192,7 +192,13 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 		_ = store.SetWaiting(cctx, false)
 	}
 	l.pub.Close()
-	l.lis.Close(cctx)
+	wasMember := l.member
+	l.lis.Close(cctx) // frees the relay's partitions
+	if wasMember {
+		// Tell the other relays, so that they take the partitions over at
+		// once rather than at their next look.
+		_, _ = pool.Exec(cctx, "select pg_notify($1, $2)", table.Channel(), groupPayload)
+	}
 	r.metrics.leader.Set(0)
 	r.metrics.connUp.WithLabelValues(connAMQP).Set(0)
 	r.metrics.connUp.WithLabelValues(connListener).Set(0)

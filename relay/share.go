@@ -16,9 +16,10 @@ import (
 // ends with the session: no lease, no heartbeat, no table of relays.
 //
 // Members are the relays whose LISTEN session holds the table's members
-// lock, shared: those with a broker connection. Ranked by backend pid, a
-// member's target is ⌊P/N⌋, plus one for the first P mod N of them, so the
-// targets add up to P and every member computes the same ones. At each look
+// lock, shared: those with a broker connection. A
+// member's target is ⌊P/N⌋, plus one for the P mod N of them that own the
+// most (see target), so the targets add up to P and every member computes
+// the same ones. At each look
 // at pg_locks a relay above its target releases partitions (nothing is in
 // flight between two steps of the loop: each drain settles its batches)
 // and a relay below it takes free ones. A group that does not change moves
@@ -44,9 +45,13 @@ type groupView struct {
 }
 
 // target returns how many partitions the relay with session pid should
-// own: 0 if it is not a member.
+// own: 0 if it is not a member. Each member gets ⌊P/N⌋; the P mod N left
+// over go to the members that own the most, lowest pid first among equals,
+// so that a relay keeps what it has when another joins: with one
+// partition, the leader stays the leader whoever joins, and a rolling
+// restart moves a partition only when its owner goes.
 func (v groupView) target(pid int32) int {
-	rank := slices.Index(v.members, pid)
+	rank := slices.Index(v.ranked(), pid)
 	if rank < 0 {
 		return 0
 	}
@@ -56,6 +61,22 @@ func (v groupView) target(pid int32) int {
 		t++
 	}
 	return t
+}
+
+// ranked returns the members by partitions owned, most first, then by pid.
+func (v groupView) ranked() []int32 {
+	count := map[int32]int{}
+	for _, o := range v.owners {
+		count[o]++
+	}
+	r := slices.Clone(v.members)
+	slices.SortStableFunc(r, func(a, b int32) int {
+		if count[a] != count[b] {
+			return count[b] - count[a]
+		}
+		return int(a) - int(b)
+	})
+	return r
 }
 
 // free returns how many partitions nobody owns.

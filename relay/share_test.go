@@ -227,3 +227,25 @@ func TestPlanNonMember(t *testing.T) {
 		t.Errorf("member: take %v, release %v; want the free [1 3]", take, release)
 	}
 }
+
+// With one partition the leader stays the leader whoever joins, even a
+// relay of a lower pid; with more, the leftover partitions stay with the
+// relays that own them.
+func TestPlanKeepsWhatIsOwned(t *testing.T) {
+	t.Parallel()
+	g := newGroup(1, 50)
+	g.settle(t)
+	g.join(10)
+	if moved := g.settle(t); moved != 0 || g.owners[0] != 50 {
+		t.Errorf("a joiner of lower pid moved %d, owner %d; want 0 moves, 50", moved, g.owners[0])
+	}
+	g = newGroup(13, 50, 60) // 7 and 6
+	g.settle(t)
+	g.join(10)
+	// 5, 4, 4: the leftover stays with the relay that owned 7; the
+	// joiner's 4 are released once and taken once.
+	if moved := g.settle(t); moved != 8 || len(g.held(50)) != 5 {
+		t.Errorf("a third relay moved %d, relay 50 owns %d; want 8, 5", moved, len(g.held(50)))
+	}
+	g.check(t)
+}

@@ -121,8 +121,9 @@ func TestLeaderLockLostWhileBusy(t *testing.T) {
 	s.finish(0)
 }
 
-// terminateLockSession terminates the session in which relay r holds the
-// leader lock (its LISTEN session), and only that one.
+// terminateLockSession terminates the session in which relay r holds its
+// partition locks (its LISTEN session, which every relay's holds the
+// table's relays lock in), and only that one.
 func (s *scenario) terminateLockSession(r *relayProc) {
 	t := s.t
 	t.Helper()
@@ -132,15 +133,15 @@ func (s *scenario) terminateLockSession(r *relayProc) {
 	}
 	ctx := context.Background()
 	var pid int32
-	// The leader lock, not the "in flight" lock its claims hold.
-	key := uint64(s.env.Table.LockKey("leader"))
+	// The relays lock, not the "in flight" locks its claims hold.
+	key := uint64(s.env.Table.LockKey("relays"))
 	err = s.env.Pool.QueryRow(ctx, `select l.pid
   from pg_locks l join pg_stat_activity a on a.pid = l.pid
  where l.locktype = 'advisory' and l.granted and a.client_port = any($1)
    and l.classid = $2::bigint::oid and l.objid = $3::bigint::oid and l.objsubid = 1
  limit 1`, ports, int64(key>>32), int64(key&0xffffffff)).Scan(&pid)
 	if err != nil {
-		t.Fatalf("find the session holding %s's leader lock: %v", r.name, err)
+		t.Fatalf("find %s's LISTEN session: %v", r.name, err)
 	}
 	var ok bool
 	if err := s.env.Pool.QueryRow(ctx, "select pg_terminate_backend($1)", pid).Scan(&ok); err != nil || !ok {
