@@ -51,6 +51,10 @@ func TestBadConfigExits2NamingTheVariable(t *testing.T) {
 		{"SHUTDOWN_TIMEOUT", "0s"},
 		{"VACUUM_EVERY", "-1"},
 		{"APP_ID", strings.Repeat("a", 256)},
+		{"PARTITIONS", "0"},
+		{"PARTITIONS", "-1"},
+		{"PARTITIONS", "257"},
+		{"PARTITIONS", "many"},
 		{"AMQP_URL", ""},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
@@ -119,6 +123,7 @@ var helpDefaults = map[string]string{
 	"MAX_MESSAGE_SIZE":     "16777216",
 	"VACUUM_EVERY":         "100000",
 	"APP_ID":               "",
+	"PARTITIONS":           "",
 	"MANDATORY":            "true",
 	"METRICS_ADDR":         ":9464",
 	"LOG_LEVEL":            "info",

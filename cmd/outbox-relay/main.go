@@ -192,6 +192,10 @@ func showDefault(v reflect.Value) string {
 		return x.reveal()
 	case time.Duration:
 		return shortDuration(x)
+	case int:
+		if x == 0 {
+			return "" // unset: OUTBOX_PARTITIONS follows the table
+		}
 	}
 	return fmt.Sprint(v.Interface())
 }

@@ -122,3 +122,38 @@ func TestOddTableNames(t *testing.T) {
 		})
 	}
 }
+
+// migrate gives a table it creates the default number of partitions,
+// records OUTBOX_PARTITIONS when set, and leaves it alone when unset; a
+// relay told another number refuses the table, naming both.
+func TestMigrateRecordsPartitions(t *testing.T) {
+	t.Parallel()
+	e := testenv.New(t, testenv.WithoutMigrate())
+	env := baseEnv(e)
+	partitions := func() int {
+		t.Helper()
+		p, _, err := schema.ReadPartitions(context.Background(), e.Pool, e.Table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if _, stderr, code := runBin(t, env, "migrate"); code != 0 || partitions() != schema.DefaultPartitions {
+		t.Fatalf("migrate: exit %d, %d partitions, want %d: %s", code, partitions(), schema.DefaultPartitions, stderr)
+	}
+	env["OUTBOX_PARTITIONS"] = "4"
+	stdout, stderr, code := runBin(t, env, "migrate")
+	if code != 0 || partitions() != 4 || !strings.Contains(stdout, "partitions of "+e.Table.String()+": 4, were 12") {
+		t.Fatalf("migrate with OUTBOX_PARTITIONS=4: exit %d, %d partitions, %q %s", code, partitions(), stdout, stderr)
+	}
+	delete(env, "OUTBOX_PARTITIONS")
+	if stdout, _, code := runBin(t, env, "migrate"); code != 0 || partitions() != 4 || !strings.Contains(stdout, "is up to date") {
+		t.Fatalf("migrate without OUTBOX_PARTITIONS: exit %d, %d partitions, %q", code, partitions(), stdout)
+	}
+	env["OUTBOX_PARTITIONS"] = "6"
+	env["OUTBOX_METRICS_ADDR"] = ""
+	_, stderr, code = runBin(t, env, "run")
+	if code == 0 || !strings.Contains(stderr, "OUTBOX_PARTITIONS=6") || !strings.Contains(stderr, "has 4") {
+		t.Fatalf("run with OUTBOX_PARTITIONS=6 on a table of 4: exit %d, %s", code, stderr)
+	}
+}
