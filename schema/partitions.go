@@ -2,13 +2,11 @@ package schema
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Partitions (migration 007). Rows map to P partitions by their
@@ -65,15 +63,19 @@ type querier interface {
 }
 
 // ReadPartitions returns table t's number of partitions, and whether the
-// table records one (migration 007): a table that does not has 1.
+// table records one (migration 007): a table that does not has 1. It asks
+// whether the settings table exists first, rather than have a missing one
+// fill the server's log with errors.
 func ReadPartitions(ctx context.Context, q querier, t Table) (p int, recorded bool, err error) {
-	err = q.QueryRow(ctx, "select partitions from "+t.Derived("settings")).Scan(&p)
-	var pe *pgconn.PgError
+	err = q.QueryRow(ctx, "select to_regclass($1) is not null", t.Derived("settings")).Scan(&recorded)
+	if err == nil && recorded {
+		err = q.QueryRow(ctx, "select partitions from "+t.Derived("settings")).Scan(&p)
+	}
 	switch {
-	case errors.As(err, &pe) && pe.Code == "42P01": // undefined_table: before 007
-		return 1, false, nil
 	case err != nil:
 		return 0, false, fmt.Errorf("read partitions of %s: %w", t, err)
+	case !recorded:
+		return 1, false, nil
 	}
 	return p, true, nil
 }
