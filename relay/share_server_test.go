@@ -185,3 +185,80 @@ func TestRelaysFollowPartitionsChange(t *testing.T) {
 	b.receiveInOrder(t, len(rowOf), rowOf, keyOf)
 	s.waitOwned(t, 10*time.Second, 3, 3)
 }
+
+// keyIn returns a partition key that maps to partition p of P.
+func (b *testBundle) keyIn(t *testing.T, p, partitions int, prefix string) string {
+	t.Helper()
+	for i := 0; ; i++ {
+		k := fmt.Sprintf("%s-%d", prefix, i)
+		var got int
+		if err := b.env.Pool.QueryRow(context.Background(), "select "+b.env.Table.Derived("partition")+"($1, 0, $2)", k, partitions).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got == p {
+			return k
+		}
+	}
+}
+
+// owner returns the backend pid holding partition p's lock, 0 for none.
+func (b *testBundle) owner(t *testing.T, p int) int32 {
+	t.Helper()
+	key := uint64(b.env.Table.PartitionLockKey("leader", p))
+	var pid int32
+	err := b.env.Pool.QueryRow(context.Background(), `select coalesce((select pid from pg_locks where locktype = 'advisory' and granted
+	   and objsubid = 1 and classid = $1::bigint::oid and objid = $2::bigint::oid limit 1), 0)`, int64(key>>32), int64(key&0xffffffff)).Scan(&pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// A relay busy with a backlog of its own partitions does not leave the
+// others asleep without a NOTIFY: rows of another relay's partition,
+// written one by one meanwhile, arrive at once, though the relays poll
+// only once a minute.
+func TestRelaysBusyOneLeavesOthersAwake(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.setPartitions(t, 2)
+	for i := range 2 {
+		cfg := b.config(t)
+		cfg.Name = fmt.Sprintf("%s-%d", b.env.Name, i)
+		cfg.PollInterval = time.Minute
+		start(t, cfg)
+	}
+	testenv.WaitFor(t, 10*time.Second, "two relays to own a partition each", func() bool {
+		a, c := b.owner(t, 0), b.owner(t, 1)
+		return a != 0 && c != 0 && a != c
+	})
+	b.env.WaitRelayIdle(t)
+	busy, calm := b.keyIn(t, 0, 2, "busy"), b.keyIn(t, 1, 2, "calm")
+	if _, err := b.env.Pool.Exec(context.Background(), `insert into `+b.env.Table.Ident()+` (exchange, routing_key, partition_key, payload)
+		select $1, 'busy', $2, 'x' from generate_series(1, 20000)`, b.exchange, busy); err != nil {
+		t.Fatal(err)
+	}
+	var slowest time.Duration
+	for range 10 {
+		time.Sleep(50 * time.Millisecond)
+		ids := insert(t, b.env.Pool, b, row{exchange: b.exchange, key: "calm", partition: &calm, payload: []byte("c")})
+		committed := time.Now()
+		deadline := time.After(5 * time.Second)
+	wait:
+		for {
+			select {
+			case d := <-b.recv:
+				if d.MessageId == ids[0] {
+					slowest = max(slowest, time.Since(committed))
+					break wait
+				}
+			case <-deadline:
+				t.Fatalf("a row of the calm partition waited over 5s while the other relay drained its backlog")
+			}
+		}
+	}
+	t.Logf("slowest row of the calm partition: %s", slowest.Round(time.Millisecond))
+	if slowest > time.Second {
+		t.Errorf("a row of the calm partition took %s, want well under the poll interval", slowest)
+	}
+}
