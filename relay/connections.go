@@ -35,6 +35,7 @@ func (l *loop) loseLeadership() {
 	l.member, l.nextLook = false, time.Time{}
 	l.leader = false
 	l.store.SetOwner(0, nil)
+	l.lis.SetOwned(nil)
 	l.prog.setLeader(0)
 	l.waiting, l.armed, l.asleep = false, false, false // armed again once leader again
 	l.metrics.leader.Set(0)

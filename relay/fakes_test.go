@@ -217,6 +217,7 @@ type fakeListener struct {
 	member      bool
 	asleep      bool
 	broker      string
+	owned       []int
 	changed     bool
 	waits       []time.Duration
 	waitErr     error
@@ -304,6 +305,8 @@ func (l *fakeListener) Sleeper(_ context.Context, asleep bool) error {
 	l.asleep = asleep
 	return nil
 }
+
+func (l *fakeListener) SetOwned(owned []int) { l.owned = owned }
 
 func (l *fakeListener) GroupChanged() bool {
 	c := l.changed

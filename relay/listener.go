@@ -48,6 +48,9 @@ type pgListener struct {
 	// changed says another relay announced a change of the group (see
 	// GroupChanged).
 	changed bool
+	// owned are the partitions the relay owns: a notification naming
+	// another wakes it not (see wakes).
+	owned map[int]bool
 }
 
 func newListener(cfg *pgx.ConnConfig, t schema.Table, probe func(context.Context, string, string) (int32, error),
@@ -202,11 +205,11 @@ func (l *pgListener) Wait(ctx context.Context, timeout time.Duration) (bool, err
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	n, err := l.conn.WaitForNotification(wctx)
+	for err == nil && !l.wakes(n) {
+		n, err = l.conn.WaitForNotification(wctx)
+	}
 	switch {
 	case err == nil:
-		if n.Payload == groupPayload && n.PID != uint32(l.pid) {
-			l.changed = true
-		}
 		return true, nil
 	case ctx.Err() != nil:
 		return false, ctx.Err()
@@ -271,5 +274,5 @@ func (l *pgListener) Close(ctx context.Context) {
 		_ = l.conn.Close(cctx)
 		l.conn = nil
 	}
-	l.pid, l.changed = 0, false
+	l.pid, l.changed, l.owned = 0, false, nil
 }

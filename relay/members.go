@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -143,6 +145,30 @@ func (l *pgListener) Sleeper(ctx context.Context, asleep bool) error {
 	return nil
 }
 
+// SetOwned gives the partitions the relay owns, whose rows' notifications
+// wake it.
+func (l *pgListener) SetOwned(owned []int) {
+	l.owned = make(map[int]bool, len(owned))
+	for _, p := range owned {
+		l.owned[p] = true
+	}
+}
+
+// wakes reports whether notification n wakes the relay: an announced
+// change of the group, a row of a partition it owns (the trigger's payload
+// since migration 007), or anything else (an empty payload: `dead retry`,
+// an older trigger). It notes a change of the group.
+func (l *pgListener) wakes(n *pgconn.Notification) bool {
+	if n.Payload == groupPayload {
+		if n.PID != uint32(l.pid) {
+			l.changed = true
+		}
+		return true
+	}
+	p, err := strconv.Atoi(n.Payload)
+	return err != nil || l.owned[p]
+}
+
 // drainNotifications takes the notifications that arrived with the last
 // query's answer, noting an announced change of the group. A relay that
 // claims without sleeping on LISTEN receives the notifications sent for
@@ -155,9 +181,7 @@ func (l *pgListener) drainNotifications() {
 		if err != nil {
 			return
 		}
-		if n.Payload == groupPayload && n.PID != uint32(l.pid) {
-			l.changed = true
-		}
+		l.wakes(n)
 	}
 }
 

@@ -99,11 +99,14 @@ type listener interface {
 	// Sleeper records on the session that the relay sleeps on LISTEN, from
 	// before it raises the wake-up flag until it lowers it.
 	Sleeper(ctx context.Context, asleep bool) error
+	// SetOwned gives the partitions the relay owns: Wait ignores the
+	// notifications of rows of other partitions.
+	SetOwned(owned []int)
 	// GroupChanged reports whether another relay announced a change of
 	// the group since it was last asked.
 	GroupChanged() bool
-	// Wait sleeps until a notification (true), the timeout or ctx. An error
-	// means the session broke and was closed.
+	// Wait sleeps until a notification for this relay (true), the timeout
+	// or ctx. An error means the session broke and was closed.
 	Wait(ctx context.Context, timeout time.Duration) (bool, error)
 	// Ping checks the session, closing it if it broke.
 	Ping(ctx context.Context) error

@@ -276,6 +276,7 @@ func (l *loop) setOwned(ctx context.Context, owned []int) {
 		pid = 0
 	}
 	l.store.SetOwner(pid, owned)
+	l.lis.SetOwned(owned)
 	l.leader = len(owned) > 0
 	if l.leader == was {
 		return

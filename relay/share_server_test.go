@@ -258,7 +258,9 @@ func TestRelaysBusyOneLeavesOthersAwake(t *testing.T) {
 		}
 	}
 	t.Logf("slowest row of the calm partition: %s", slowest.Round(time.Millisecond))
-	if slowest > time.Second {
+	// A relay that finds another writer's transaction open (the burst's)
+	// stays awake and looks again within a second: loaded machines add to it.
+	if slowest > 3*time.Second {
 		t.Errorf("a row of the calm partition took %s, want well under the poll interval", slowest)
 	}
 }

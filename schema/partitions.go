@@ -25,9 +25,6 @@ const (
 	MaxPartitions = 256
 )
 
-// PartitionsVersion is the migration that records P.
-const PartitionsVersion = 7
-
 // ValidPartitions checks a number of partitions.
 func ValidPartitions(p int) error {
 	if p < 1 || p > MaxPartitions {
