@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // group simulates relays that share a table by plan alone: owners[p] is
@@ -248,4 +250,31 @@ func TestPlanKeepsWhatIsOwned(t *testing.T) {
 		t.Errorf("a third relay moved %d, relay 50 owns %d; want 8, 5", moved, len(g.held(50)))
 	}
 	g.check(t)
+}
+
+// A relay's LISTEN wait wakes for rows of its partitions, for an empty
+// payload and for another relay's change of the group, not for rows of
+// partitions it does not own nor for its own announcement.
+func TestListenerWakesForItsPartitions(t *testing.T) {
+	t.Parallel()
+	l := &pgListener{pid: 7}
+	l.SetOwned([]int{1, 3})
+	for _, tc := range []struct {
+		payload string
+		pid     uint32
+		wakes   bool
+		changed bool
+	}{
+		{"1", 9, true, false},
+		{"3", 9, true, false},
+		{"2", 9, false, false},
+		{"", 9, true, false},
+		{groupPayload, 7, true, false},
+		{groupPayload, 9, true, true},
+	} {
+		got := l.wakes(&pgconn.Notification{PID: tc.pid, Payload: tc.payload})
+		if got != tc.wakes || l.GroupChanged() != tc.changed {
+			t.Errorf("payload %q from %d: wakes %t, want %t (changed %t)", tc.payload, tc.pid, got, tc.wakes, tc.changed)
+		}
+	}
 }
