@@ -7,7 +7,7 @@
 //
 //	outbox-bench [-only drain,idle,steady,rates,python,writers,memory,tracing,scale,soak] [-rows 100000] [-rate 2000]
 //	             [-rates 10,50,200,1000,5000] [-rate-for 10s] [-rate-events 300] [-python-for 20s]
-//	             [-scale-relays 3] [-scale-cpu 0.05] [-scale-rows 30000] [-scale-rounds 3] ...
+//	             [-scale-relays 3] [-scale-cpu 0.05] [-scale-rows 20000] [-scale-rounds 3] ...
 //
 // The scale scenario caps each relay process with a cgroup of the cgroup
 // v1 cpu controller (/sys/fs/cgroup/cpu), which needs root; where it
@@ -105,7 +105,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.soakFor, "soak", 5*time.Minute, "duration of the soak scenario (run it with -only soak)")
 	fs.IntVar(&o.scaleRelays, "scale-relays", 3, "relays of the scale scenario")
 	fs.Float64Var(&o.scaleCPU, "scale-cpu", 0.05, "CPU cap of each relay process of the scale scenario, in cores (cgroup v1 cpu.cfs_quota_us)")
-	fs.IntVar(&o.scaleRows, "scale-rows", 30_000, "backlog rows of each drain of the scale scenario")
+	fs.IntVar(&o.scaleRows, "scale-rows", 20_000, "backlog rows of each drain of the scale scenario")
 	fs.IntVar(&o.scaleRounds, "scale-rounds", 3, "rounds of the scale scenario, each draining with 1 relay, with N on a table each and with N sharing one")
 	fs.BoolVar(&o.verbose, "v", false, "show the relay's logs")
 	fs.StringVar(&o.plot, "plot", "", "write the rates scenario's latency curve, relay and minimal loop, to this PNG file")
