@@ -118,6 +118,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "outbox-bench: -rates: %v\n", err)
 		return 2
 	}
+	if _, err := cfsQuota(o.scaleCPU, cfsPeriod); err != nil {
+		fmt.Fprintf(stderr, "outbox-bench: -scale-cpu: %v\n", err)
+		return 2
+	}
 	if *cpuProfile != "" {
 		stop, err := startCPUProfile(*cpuProfile)
 		if err != nil {
