@@ -122,7 +122,10 @@ func (b *bench) pool(ctx context.Context, n int) (*pgxpool.Pool, error) {
 // waitIdle waits until the relay says it sleeps on LISTEN. It asks on a
 // connection of its own, closed at the end, which reports its statistics as
 // it goes (see idleLatency).
-func (b *bench) waitIdle(ctx context.Context) error {
+func (b *bench) waitIdle(ctx context.Context) error { return b.waitIdleOn(ctx, b.table) }
+
+// waitIdleOn is waitIdle for the relays of table t.
+func (b *bench) waitIdleOn(ctx context.Context, t schema.Table) error {
 	conn, err := pgx.Connect(ctx, b.dbURL)
 	if err != nil {
 		return err
@@ -133,7 +136,7 @@ func (b *bench) waitIdle(ctx context.Context) error {
 	var qerr error
 	err = harness.Poll(pctx, 0, func() bool {
 		var waiting bool
-		waiting, qerr = schema.RelayWaiting(pctx, conn, b.table)
+		waiting, qerr = schema.RelayWaiting(pctx, conn, t)
 		return qerr != nil || waiting
 	})
 	if qerr != nil {
@@ -295,13 +298,29 @@ func (b *bench) fill(ctx context.Context, n int) error {
 	if b.traced {
 		return b.fillTraced(ctx, n)
 	}
+	return b.copyBacklog(ctx, b.db, b.table, n, 0)
+}
+
+// copier is what COPY needs: a connection or a transaction.
+type copier interface {
+	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, rows pgx.CopyFromSource) (int64, error)
+}
+
+// copyBacklog inserts n rows into table t through q with COPY, routed to
+// the bench queue. With keys > 0 the rows' partition_keys cycle through
+// that many distinct keys, evenly; with 0 they have none.
+func (b *bench) copyBacklog(ctx context.Context, q copier, t schema.Table, n, keys int) error {
 	rows := make([][]any, 0, 10_000)
 	for done := 0; done < n; {
 		rows = rows[:0]
 		for ; len(rows) < cap(rows) && done < n; done++ {
-			rows = append(rows, []any{"", b.queue, b.payload})
+			var key any
+			if keys > 0 {
+				key = fmt.Sprintf("key-%d", done%keys)
+			}
+			rows = append(rows, []any{"", b.queue, key, b.payload})
 		}
-		if _, err := b.db.CopyFrom(ctx, pgx.Identifier{b.table.Schema, b.table.Name}, []string{"exchange", "routing_key", "payload"}, pgx.CopyFromRows(rows)); err != nil {
+		if _, err := q.CopyFrom(ctx, pgx.Identifier{t.Schema, t.Name}, []string{"exchange", "routing_key", "partition_key", "payload"}, pgx.CopyFromRows(rows)); err != nil {
 			return fmt.Errorf("fill backlog: %w", err)
 		}
 	}

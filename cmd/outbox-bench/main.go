@@ -5,8 +5,13 @@
 //
 // It creates its own database, queue and table, and drops them at the end.
 //
-//	outbox-bench [-only drain,idle,steady,rates,python,writers,memory,tracing,soak] [-rows 100000] [-rate 2000]
-//	             [-rates 10,50,200,1000,5000] [-rate-for 10s] [-rate-events 300] [-python-for 20s] ...
+//	outbox-bench [-only drain,idle,steady,rates,python,writers,memory,tracing,scale,soak] [-rows 100000] [-rate 2000]
+//	             [-rates 10,50,200,1000,5000] [-rate-for 10s] [-rate-events 300] [-python-for 20s]
+//	             [-scale-relays 3] [-scale-cpu 0.05] [-scale-rows 20000] [-scale-rounds 3] ...
+//
+// The scale scenario caps each relay process with a cgroup of the cgroup
+// v1 cpu controller (/sys/fs/cgroup/cpu), which needs root; where it
+// cannot, it runs uncapped and says so.
 //
 // The python scenario runs /usr/bin/python3 with python3-psycopg2 and
 // python3-pika (`bash .ci/services` installs them).
@@ -65,6 +70,13 @@ type options struct {
 	verbose    bool
 	plot       string
 	stderr     io.Writer
+
+	// the scale scenario: relays, each one's CPU cap in cores, backlog
+	// rows, rounds
+	scaleRelays int
+	scaleCPU    float64
+	scaleRows   int
+	scaleRounds int
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -74,8 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.adminURL, "database-url", envOr("OUTBOX_DATABASE_URL", relay.DatabaseURLDefault), "PostgreSQL URL of a database to create the bench database from")
 	fs.StringVar(&o.amqpURL, "amqp-url", envOr("OUTBOX_AMQP_URL", relay.AMQPURLDefault), "RabbitMQ URL")
-	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory, writers, rates and python scenarios")
-	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, rates, python, writers, memory, tracing, soak); default all but soak")
+	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory, writers, rates, python and scale scenarios")
+	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, rates, python, writers, memory, tracing, scale, soak); default all but soak")
 	fs.IntVar(&o.rows, "rows", 100_000, "backlog rows for the drain scenario")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds of raw publishing and drain, compared side by side")
 	fs.IntVar(&o.events, "events", 100, "single events for the idle-latency scenario")
@@ -91,6 +103,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.writersFor, "writers-for", 10*time.Second, "duration of each writers measurement")
 	fs.IntVar(&o.memoryRows, "memory-rows", 1_000_000, "large backlog for the memory scenario")
 	fs.DurationVar(&o.soakFor, "soak", 5*time.Minute, "duration of the soak scenario (run it with -only soak)")
+	fs.IntVar(&o.scaleRelays, "scale-relays", 3, "relays of the scale scenario")
+	fs.Float64Var(&o.scaleCPU, "scale-cpu", 0.05, "CPU cap of each relay process of the scale scenario, in cores (cgroup v1 cpu.cfs_quota_us)")
+	fs.IntVar(&o.scaleRows, "scale-rows", 20_000, "backlog rows of each drain of the scale scenario")
+	fs.IntVar(&o.scaleRounds, "scale-rounds", 3, "rounds of the scale scenario, each draining with 1 relay, with N on a table each and with N sharing one")
 	fs.BoolVar(&o.verbose, "v", false, "show the relay's logs")
 	fs.StringVar(&o.plot, "plot", "", "write the rates scenario's latency curve, relay and minimal loop, to this PNG file")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bench process to this file: the drain runs the relay in it (go tool pprof -focus relay)")
@@ -100,6 +116,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	if o.rates, err = parseRates(*rates); err != nil {
 		fmt.Fprintf(stderr, "outbox-bench: -rates: %v\n", err)
+		return 2
+	}
+	if _, err := cfsQuota(o.scaleCPU, cfsPeriod); err != nil {
+		fmt.Fprintf(stderr, "outbox-bench: -scale-cpu: %v\n", err)
 		return 2
 	}
 	if *cpuProfile != "" {
@@ -122,6 +142,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		{"writers", (*bench).writers},
 		{"memory", (*bench).memory},
 		{"tracing", (*bench).tracing},
+		{"scale", (*bench).scale},
 		{"soak", (*bench).soak},
 	}
 	want := map[string]bool{}
@@ -135,10 +156,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			want[s.name] = true
 		}
 	}
-	if want["memory"] || want["writers"] || want["rates"] || want["python"] {
+	if want["memory"] || want["writers"] || want["rates"] || want["python"] || want["scale"] {
 		bin, err := harness.FindRelay(o.relayBin)
 		if err != nil {
-			fmt.Fprintf(stderr, "outbox-bench: the memory, writers, rates and python scenarios run %s: build it with `make build` or name it with -relay: %v\n", o.relayBin, err)
+			fmt.Fprintf(stderr, "outbox-bench: the memory, writers, rates, python and scale scenarios run %s: build it with `make build` or name it with -relay: %v\n", o.relayBin, err)
 			return 2
 		}
 		o.relayBin = bin

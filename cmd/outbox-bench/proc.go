@@ -11,23 +11,30 @@ import (
 	"strings"
 
 	"github.com/outbox-relay/outbox-relay/internal/harness"
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 // startRelayProcess starts `outbox-relay run` on the bench table as its
 // own process, the way it runs beside a service, with its log at warn and
 // no metrics endpoint. The caller stops it with Stop.
 func (b *bench) startRelayProcess(ctx context.Context) (*harness.Process, error) {
+	return b.relayOn(b.table, "").Start(ctx)
+}
+
+// relayOn is `outbox-relay run` on table t of the bench database, its log
+// at warn, serving /metrics on metricsAddr ("" for none).
+func (b *bench) relayOn(t schema.Table, metricsAddr string) *harness.Relay {
 	r := &harness.Relay{Bin: b.o.relayBin, Output: b.o.stderr, Env: map[string]string{
 		"OUTBOX_DATABASE_URL": b.dbURL,
 		"OUTBOX_AMQP_URL":     b.o.amqpURL,
-		"OUTBOX_TABLE":        b.table.String(),
-		"OUTBOX_METRICS_ADDR": "",
+		"OUTBOX_TABLE":        t.String(),
+		"OUTBOX_METRICS_ADDR": metricsAddr,
 		"OUTBOX_LOG_LEVEL":    "warn",
 	}}
 	if b.o.batch > 0 {
 		r.Env["OUTBOX_BATCH_SIZE"] = strconv.Itoa(b.o.batch)
 	}
-	return r.Start(ctx)
+	return r
 }
 
 // startRelayIdle starts a relay process (startRelayProcess) and waits
