@@ -55,12 +55,20 @@ func (v groupView) target(pid int32) int {
 	if rank < 0 {
 		return 0
 	}
-	n := len(v.members)
-	t := v.partitions / n
-	if rank < v.partitions%n {
-		t++
+	return Shares(v.partitions, len(v.members))[rank]
+}
+
+// Shares returns how many of p partitions each of n relays owns once they
+// are balanced, largest first: ⌊p/n⌋, and one more for p mod n of them.
+func Shares(p, n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = p / n
+		if i < p%n {
+			s[i]++
+		}
 	}
-	return t
+	return s
 }
 
 // ranked returns the members by partitions owned, most first, then by pid.

@@ -278,3 +278,20 @@ func TestListenerWakesForItsPartitions(t *testing.T) {
 		}
 	}
 }
+
+func TestShares(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		p, n int
+		want []int
+	}{
+		{12, 1, []int{12}},
+		{12, 3, []int{4, 4, 4}},
+		{12, 5, []int{3, 3, 2, 2, 2}},
+		{2, 3, []int{1, 1, 0}},
+	} {
+		if got := Shares(tt.p, tt.n); !slices.Equal(got, tt.want) {
+			t.Errorf("Shares(%d, %d) = %v, want %v", tt.p, tt.n, got, tt.want)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/internal/harness"
+	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
 
@@ -267,7 +268,7 @@ func waitBalanced(ctx context.Context, procs []*harness.Process, tables []schema
 			}
 			slices.Sort(got)
 			slices.Reverse(got)
-			if !slices.Equal(got, partitionTargets(schema.DefaultPartitions, len(relays))) {
+			if !slices.Equal(got, relay.Shares(schema.DefaultPartitions, len(relays))) {
 				return false
 			}
 		}
@@ -280,19 +281,6 @@ func waitBalanced(ctx context.Context, procs []*harness.Process, tables []schema
 		return fmt.Errorf("relays own %v partitions: %w", owned, err)
 	}
 	return nil
-}
-
-// partitionTargets returns how many of p partitions each of n relays owns
-// once balanced, largest first: ⌊p/n⌋, plus one for the first p mod n.
-func partitionTargets(p, n int) []int {
-	t := make([]int, n)
-	for i := range t {
-		t[i] = p / n
-		if i < p%n {
-			t[i]++
-		}
-	}
-	return t
 }
 
 // publishedBy returns each relay's outbox_published_total once they add

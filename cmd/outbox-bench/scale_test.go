@@ -2,7 +2,6 @@ package main
 
 import (
 	"math"
-	"slices"
 	"testing"
 )
 
@@ -47,23 +46,6 @@ func TestShareAdjusted(t *testing.T) {
 	} {
 		if got := shareAdjusted(tt.ratio, tt.shares); math.Abs(got-tt.want) > 1e-9 {
 			t.Errorf("%s: shareAdjusted(%g, %v) = %g, want %g", tt.name, tt.ratio, tt.shares, got, tt.want)
-		}
-	}
-}
-
-func TestPartitionTargets(t *testing.T) {
-	t.Parallel()
-	for _, tt := range []struct {
-		p, n int
-		want []int
-	}{
-		{12, 1, []int{12}},
-		{12, 3, []int{4, 4, 4}},
-		{12, 5, []int{3, 3, 2, 2, 2}},
-		{2, 3, []int{1, 1, 0}},
-	} {
-		if got := partitionTargets(tt.p, tt.n); !slices.Equal(got, tt.want) {
-			t.Errorf("partitionTargets(%d, %d) = %v, want %v", tt.p, tt.n, got, tt.want)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/Shopify/toxiproxy/v2"
 
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
+	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
 
@@ -154,8 +155,8 @@ func (s *scenario) waitShared(relays []*sharedRelay, what string) {
 	s.waitOwnedBy(relays, sharedPartitions, recoverTimeout, what)
 }
 
-// waitOwnedBy waits until relays own p partitions between them, each
-// ⌊p/n⌋ or one more.
+// waitOwnedBy waits until relays own p partitions between them, in fair
+// shares.
 func (s *scenario) waitOwnedBy(relays []*sharedRelay, p int, timeout time.Duration, what string) {
 	s.t.Helper()
 	s.waitFor(timeout, what, func() bool {
@@ -170,10 +171,8 @@ func (s *scenario) waitOwnedBy(relays []*sharedRelay, p int, timeout time.Durati
 			}
 			owned = append(owned, int(n))
 		}
-		total, lo, hi := 0, slices.Min(owned), slices.Max(owned)
-		for _, n := range owned {
-			total += n
-		}
-		return total == p && lo >= p/len(relays) && hi <= p/len(relays)+1
+		slices.Sort(owned)
+		slices.Reverse(owned)
+		return slices.Equal(owned, relay.Shares(p, len(relays)))
 	})
 }
