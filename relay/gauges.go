@@ -23,7 +23,9 @@ import (
 //     countCap rows each; past that, the rows available since they were
 //     written are estimated from the span of their ids (two index probes),
 //     and delayed and dead rows are reported as countCap;
-//   - the NOTIFY queue's usage, a function call.
+//   - the NOTIFY queue's usage, a function call;
+//   - the table's P (two small reads: to_regclass and the settings row);
+//   - the lag of the partitions the relay owns (see ownedLag).
 const (
 	gaugeInterval = 10 * time.Second
 	countCap      = 100_000
@@ -34,12 +36,18 @@ const (
 
 type gaugeQueries struct {
 	gauges, pendingSpan, stall string
-	leaderKey                  int64
+	// stallOwned is stall narrowed to the partitions listed in $4 of P
+	// $3, and ownedLag the lag of those ($2 of P $1); both only for a table
+	// that records P.
+	stallOwned, ownedLag string
+	leaderKey            int64
+	table                schema.Table
 }
 
 func newGaugeQueries(t schema.Table) gaugeQueries {
 	table := t.Ident()
 	limit := func(n int) string { return " limit " + fmt.Sprint(n) }
+	owned := ownedFilter(t, "o", "$1", "$2")
 	return gaugeQueries{
 		gauges: `select
   coalesce(extract(epoch from now() - least(
@@ -52,8 +60,15 @@ func newGaugeQueries(t schema.Table) gaugeQueries {
   pg_notification_queue_usage()`,
 		pendingSpan: `select coalesce((select id from ` + table + ` where dead_at is null and available_at = created_at order by id desc limit 1)
   - (select id from ` + table + ` where dead_at is null and available_at = created_at order by id limit 1) + 1, 0)`,
-		stall:     stallQuery(table),
+		stall:      stallQuery(table, ""),
+		stallOwned: stallQuery(table, ownedFilter(t, "o", "$3", "$4")),
+		ownedLag: `select coalesce(extract(epoch from now() - least(
+    (select created_at from ` + table + ` o where dead_at is null and available_at = created_at` + owned + ` order by id limit 1),
+    (select min(created_at) from (select created_at from ` + table + ` o
+       where dead_at is null and available_at <> created_at and available_at <= now()` + owned + `
+       order by available_at` + limit(countCap) + `) d))), 0)::float8`,
 		leaderKey: t.LockKey("leader"),
+		table:     t,
 	}
 }
 
@@ -72,16 +87,18 @@ const idleRefreshGap = time.Second
 // was, and an alert watches it.
 //
 // After each refresh it checks that a leader with rows waiting claims them
-// (see checkStall); leaderPID gives the leader lock's session.
+// (see checkStall); prog gives the partitions the relay owns, and its
+// LISTEN session.
 func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, idle <-chan struct{},
 	prog *progress) {
 	t := time.NewTicker(gaugeInterval)
 	defer t.Stop()
 	failing, warned, stallWarned := false, false, false
 	for {
-		lag, err := r.refreshOnce(ctx, pool, q, &warned)
+		o := prog.owned.Load()
+		lag, err := r.refreshOnce(ctx, pool, q, o, &warned)
 		if err == nil {
-			err = r.checkStall(ctx, pool, q.stall, q.leaderKey, prog.leaderPID.Load, prog, lag, &stallWarned)
+			err = r.checkStall(ctx, pool, q, prog.leaderPID.Load, prog, o, lag, &stallWarned)
 		}
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
@@ -111,7 +128,11 @@ func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQu
 	}
 }
 
-func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, warned *bool) (float64, error) {
+// refreshOnce refreshes the gauges once, o being the partitions the relay
+// owns (nil: none, or the loop did not say). It returns the lag of the rows
+// the relay may claim: those of o when it owns fewer than the table's,
+// else the table's.
+func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, o *ownership, warned *bool) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, gaugeInterval)
 	defer cancel()
 	var lag, usage float64
@@ -124,11 +145,21 @@ func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQuer
 			return 0, fmt.Errorf("pending rows: %w", withHint(err))
 		}
 	}
+	partitions, err := readPartitions(ctx, pool, q.table)
+	if err != nil {
+		return 0, err
+	}
+	ownedLag, err := r.ownedLag(ctx, pool, q, o, lag)
+	if err != nil {
+		return 0, err
+	}
 	pending += delayed
 	r.metrics.lag.Set(lag)
 	r.metrics.pending.Set(float64(pending))
 	r.metrics.dead.Set(float64(dead))
 	r.metrics.notifyQueue.Set(usage)
+	r.metrics.partitions.Set(float64(partitions))
+	r.metrics.ownedLag.Set(ownedLag)
 	r.metrics.gaugesRefreshed.SetToCurrentTime()
 	switch {
 	case usage >= notifyQueueWarn && !*warned:
@@ -139,5 +170,50 @@ func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQuer
 		r.log.Info("NOTIFY queue drained", slog.Float64("usage", usage))
 		*warned = false
 	}
-	return lag, nil
+	if o == nil {
+		return lag, nil
+	}
+	return ownedLag, nil
+}
+
+// ownedLag returns the age of the oldest available pending row of the
+// partitions o the relay owns: 0 when it owns none, the table's lag when
+// it owns them all. Like the claim, it walks claim_idx in id order past
+// the rows of other partitions.
+func (r *Relay) ownedLag(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, o *ownership, lag float64) (float64, error) {
+	switch {
+	case o == nil:
+		return 0, nil
+	case o.all():
+		return lag, nil
+	}
+	var owned float64
+	if err := pool.QueryRow(ctx, q.ownedLag, o.partitions, int32s(o.owned)).Scan(&owned); err != nil {
+		return 0, fmt.Errorf("lag of the partitions owned: %w", withHint(err))
+	}
+	return owned, nil
+}
+
+// readPartitions returns the table's P: 1 for a table that does not record
+// it (before migration 007), without a failing statement in the server's
+// log every refresh.
+func readPartitions(ctx context.Context, q Querier, t schema.Table) (int, error) {
+	var recorded bool
+	if err := q.QueryRow(ctx, "select to_regclass($1) is not null", t.Derived("settings")).Scan(&recorded); err != nil {
+		return 0, fmt.Errorf("read partitions of %s: %w", t, withHint(err))
+	}
+	if !recorded {
+		return 1, nil
+	}
+	p, _, err := schema.ReadPartitions(ctx, q, t)
+	return p, err
+}
+
+// int32s converts partition numbers for an integer[] parameter.
+func int32s(ps []int) []int32 {
+	out := make([]int32, len(ps))
+	for i, p := range ps {
+		out[i] = int32(p)
+	}
+	return out
 }

@@ -28,10 +28,14 @@ type metrics struct {
 	pending          prometheus.Gauge
 	dead             prometheus.Gauge
 	lag              prometheus.Gauge
-	notifyQueue      prometheus.Gauge
-	stalled          prometheus.Gauge
-	acquireWaits     prometheus.Counter
-	gaugesRefreshed  prometheus.Gauge
+	// partitions is the table's P, and ownedLag the lag of the partitions
+	// this relay owns; refreshed with the table gauges (gauges.go).
+	partitions      prometheus.Gauge
+	ownedLag        prometheus.Gauge
+	notifyQueue     prometheus.Gauge
+	stalled         prometheus.Gauge
+	acquireWaits    prometheus.Counter
+	gaugesRefreshed prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -90,6 +94,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "outbox_lag_seconds",
 			Help: "Age of the oldest pending row that is available for publishing.",
 		}),
+		partitions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_partitions",
+			Help: "The table's number of partitions (1 before migration 007); every relay exports the same value.",
+		}),
+		ownedLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_owned_lag_seconds",
+			Help: "Age of the oldest pending row available for publishing in the partitions this relay owns; 0 when it owns none.",
+		}),
 		notifyQueue: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outbox_notify_queue_usage_ratio",
 			Help: "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use; when full, notifying commits fail.",
@@ -104,7 +116,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		gaugesRefreshed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outbox_gauges_refreshed_timestamp_seconds",
-			Help: "Unix time of the last successful refresh of the table gauges (pending, dead, lag, NOTIFY queue); while refreshes fail, those keep their last values.",
+			Help: "Unix time of the last successful refresh of the table gauges (pending, dead, lag, partitions, owned lag, NOTIFY queue); while refreshes fail, those keep their last values.",
 		}),
 	}
 	for _, r := range []string{ReasonNack, ReasonReturned, ReasonExchangeNotFound, ReasonInvalid, ReasonTooLarge, ReasonTimeout, ReasonChannelClosed, ReasonExpired, ReasonClaimTooOld} {
@@ -119,7 +131,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.failures, m.orderBreaks, m.deliveryLatency, m.batchSize,
-			m.leader, m.partitionsOwned, m.partitionChanges, m.connUp, m.reconnects, m.pending, m.dead, m.lag, m.notifyQueue,
+			m.leader, m.partitionsOwned, m.partitionChanges, m.connUp, m.reconnects, m.pending, m.dead, m.lag, m.partitions, m.ownedLag, m.notifyQueue,
 			m.stalled, m.acquireWaits, m.gaugesRefreshed)
 	}
 	return m

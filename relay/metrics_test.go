@@ -25,6 +25,7 @@ var MetricNames = []string{
 	"outbox_connection_up", "outbox_reconnects_total", "outbox_notify_queue_usage_ratio",
 	"outbox_stalled", "outbox_db_acquire_waits_total", "outbox_build_info",
 	"outbox_gauges_refreshed_timestamp_seconds", "outbox_partitions_owned", "outbox_partition_changes_total",
+	"outbox_partitions", "outbox_owned_lag_seconds",
 }
 
 func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 // stallAfter is how long a leader may go without claiming a row while a
@@ -29,6 +32,10 @@ type progress struct {
 	lastRows    atomic.Int64 // unix ns of the last claim that returned rows
 	lastClaim   atomic.Int64 // unix ns of the last claim
 	lastClaimN  atomic.Int64 // rows it returned
+	// owned is the partitions the loop claims for, nil while it owns none
+	// (see setOwned): the gauges' owned lag and the stall check look at
+	// those partitions only.
+	owned atomic.Pointer[ownership]
 	// blocked reports whether the broker blocks publishing (the
 	// publisher's Blocked); set by Run before the loop starts.
 	blocked atomic.Pointer[func() bool]
@@ -66,12 +73,35 @@ func (p *progress) claimed(n int) {
 	}
 }
 
+// ownership is the partitions a relay owns and claims for, of the table's
+// P as the loop has it.
+type ownership struct {
+	owned      []int // ascending
+	partitions int
+}
+
+// all reports whether o covers every partition of the table.
+func (o *ownership) all() bool { return len(o.owned) >= o.partitions }
+
+// setOwned records the partitions the loop claims for (owned, ascending)
+// and the table's number of partitions as the loop has it; none (nil or
+// empty) is owning nothing. The loop calls it whenever its partitions
+// change; losing leadership (setLeader(0)) clears them too.
+func (p *progress) setOwned(owned []int, partitions int) {
+	if len(owned) == 0 {
+		p.owned.Store(nil)
+		return
+	}
+	p.owned.Store(&ownership{owned: slices.Clone(owned), partitions: partitions})
+}
+
 // setLeader records leadership gained (pid: the leader lock's session) or
-// lost (0).
+// lost (0), which also clears the partitions owned.
 func (p *progress) setLeader(pid int32) {
 	p.leaderPID.Store(pid)
 	if pid == 0 {
 		p.leaderSince.Store(0)
+		p.owned.Store(nil)
 		return
 	}
 	now := time.Now().UnixNano()
@@ -84,26 +114,38 @@ func since(unixNano int64) time.Duration { return time.Since(time.Unix(0, unixNa
 
 // stallQuery finds the first row a claim could take, without locking it:
 // the claim's filters, bar the row locks and the leader check. It also
-// says which backend holds the leader lock.
-func stallQuery(table string) string {
+// says which backend holds the lock $1, $2 (see lockParts): the lock of the
+// relay's first partition. filter narrows the rows further (see
+// ownedFilter), or is "".
+func stallQuery(table, filter string) string {
 	return `select o.id, extract(epoch from now() - o.created_at)::float8,
        (select l.pid from pg_locks l where ` + heldLock("l", "$1", "$2") + ` limit 1)
   from ` + table + ` o
  where dead_at is null
    and available_at = created_at
-   and ` + keyFree(table, "o") + `
+   and ` + keyFree(table, "o") + filter + `
  order by id
  limit 1`
 }
 
-// checkStall runs after a gauge refresh that found the lag at lag. On a
-// leader that has claimed no row for stallAfter while not in a batch nor
-// without a broker (which has its own logs and metrics), with
-// rows that old waiting, it asks the database whether a claimable row
-// exists and, if one does, sets outbox_stalled and warns (once per stall)
-// with what it knows.
-func (r *Relay) checkStall(ctx context.Context, pool *pgxpool.Pool, q string, leaderKey int64, lis func() int32,
-	p *progress, lag float64, warned *bool) error {
+// ownedFilter narrows the rows of table t aliased alias to the partitions
+// listed in the parameter owned (integer[]) of partitions (the table's P,
+// integer), as the claim does: only for a table that records P.
+func ownedFilter(t schema.Table, alias, partitions, owned string) string {
+	return `
+   and ` + t.Derived("partition") + `(` + alias + `.partition_key, ` + alias + `.id, ` + partitions + `::integer) = any(` + owned + `::integer[])`
+}
+
+// checkStall runs after a gauge refresh that found the lag of the rows the
+// relay may claim at lag: those of the partitions it owns, o (nil: the
+// loop did not say, so the whole table). On a leader that has claimed no
+// row for stallAfter while not in a batch nor without a broker (which has
+// its own logs and metrics), with rows that old waiting, it asks the
+// database whether a row it could claim exists (in its partitions, when it
+// owns fewer than the table's) and, if one does, sets outbox_stalled and
+// warns (once per stall) with what it knows.
+func (r *Relay) checkStall(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, lis func() int32,
+	p *progress, o *ownership, lag float64, warned *bool) error {
 	stalled := false
 	defer func() {
 		r.metrics.stalled.Set(b2f(stalled))
@@ -117,11 +159,19 @@ func (r *Relay) checkStall(ctx context.Context, pool *pgxpool.Pool, q string, le
 		since(ls) < stallAfter || since(p.lastRows.Load()) < stallAfter {
 		return nil
 	}
-	classid, objid := lockParts(leaderKey)
+	key, sql := q.leaderKey, q.stall
+	var parts []any
+	if o != nil {
+		key = q.table.PartitionLockKey("leader", o.owned[0])
+		if !o.all() {
+			sql, parts = q.stallOwned, []any{o.partitions, int32s(o.owned)}
+		}
+	}
+	classid, objid := lockParts(key)
 	var id int64
 	var age float64
 	var holder *int32
-	err := pool.QueryRow(ctx, q, classid, objid).Scan(&id, &age, &holder)
+	err := pool.QueryRow(ctx, sql, append([]any{classid, objid}, parts...)...).Scan(&id, &age, &holder)
 	switch {
 	case err == pgx.ErrNoRows:
 		return nil
@@ -139,14 +189,17 @@ func (r *Relay) checkStall(ctx context.Context, pool *pgxpool.Pool, q string, le
 	if holder != nil {
 		holderAttr = slog.Int("leader_lock_pid", int(*holder))
 	}
-	r.log.Warn("leader claims no rows although rows are available",
-		slog.Int64("id", id), slog.Duration("oldest_age", time.Duration(age*float64(time.Second))),
+	attrs := []any{slog.Int64("id", id), slog.Duration("oldest_age", time.Duration(age*float64(time.Second))),
 		holderAttr, slog.Int("listener_pid", int(lis())),
 		slog.Duration("last_rows_claimed_ago", since(p.lastRows.Load()).Round(time.Millisecond)),
 		slog.Duration("last_claim_ago", since(p.lastClaim.Load()).Round(time.Millisecond)),
-		slog.Int64("last_claim_rows", p.lastClaimN.Load()),
+		slog.Int64("last_claim_rows", p.lastClaimN.Load())}
+	if parts != nil {
+		attrs = append(attrs, slog.Any("partitions", o.owned), slog.Int("of", o.partitions))
+	}
+	r.log.Warn("leader claims no rows although rows are available", append(attrs,
 		slog.String("hint", "rows locked by another session (a deposed leader's batch), or the leader lock held by "+
-			"another backend than the relay's LISTEN session (a pooler)"))
+			"another backend than the relay's LISTEN session (a pooler)"))...)
 	return nil
 }
 

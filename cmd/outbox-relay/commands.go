@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -166,7 +168,8 @@ func checkOutput(o string) error {
 
 func cmdStatus(args []string) (action, error) {
 	f := newFlags("status", "status [-o json]", "Shows pending rows (and how many are available now), dead rows, the age of the oldest\n"+
-		"pending row, the current leader, and the same per exchange. Reads the database only.")
+		"pending row, the same per exchange and per partition, the table's relays and the partitions\n"+
+		"each owns. Reads the database only.")
 	output := outputFlag(f)
 	if err := f.parseNoArgs(args); err != nil {
 		return nil, err
@@ -192,17 +195,20 @@ func showStatus(ctx context.Context, e *env, output string) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
 	}
-	leader := "none"
-	if st.Leader != nil {
-		leader = fmt.Sprintf("%s (pid %d, %s, since %s)", st.Leader.ApplicationName, st.Leader.PID,
-			st.Leader.ClientAddr, st.Leader.Since.Format(time.RFC3339))
-	}
 	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "table\t%s\n", st.Table)
 	fmt.Fprintf(w, "pending\t%d (%d available now)\n", st.Pending, st.Available)
 	fmt.Fprintf(w, "dead\t%d\n", st.Dead)
 	fmt.Fprintf(w, "oldest pending\t%s\n", formatAge(st.OldestPendingAgeSeconds))
-	fmt.Fprintf(w, "leader\t%s\n", leader)
+	if st.Partitions == 1 {
+		leader := "none"
+		if st.Leader != nil {
+			leader = fmt.Sprintf("%s (pid %d, %s, since %s)", cell(st.Leader.ApplicationName), st.Leader.PID,
+				st.Leader.ClientAddr, st.Leader.Since.Format(time.RFC3339))
+		}
+		fmt.Fprintf(w, "leader\t%s\n", leader)
+	}
+	fmt.Fprintf(w, "partitions\t%s\n", partitionsLine(st))
 	if len(st.Exchanges) > 0 {
 		fmt.Fprintf(w, "\nEXCHANGE\tPENDING\tDEAD\tOLDEST PENDING\n")
 		for _, x := range st.Exchanges {
@@ -213,7 +219,72 @@ func showStatus(ctx context.Context, e *env, output string) error {
 			fmt.Fprintf(w, "%s\t%d\t%d\t%s\n", cell(name), x.Pending, x.Dead, formatAge(x.OldestPendingAgeSeconds))
 		}
 	}
+	showRelays(w, st)
 	return w.Flush()
+}
+
+// partitionsLine sums up the table's partitions: P, and those without an
+// owner.
+func partitionsLine(st relay.Status) string {
+	var free, stranded int
+	for _, p := range st.ByPartition {
+		if p.Owner == nil {
+			free++
+			if p.Pending > 0 {
+				stranded++
+			}
+		}
+	}
+	line := fmt.Sprintf("%d, %d without owner", st.Partitions, free)
+	if stranded > 0 {
+		line += fmt.Sprintf(" (%d of them with pending rows: nobody publishes those)", stranded)
+	}
+	return line
+}
+
+// showRelays writes the table's relays and, with several partitions, the
+// breakdown per partition.
+func showRelays(w io.Writer, st relay.Status) {
+	names := map[int32]string{}
+	if len(st.Relays) > 0 {
+		fmt.Fprintf(w, "\nRELAY\tPID\tBROKER\tCLIENT\tSINCE\tMEMBER\tPARTITIONS\n")
+	}
+	for _, r := range st.Relays {
+		names[r.PID] = cell(r.Name)
+		member := "no"
+		if r.Member {
+			member = "yes"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", cell(r.Name), r.PID, dash(cell(r.Broker)), r.ClientAddr,
+			r.Since.Format(time.RFC3339), member, dash(joinInts(r.Owned)))
+	}
+	if st.Partitions <= 1 {
+		return
+	}
+	fmt.Fprintf(w, "\nPARTITION\tOWNER\tPENDING\tAVAILABLE\tDEAD\tOLDEST PENDING\n")
+	for _, p := range st.ByPartition {
+		owner := "none"
+		if p.Owner != nil {
+			owner = fmt.Sprintf("%s (pid %d)", names[*p.Owner], *p.Owner)
+		}
+		fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%d\t%s\n", p.Partition, owner, p.Pending, p.Available, p.Dead,
+			formatAge(p.OldestPendingAgeSeconds))
+	}
+}
+
+func joinInts(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func formatAge(s float64) string {
