@@ -285,6 +285,7 @@ func (l *loop) setOwned(ctx context.Context, owned []int) {
 	}
 	l.store.SetOwner(pid, owned)
 	l.lis.SetOwned(owned)
+	l.prog.setOwned(owned, l.partitions)
 	l.leader = len(owned) > 0
 	if l.leader == was {
 		return

@@ -91,7 +91,7 @@ func TestGaugesOwnedLagAndPartitions(t *testing.T) {
 func TestGaugesPartitionsBeforeMigration007(t *testing.T) {
 	t.Parallel()
 	e := testenv.New(t, testenv.WithoutMigrate())
-	e.MigrateTo(t, schema.PartitionsVersion-1)
+	e.MigrateTo(t, 6) // before 007, which records P
 	r, _ := gaugeRelay(t)
 	r.metrics.partitions.Set(-1)
 	var warned bool
