@@ -181,6 +181,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// leaveStopping is leave's reason on shutdown.
+const leaveStopping = "stopping"
+
 // leave gives every partition up and leaves the members; the relay takes
 // partitions again once share joins it back. Nothing is in flight between
 // two steps of the loop.
@@ -199,7 +202,11 @@ func (l *loop) leave(ctx context.Context, why string) {
 	if l.waiting {
 		l.setWaiting(ctx, false) // others may sleep: the flag stays up for them
 	}
-	l.log.Warn("gave partitions up and left the members", slog.String("reason", why), slog.Any("partitions", l.held()))
+	level := slog.LevelWarn
+	if why == leaveStopping {
+		level = slog.LevelInfo
+	}
+	l.log.Log(ctx, level, "gave partitions up and left the members", slog.String("reason", why), slog.Any("partitions", l.held()))
 	l.owned, l.gained = nil, nil
 	l.setOwned(ctx, nil)
 	l.member = false

@@ -191,14 +191,13 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 	if l.waiting {
 		_ = store.SetWaiting(cctx, false)
 	}
-	l.pub.Close()
-	wasMember := l.member
-	l.lis.Close(cctx) // frees the relay's partitions
-	if wasMember {
-		// Tell the other relays, so that they take the partitions over at
-		// once rather than at their next look.
-		_, _ = pool.Exec(cctx, "select pg_notify($1, $2)", table.Channel(), groupPayload)
+	if l.member && l.lis.Connected() {
+		// Hand the partitions over now, telling the other relays, rather
+		// than leave them to find out at their next look.
+		l.leave(cctx, leaveStopping)
 	}
+	l.pub.Close()
+	l.lis.Close(cctx)
 	r.metrics.leader.Set(0)
 	r.metrics.connUp.WithLabelValues(connAMQP).Set(0)
 	r.metrics.connUp.WithLabelValues(connListener).Set(0)
