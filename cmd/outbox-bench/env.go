@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -71,6 +72,11 @@ func newBench(ctx context.Context, o options, stderr io.Writer) (*bench, error) 
 		return nil, fmt.Errorf("connect to bench database: %w", err)
 	}
 	if _, err := schema.Migrate(ctx, b.db, b.table); err != nil {
+		b.close()
+		return nil, err
+	}
+	// As `outbox-relay migrate` leaves a table it creates.
+	if _, err := schema.SetPartitions(ctx, b.db, b.table, cmp.Or(o.partitions, schema.DefaultPartitions), 10*time.Second); err != nil {
 		b.close()
 		return nil, err
 	}

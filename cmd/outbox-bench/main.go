@@ -32,6 +32,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/relay"
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 func main() {
@@ -58,6 +59,7 @@ type options struct {
 	payload    int
 	batch      int
 	rounds     int
+	partitions int
 	rate       int
 	steadyFor  time.Duration
 	rates      []int
@@ -86,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.adminURL, "database-url", envOr("OUTBOX_DATABASE_URL", relay.DatabaseURLDefault), "PostgreSQL URL of a database to create the bench database from")
 	fs.StringVar(&o.amqpURL, "amqp-url", envOr("OUTBOX_AMQP_URL", relay.AMQPURLDefault), "RabbitMQ URL")
+	fs.IntVar(&o.partitions, "partitions", schema.DefaultPartitions, "the scenarios' tables' number of partitions (what `migrate` gives a new table); 1 is a single leader, as before partitions")
 	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory, writers, rates, python and scale scenarios")
 	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, rates, python, writers, memory, tracing, scale, soak); default all but soak")
 	fs.IntVar(&o.rows, "rows", 100_000, "backlog rows for the drain scenario")
