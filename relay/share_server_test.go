@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -44,7 +45,8 @@ func (b *testBundle) startRelays(t *testing.T, n int) *sharing {
 	return s
 }
 
-// waitOwned waits until the running relays own want partitions each.
+// waitOwned waits until the running relays own want partitions, in any
+// order.
 func (s *sharing) waitOwned(t *testing.T, within time.Duration, want ...int) {
 	t.Helper()
 	var got []int
@@ -55,7 +57,7 @@ func (s *sharing) waitOwned(t *testing.T, within time.Duration, want ...int) {
 				got = append(got, int(value(gather(t, reg)["outbox_partitions_owned"])))
 			}
 		}
-		return fmt.Sprint(got) == fmt.Sprint(want)
+		return fmt.Sprint(slices.Sorted(slices.Values(got))) == fmt.Sprint(slices.Sorted(slices.Values(want)))
 	})
 }
 
@@ -262,5 +264,27 @@ func TestRelaysBusyOneLeavesOthersAwake(t *testing.T) {
 	// stays awake and looks again within a second: loaded machines add to it.
 	if slowest > 3*time.Second {
 		t.Errorf("a row of the calm partition took %s, want well under the poll interval", slowest)
+	}
+}
+
+// At the largest P, a relay that joins two others gets its share within
+// 5s, and every partition is owned throughout.
+func TestRelaysRebalanceAtMaxPartitions(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.setPartitions(t, schema.MaxPartitions)
+	s := b.startRelays(t, 2)
+	s.waitOwned(t, 20*time.Second, 128, 128)
+	reg := prometheus.NewRegistry()
+	cfg := b.config(t)
+	cfg.Name, cfg.Registerer = b.env.Name+"-joiner", reg
+	begin := time.Now()
+	s.regs = append(s.regs, reg)
+	s.stops = append(s.stops, start(t, cfg))
+	s.waitOwned(t, 20*time.Second, 86, 85, 85)
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("a joiner at P=%d got its share after %s, want within 5s", schema.MaxPartitions, d.Round(time.Millisecond))
+	} else {
+		t.Logf("balanced %s after the joiner started", d.Round(time.Millisecond))
 	}
 }
