@@ -99,17 +99,28 @@ func (l *pgListener) Release(ctx context.Context, p int) error {
 // Member joins (in) or leaves the table's members, the relays that may own
 // partitions, and tells the other relays.
 func (l *pgListener) Member(ctx context.Context, in bool) error {
-	if !l.Connected() {
-		return errors.New("listener not connected")
-	}
-	q := "select pg_advisory_lock_shared($1)::text, pg_notify($2, $3)"
-	if !in {
-		q = "select pg_advisory_unlock_shared($1)::text, pg_notify($2, $3)"
-	}
-	if _, err := l.conn.Exec(ctx, q, simple, l.table.LockKey("members"), l.channel, groupPayload); err != nil {
+	if err := l.sharedLock(ctx, "members", in, true); err != nil {
 		return fmt.Errorf("join or leave the table's members: %w", err)
 	}
 	return nil
+}
+
+// sharedLock takes (hold) or gives up the table's lock named purpose,
+// shared, on the session, telling the other relays with notify.
+func (l *pgListener) sharedLock(ctx context.Context, purpose string, hold, notify bool) error {
+	if !l.Connected() {
+		return errors.New("listener not connected")
+	}
+	f := "pg_advisory_lock_shared"
+	if !hold {
+		f = "pg_advisory_unlock_shared"
+	}
+	q, args := "select "+f+"($1)::text", []any{simple, l.table.LockKey(purpose)}
+	if notify {
+		q, args = q+", pg_notify($2, $3)", append(args, l.channel, groupPayload)
+	}
+	_, err := l.conn.Exec(ctx, q, args...)
+	return err
 }
 
 // SetBroker shows node, the broker node the relay publishes to, after the
@@ -132,14 +143,7 @@ func (l *pgListener) SetBroker(ctx context.Context, node string) error {
 // held from before the relay raises the wake-up flag until it lowers it,
 // so that no other relay lowers it meanwhile (see pgStore.queueFlag).
 func (l *pgListener) Sleeper(ctx context.Context, asleep bool) error {
-	if !l.Connected() {
-		return errors.New("listener not connected")
-	}
-	q := "select pg_advisory_lock_shared($1)::text"
-	if !asleep {
-		q = "select pg_advisory_unlock_shared($1)::text"
-	}
-	if _, err := l.conn.Exec(ctx, q, simple, l.table.LockKey("sleepers")); err != nil {
+	if err := l.sharedLock(ctx, "sleepers", asleep, false); err != nil {
 		return fmt.Errorf("record asleep=%t: %w", asleep, err)
 	}
 	return nil

@@ -199,50 +199,10 @@ func TestRelayDeliversCommittedRowsOnly(t *testing.T) {
 func TestRelayKeepsOrderPerPartitionKey(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	const keys, perKey = 4, 60
 	start(t, b.config(t))
-
 	// One writer per key, as when writes to an aggregate are serialised by
 	// its row lock (concurrent transactions of one key have no order to
-	// keep); the keys interleave while the relay runs. The test remembers
-	// each message's row id and key.
-	var mu sync.Mutex
-	rowOf := map[string]int64{}
-	keyOf := map[string]string{}
-	var wg sync.WaitGroup
-	for w := 0; w < keys; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range perKey {
-				k := fmt.Sprintf("agg-%d", w)
-				var id int64
-				var mid string
-				err := b.env.Pool.QueryRow(context.Background(), `insert into `+b.env.Table.Ident()+`
-					(exchange, routing_key, partition_key, payload) values ($1, 'seq', $2, 'x')
-					returning id, message_id::text`, b.exchange, k).Scan(&id, &mid)
-				if err != nil {
-					t.Errorf("insert: %v", err)
-					return
-				}
-				mu.Lock()
-				rowOf[mid], keyOf[mid] = id, k
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-
-	got := testenv.Receive(t, b.recv, keys*perKey, 30*time.Second)
-	last := map[string]int64{}
-	for _, d := range got {
-		k, id := keyOf[d.MessageId], rowOf[d.MessageId]
-		if k == "" {
-			t.Fatalf("unknown message %s", d.MessageId)
-		}
-		if id <= last[k] {
-			t.Errorf("key %s: row %d arrived after row %d", k, id, last[k])
-		}
-		last[k] = id
-	}
+	// keep); the keys interleave while the relay runs.
+	rowOf, keyOf := b.keyedWriters(t, "agg", 4, 4, 60)
+	b.receiveInOrder(t, len(rowOf), rowOf, keyOf)
 }
