@@ -14,7 +14,7 @@ import (
 
 // cpuUse is the CPU time, in seconds, used during a window.
 type cpuUse struct {
-	proc     float64 // the measured process (the relay's); 0 if none
+	proc     float64 // the measured processes (the relays'); 0 if none
 	backends float64 // its PostgreSQL backends; NaN if none could be read
 	bench    float64 // this process
 }
@@ -30,8 +30,8 @@ type cpuUse struct {
 type cpuMeter struct {
 	conn         *pgx.Conn // the meter's own, on the admin database
 	db, prefix   string
-	proc         int // 0 for none
-	procFirst    float64
+	procs        []int // the measured processes
+	procFirst    []float64
 	benchFirst   float64
 	first, last  map[int]float64
 	stop, done   chan struct{}
@@ -40,20 +40,22 @@ type cpuMeter struct {
 
 const cpuSampleEvery = 200 * time.Millisecond
 
-// meterCPU starts measuring proc (0 for none) and the backends whose
-// application_name starts with prefix. Stop it with finish.
-func (b *bench) meterCPU(ctx context.Context, proc int, prefix string) (*cpuMeter, error) {
+// meterCPU starts measuring the processes procs (none: nil) and the
+// backends whose application_name starts with prefix. Stop it with finish.
+func (b *bench) meterCPU(ctx context.Context, procs []int, prefix string) (*cpuMeter, error) {
 	conn, err := pgx.Connect(ctx, b.o.adminURL)
 	if err != nil {
 		return nil, fmt.Errorf("cpu meter: %w", err)
 	}
-	m := &cpuMeter{conn: conn, db: b.dbName, prefix: prefix, proc: proc, first: map[int]float64{}, last: map[int]float64{},
+	m := &cpuMeter{conn: conn, db: b.dbName, prefix: prefix, procs: procs, first: map[int]float64{}, last: map[int]float64{},
 		stop: make(chan struct{}), done: make(chan struct{})}
-	if proc != 0 {
-		if m.procFirst, err = cpuSeconds(proc); err != nil {
+	for _, p := range procs {
+		s, err := cpuSeconds(p)
+		if err != nil {
 			_ = conn.Close(ctx)
 			return nil, err
 		}
+		m.procFirst = append(m.procFirst, s)
 	}
 	if err := m.sample(ctx, true); err != nil {
 		_ = conn.Close(ctx)
@@ -122,12 +124,12 @@ func (m *cpuMeter) finish(ctx context.Context) (cpuUse, error) {
 		return cpuUse{}, err
 	}
 	var u cpuUse
-	if m.proc != 0 {
-		s, err := cpuSeconds(m.proc)
+	for i, p := range m.procs {
+		s, err := cpuSeconds(p)
 		if err != nil {
 			return cpuUse{}, err
 		}
-		u.proc = s - m.procFirst
+		u.proc += s - m.procFirst[i]
 	}
 	self, _ := cpuSeconds(os.Getpid())
 	u.bench = self - m.benchFirst

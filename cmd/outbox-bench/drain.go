@@ -168,7 +168,7 @@ func (b *bench) timeDrain(ctx context.Context, n int, c *consumer, prefix string
 	if _, err := b.db.Exec(ctx, "vacuum analyze "+b.table.Ident()); err != nil {
 		return run, err
 	}
-	m, err := b.meterCPU(ctx, 0, prefix)
+	m, err := b.meterCPU(ctx, nil, prefix)
 	if err != nil {
 		return run, err
 	}

@@ -65,6 +65,7 @@ type options struct {
 	rates      []int
 	rateFor    time.Duration
 	rateEvents int
+	rateRelays int
 	pythonFor  time.Duration
 	writersFor time.Duration
 	memoryRows int
@@ -100,6 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.rate, "rate", 2000, "rows per second for the steady and soak scenarios")
 	fs.DurationVar(&o.steadyFor, "steady", 30*time.Second, "duration of the steady scenario")
 	rates := fs.String("rates", "10,50,200,1000,5000", "comma-separated rows per second for the rates scenario")
+	fs.IntVar(&o.rateRelays, "rate-relays", 1, "relays sharing the table in the rates scenario (their CPU is added up)")
 	fs.DurationVar(&o.rateFor, "rate-for", 10*time.Second, "duration of each rate of the rates scenario, through the relay and through the minimal loop")
 	fs.IntVar(&o.rateEvents, "rate-events", 300, "rows each rate writes at least, however long it takes: 300 make the 10/s step last 30s")
 	fs.DurationVar(&o.pythonFor, "python-for", 20*time.Second, "duration of the python scenario's Python path at 50/s, and then of its Go path")

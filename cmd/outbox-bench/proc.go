@@ -7,10 +7,15 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/internal/harness"
+	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
 
@@ -48,6 +53,60 @@ func (b *bench) startRelayIdle(ctx context.Context) (*harness.Process, error) {
 		return nil, errors.Join(err, p.Stop())
 	}
 	return p, nil
+}
+
+// startRelaysIdle starts n relay processes on the bench table, waits
+// until they share its partitions (each owns its share: relay.Shares) and
+// sleep on LISTEN, and returns their pids and a stop for all of them.
+func (b *bench) startRelaysIdle(ctx context.Context, n int) (pids []int, stop func() error, err error) {
+	var procs []*harness.Process
+	stop = func() error {
+		var errs []error
+		for _, p := range procs {
+			errs = append(errs, p.Stop())
+		}
+		return errors.Join(errs...)
+	}
+	for range max(1, n) {
+		p, err := b.startRelayProcess(ctx)
+		if err != nil {
+			return nil, nil, errors.Join(err, stop())
+		}
+		procs, pids = append(procs, p), append(pids, p.Pid())
+	}
+	if err := b.waitShared(ctx, len(procs)); err != nil {
+		return nil, nil, errors.Join(err, stop())
+	}
+	if err := b.waitIdle(ctx); err != nil {
+		return nil, nil, errors.Join(err, stop())
+	}
+	return pids, stop, nil
+}
+
+// waitShared waits until n relays own the bench table's partitions in
+// balanced shares, read from pg_locks.
+func (b *bench) waitShared(ctx context.Context, n int) error {
+	p, _, err := schema.ReadPartitions(ctx, b.db, b.table)
+	if err != nil {
+		return err
+	}
+	want := slices.DeleteFunc(relay.Shares(p, n), func(s int) bool { return s == 0 })
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var got []int
+	err = harness.Poll(pctx, 50*time.Millisecond, func() bool {
+		rows, qerr := b.db.Query(pctx, `select count(*) from pg_locks where locktype = 'advisory' and granted and objsubid = 1
+   and ((classid::bigint << 32) | objid::bigint) = any($1::bigint[]) group by pid order by 1 desc`, b.table.PartitionLockKeys("leader", p))
+		if qerr != nil {
+			return false
+		}
+		got, qerr = pgx.CollectRows(rows, pgx.RowTo[int])
+		return qerr == nil && slices.Equal(got, want)
+	})
+	if err != nil {
+		return fmt.Errorf("relays own %v partitions, want %v: %w", got, want, err)
+	}
+	return nil
 }
 
 // vmHWM reads a process's peak resident set size from /proc.

@@ -80,7 +80,7 @@ func (b *bench) rates(ctx context.Context, rep *report) error {
 			return fmt.Errorf("%d/s through the minimal loop: %w", rate, err)
 		}
 		fmt.Fprintf(b.o.stderr, "outbox-bench: %d/s: relay %s; minimal loop %s\n", rate, relayed.latency(), loop.latency())
-		reportRate(rep, load, relayed, loop)
+		reportRate(rep, load, b.o.rateRelays, relayed, loop)
 		rep.curve = append(rep.curve, ratePoint{
 			relayRate: float64(relayed.rows) / load.d.Seconds(), loopRate: float64(loop.rows) / load.d.Seconds(),
 			relay: [2]time.Duration{quantile(relayed.lat, 0.5), quantile(relayed.lat, 0.99)},
@@ -89,15 +89,19 @@ func (b *bench) rates(ctx context.Context, rep *report) error {
 	return nil
 }
 
-func reportRate(rep *report, load steadyLoad, relayed, loop rateStep) {
+func reportRate(rep *report, load steadyLoad, relays int, relayed, loop rateStep) {
 	rate := load.rate
+	who := ""
+	if relays > 1 {
+		who = fmt.Sprintf(", %d relays sharing the table", relays)
+	}
 	p99, lp99 := quantile(relayed.lat, 0.99), quantile(loop.lat, 0.99)
 	bound, target := 50*time.Millisecond, "keeps up, p99 <= 50ms"
 	if rate <= 1000 {
 		bound = max(3*time.Millisecond, lp99*3/2)
 		target = fmt.Sprintf("p99 <= max(3ms, 1.5 x loop) = %s", ms(bound))
 	}
-	rep.add(fmt.Sprintf("rate %d/s for %s, %d writers: latency", rate, load.d, load.writers), "relay "+relayed.latency(),
+	rep.add(fmt.Sprintf("rate %d/s for %s, %d writers%s: latency", rate, load.d, load.writers, who), "relay "+relayed.latency(),
 		"loop "+loop.latency(), fmt.Sprintf("p99 %.2f", float64(p99)/float64(max(lp99, 1))), target, p99 <= bound)
 
 	relayCPU := perK(relayed.cpu.proc+relayed.cpu.backends, relayed.rows)
@@ -133,15 +137,16 @@ func (b *bench) runRate(ctx context.Context, load steadyLoad, viaLoop bool) (s r
 		return s, err
 	}
 	defer c.close()
-	proc, prefix := 0, loopAppName
+	var procs []int
+	prefix := loopAppName
 	var stop func() error
 	if viaLoop {
+		var proc int
 		proc, stop, err = b.startLoop(ctx, loopTable, 0)
+		procs = []int{proc}
 	} else {
-		var p *harness.Process
-		if p, err = b.startRelayIdle(ctx); err == nil {
-			proc, prefix, stop = p.Pid(), harness.Name, p.Stop
-		}
+		procs, stop, err = b.startRelaysIdle(ctx, b.o.rateRelays)
+		prefix = harness.Name
 	}
 	if stop != nil {
 		defer func() {
@@ -157,7 +162,7 @@ func (b *bench) runRate(ctx context.Context, load steadyLoad, viaLoop bool) (s r
 	if err != nil {
 		return s, err
 	}
-	m, err := b.meterCPU(ctx, proc, prefix)
+	m, err := b.meterCPU(ctx, procs, prefix)
 	if err != nil {
 		return s, err
 	}

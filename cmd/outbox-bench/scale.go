@@ -150,7 +150,7 @@ func (b *bench) scaleDrain(ctx context.Context, caps *cpuCaps, relayTables, back
 			return run, err
 		}
 	}
-	m, err := b.meterCPU(ctx, 0, harness.Name)
+	m, err := b.meterCPU(ctx, nil, harness.Name)
 	if err != nil {
 		return run, err
 	}
