@@ -5,12 +5,14 @@
 //
 // The package is split by seam: the store (PostgreSQL: claim, settle, the
 // wake-up flag, the fence; store.go, claim.go, arm.go, pool.go), the
-// listener (the LISTEN session, which also holds the leader lock;
-// listener.go, session.go), the publisher (AMQP: connection, check, send and await,
-// watchdog; publisher.go, send.go, watchdog.go) and the loop that joins
-// them (loop.go, connections.go, pipeline.go, order.go). The loop sees the
+// listener (the LISTEN session, which also holds the relay's membership and
+// partition locks; listener.go, members.go, session.go), the publisher
+// (AMQP: connection, check, send and await, watchdog; publisher.go,
+// send.go, watchdog.go) and the loop that joins them (loop.go,
+// connections.go, share.go, pipeline.go, order.go). The loop sees the
 // other three through small interfaces (seams.go) and a clock: runOnce
-// makes one decision, and its tests (loop_test.go) drive it with fakes.
+// makes one decision, and its tests (loop_test.go, share_loop_test.go)
+// drive it with fakes.
 //
 // Every goroutine has an owner that stops it: Run starts the loop's work,
 // the gauges and the vacuum; the publisher's connection has a goroutine
@@ -20,16 +22,18 @@
 //
 // # States
 //
-//	connecting ──listener up, session proven──▶ standby ──leader lock, fence──▶ leader
-//	    ▲                                          │                             │
-//	    └──────────── listener lost ───────────────┴──── lock or listener lost ──┘
+//	connecting ──listener up, broker up, member──▶ standby ──partitions gained, fenced──▶ owner
+//	    ▲                                              │                                   │
+//	    └──────────── listener lost ───────────────────┴──── session lost, or none left ───┘
 //
-// A leader is idle (asleep on LISTEN), lingering (polling briefly after its
-// last rows, or while a writer that did not notify is still in its
-// transaction) or busy (draining batches). Without a broker
-// connection, or while the broker blocks publishing, it claims nothing. On
-// shutdown it stops claiming, waits up to ShutdownTimeout for the batches
-// on the wire, settles them and returns.
+// An owner claims for the partitions it owns. It is idle (asleep on
+// LISTEN), lingering (polling briefly after its last rows, or while a
+// writer that did not notify is still in its transaction) or busy
+// (draining batches). Without a broker connection, or while the broker
+// blocks publishing, it claims nothing, and after brokerGone it gives its
+// partitions up. On shutdown it stops claiming, waits up to
+// ShutdownTimeout for the batches on the wire, settles them, hands its
+// partitions over and returns.
 //
 // # Sessions
 //
@@ -42,28 +46,35 @@
 // (keepalives, timeouts; see sessionSettings), so that nothing leaks into a
 // pooler's shared connections.
 //
-// # Leadership and the fence
+// # Partitions, ownership and the fence
 //
-// One relay per table leads: the one whose LISTEN session holds the
-// table's leader lock. Every claim checks, in the same statement, that the
-// lock is still held by that session's pid, so a deposed leader stops at
-// its next claim. Every claim also holds the table's "in flight" lock
-// shared until its batch is settled, and a new leader takes it exclusively
-// before its first claim (pgStore.Fence): it waits for the batches of the
-// leader before it, so a failover cannot reorder a key.
+// Rows map to the table's P partitions (migration 007). A relay owns a
+// partition while its LISTEN session holds the partition's session
+// advisory lock; the members (relays with a broker connection) share the
+// partitions by a rule every one of them computes alike from pg_locks
+// (share.go). With P = 1, partition 0's lock is the table's leader lock of
+// before: one relay leads, the others stand by. Every claim checks, in the
+// same statement, that the session still holds its locks and that P has
+// not changed, so a relay that lost them stops at its next claim. Every
+// claim also holds its partitions' "in flight" locks shared until its
+// batch is settled, and a relay that gains a partition takes that lock
+// exclusively before its first claim of it (pgStore.Fence): it waits for
+// the batches of the owner before it, so a handover cannot reorder a key.
 //
 // # Wake-up
 //
 // A writer's insert trigger notifies, at its commit, while the relay's
-// wake-up flag (a sequence) is up. The relay raises the flag to sleep, then
+// wake-up flag (a sequence) is up, naming the row's partition: only its
+// owner wakes. The relay raises the flag to sleep, then
 // waits a few milliseconds for the transactions that wrote to the table
 // while it was down, by taking the table's SHARE lock (pgStore.Arm), and
 // stays awake while one is still open: no row waits for the poll however
 // long its transaction ran after the insert, and writers pay nothing for
 // it. When rows arrive sparsely the flag stays up and the relay sleeps on
 // LISTEN between batches; when they arrive densely it lowers the flag,
-// claims at a steady pace and lingers a little before raising it again
-// (wake.go). The poll interval is a safety net.
+// unless another relay sleeps (the sleepers lock, see queueFlag), claims at
+// a steady pace and lingers a little before raising it again (wake.go).
+// The poll interval is a safety net.
 //
 // # Claim, publish, settle
 //
@@ -92,8 +103,8 @@
 //
 // Every wait is bounded: the watchdog breaks a broker connection that
 // confirms nothing for ConfirmTimeout, statements have a deadline, and
-// connections are rebuilt with capped exponential back-off. A leader that
+// connections are rebuilt with capped exponential back-off. An owner that
 // claims nothing while rows wait says so (outbox_stalled), and a failed
-// batch makes the leader check its listener at once, so a lost database is
-// reported as lost leadership, not hidden behind retries.
+// batch makes the relay check its listener at once, so a lost database is
+// reported as lost partitions, not hidden behind retries.
 package relay
