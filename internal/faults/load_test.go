@@ -194,13 +194,8 @@ type receipt struct {
 	at    time.Time
 }
 
-// startConsumer consumes queue on a connection named name until the end of
-// the test.
-func startConsumer(t *testing.T, name, queue string) *consumer {
-	return startConsumerOn(t, name, queue, nil)
-}
-
-// startConsumerOn is startConsumer on the nodes urls of a cluster: each
+// startConsumerOn consumes queue on a connection named name until the end
+// of the test, on the broker nodes urls (testenv.AMQPURL() if none): each
 // session connects to the node after the previous session's, so that the
 // consumer moves on when its node stops.
 func startConsumerOn(t *testing.T, name, queue string, urls []string) *consumer {

@@ -83,16 +83,11 @@ func newScenarioWith(t *testing.T, name string, e *testenv.Env, urls []string, q
 	return s
 }
 
-// declareTopology declares a durable topic exchange and a durable queue
-// bound to it for every key, so that both survive a broker restart, and
-// deletes them in t.Cleanup on a fresh connection.
-func declareTopology(t *testing.T, name string) (exchange, queue string) {
-	t.Helper()
-	return declareTopologyOn(t, name, nil, nil)
-}
-
-// declareTopologyOn is declareTopology on the broker nodes urls, the queue
-// declared with queueArgs.
+// declareTopologyOn declares, on the first of the broker nodes urls that
+// answers (testenv.AMQPURL() if none), a durable topic exchange and a
+// durable queue with queueArgs bound to it for every key, so that both
+// survive a broker restart, and deletes them in t.Cleanup on a fresh
+// connection.
 func declareTopologyOn(t *testing.T, name string, urls []string, queueArgs amqp.Table) (exchange, queue string) {
 	t.Helper()
 	exchange, queue = name+".events", name+".all"
