@@ -32,8 +32,11 @@
 // connections but never answers, pg_terminate_backend of the relay's
 // sessions or of the leader's lock session alone, latency, resets, cuts and
 // stalls from a TCP proxy (toxiproxy, in-process) between the relay and
-// either server, a broker memory alarm, and poison rows mixed into the
-// healthy stream.
+// either server, a broker memory alarm, poison rows mixed into the
+// healthy stream, and each node in turn of a three-node RabbitMQ cluster
+// stopped under three relays sharing a table and a quorum queue. That
+// cluster (outbox-c1..3@localhost, AMQP ports 5681..5683) is started by
+// .ci/services beside the default broker, which is not part of it.
 //
 // # What is measured
 //

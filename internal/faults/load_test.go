@@ -169,6 +169,8 @@ const consumerRetry = 200 * time.Millisecond
 // connection or channel closes (broker-side close, broker restart).
 type consumer struct {
 	queue, name string
+	urls        []string // the broker's nodes, tried in turn; testenv.AMQPURL() if none
+	next        int      // index in urls of the node of the next session
 
 	mu          sync.Mutex
 	count       map[string]int
@@ -192,11 +194,13 @@ type receipt struct {
 	at    time.Time
 }
 
-// startConsumer consumes queue on a connection named name until the end of
-// the test.
-func startConsumer(t *testing.T, name, queue string) *consumer {
+// startConsumerOn consumes queue on a connection named name until the end
+// of the test, on the broker nodes urls (testenv.AMQPURL() if none): each
+// session connects to the node after the previous session's, so that the
+// consumer moves on when its node stops.
+func startConsumerOn(t *testing.T, name, queue string, urls []string) *consumer {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &consumer{queue: queue, name: name, count: map[string]int{}, lastSeq: map[string]int64{}, cancel: cancel, done: make(chan struct{})}
+	c := &consumer{queue: queue, name: name, urls: urls, count: map[string]int{}, lastSeq: map[string]int64{}, cancel: cancel, done: make(chan struct{})}
 	go c.run(ctx)
 	t.Cleanup(c.stop)
 	return c
@@ -225,7 +229,12 @@ func (c *consumer) run(ctx context.Context) {
 func (c *consumer) session(ctx context.Context) {
 	cfg := amqp.Config{Properties: amqp.NewConnectionProperties(), Dial: amqp.DefaultDial(5 * time.Second)}
 	cfg.Properties.SetClientConnectionName(c.name)
-	conn, err := amqp.DialConfig(testenv.AMQPURL(), cfg)
+	url := testenv.AMQPURL()
+	if len(c.urls) > 0 {
+		url = c.urls[c.next%len(c.urls)]
+		c.next++
+	}
+	conn, err := amqp.DialConfig(url, cfg)
 	if err != nil {
 		return
 	}

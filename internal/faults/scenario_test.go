@@ -5,6 +5,7 @@ package faults
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,6 +42,7 @@ type scenario struct {
 	prod     *producer
 	cons     *consumer
 	procs    []*relayProc // relays started
+	amqpURLs []string     // the broker's nodes; testenv.AMQPURL() if none
 	seq      int          // rows written by backlog so far
 
 	faults     int
@@ -60,34 +62,46 @@ func newScenario(t *testing.T, name string) *scenario {
 // e.URL.
 func newScenarioOn(t *testing.T, name string, e *testenv.Env) *scenario {
 	t.Helper()
-	s := &scenario{t: t, name: name, env: e}
-	s.exchange, s.queue = declareTopology(t, e.Name)
+	return newScenarioWith(t, name, e, nil, nil)
+}
+
+// newScenarioWith is newScenarioOn on the broker nodes urls (testenv.AMQPURL()
+// if none), with the queue declared with queueArgs (e.g. a quorum queue): the
+// topology is declared through the first node that answers, the consumer
+// moves from node to node, and the relays get every node in
+// OUTBOX_AMQP_URL.
+func newScenarioWith(t *testing.T, name string, e *testenv.Env, urls []string, queueArgs amqp.Table) *scenario {
+	t.Helper()
+	s := &scenario{t: t, name: name, env: e, amqpURLs: urls}
+	s.exchange, s.queue = declareTopologyOn(t, e.Name, urls, queueArgs)
 	w, err := outbox.NewWriter(e.Table.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.writer = w
-	s.cons = startConsumer(t, e.Name+"-consumer", s.queue)
+	s.cons = startConsumerOn(t, e.Name+"-consumer", s.queue, urls)
 	return s
 }
 
-// declareTopology declares a durable topic exchange and a durable queue
-// bound to it for every key, so that both survive a broker restart, and
-// deletes them in t.Cleanup on a fresh connection.
-func declareTopology(t *testing.T, name string) (exchange, queue string) {
+// declareTopologyOn declares, on the first of the broker nodes urls that
+// answers (testenv.AMQPURL() if none), a durable topic exchange and a
+// durable queue with queueArgs bound to it for every key, so that both
+// survive a broker restart, and deletes them in t.Cleanup on a fresh
+// connection.
+func declareTopologyOn(t *testing.T, name string, urls []string, queueArgs amqp.Table) (exchange, queue string) {
 	t.Helper()
 	exchange, queue = name+".events", name+".all"
-	withChannel(t, func(ch *amqp.Channel) error {
+	withChannelOn(t, urls, func(ch *amqp.Channel) error {
 		if err := ch.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
 			return err
 		}
-		if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		if _, err := ch.QueueDeclare(queue, true, false, false, false, queueArgs); err != nil {
 			return err
 		}
 		return ch.QueueBind(queue, "#", exchange, false, nil)
 	})
 	t.Cleanup(func() {
-		withChannel(t, func(ch *amqp.Channel) error {
+		withChannelOn(t, urls, func(ch *amqp.Channel) error {
 			if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
 				return err
 			}
@@ -100,7 +114,23 @@ func declareTopology(t *testing.T, name string) (exchange, queue string) {
 // withChannel runs f on a channel of a short-lived connection of its own.
 func withChannel(t *testing.T, f func(ch *amqp.Channel) error) {
 	t.Helper()
-	conn, err := amqp.DialConfig(testenv.AMQPURL(), amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
+	withChannelOn(t, nil, f)
+}
+
+// withChannelOn is withChannel on the first of the broker nodes urls that
+// answers (testenv.AMQPURL() if none).
+func withChannelOn(t *testing.T, urls []string, f func(ch *amqp.Channel) error) {
+	t.Helper()
+	if len(urls) == 0 {
+		urls = []string{testenv.AMQPURL()}
+	}
+	var conn *amqp.Connection
+	var err error
+	for _, u := range urls {
+		if conn, err = amqp.DialConfig(u, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)}); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("connect to broker: %v", err)
 	}
@@ -125,7 +155,7 @@ func (s *scenario) startLoad() {
 func (s *scenario) relayEnv(extra map[string]string) map[string]string {
 	env := map[string]string{
 		"OUTBOX_DATABASE_URL":     s.env.URL,
-		"OUTBOX_AMQP_URL":         testenv.AMQPURL(),
+		"OUTBOX_AMQP_URL":         s.amqpURL(),
 		"OUTBOX_TABLE":            s.env.Table.String(),
 		"OUTBOX_METRICS_ADDR":     testenv.FreeAddr(s.t),
 		"OUTBOX_POLL_INTERVAL":    "200ms",
@@ -142,6 +172,14 @@ func (s *scenario) relayEnv(extra map[string]string) map[string]string {
 		}
 	}
 	return env
+}
+
+// amqpURL is the relays' OUTBOX_AMQP_URL: the scenario's broker nodes.
+func (s *scenario) amqpURL() string {
+	if len(s.amqpURLs) == 0 {
+		return testenv.AMQPURL()
+	}
+	return strings.Join(s.amqpURLs, ",")
 }
 
 // startRelay starts one more relay process.
