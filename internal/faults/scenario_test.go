@@ -259,13 +259,20 @@ const backlogChunk = 1000
 // second or two on this kind of machine.
 const burst = 1000
 
-// backlog commits n rows at once, in transactions of backlogChunk, so that
-// the relay is busy, its batches full, when a fault strikes. They count for
-// loss and duplicates but not for latency or recovery (began_ns 0), and use
-// partition keys of their own.
+// backlog commits n rows at once, in one transaction (enqueued backlogChunk
+// at a time), so that the relay is busy, its batches full, when a fault
+// strikes: it cannot drain the first rows while the last are still being
+// written. They count for loss and duplicates but not for latency or
+// recovery (began_ns 0), and use partition keys of their own.
 func (s *scenario) backlog(n int) {
 	s.t.Helper()
 	ctx := context.Background()
+	tx, err := s.env.Pool.Begin(ctx)
+	if err != nil {
+		s.t.Fatalf("backlog: %v", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var all []outbox.MessageID
 	for done := 0; done < n; done += backlogChunk {
 		msgs := make([]outbox.Message, min(backlogChunk, n-done))
 		for i := range msgs {
@@ -282,20 +289,16 @@ func (s *scenario) backlog(n int) {
 				msgs[i].Headers[keyHeader] = msgs[i].PartitionKey
 			}
 		}
-		tx, err := s.env.Pool.Begin(ctx)
-		if err != nil {
-			s.t.Fatalf("backlog: %v", err)
-		}
 		ids, err := s.writer.Enqueue(ctx, tx, msgs...)
-		if err == nil {
-			err = tx.Commit(ctx)
-		}
 		if err != nil {
-			_ = tx.Rollback(ctx)
 			s.t.Fatalf("backlog: %v", err)
 		}
-		s.prod.add(ids)
+		all = append(all, ids...)
 	}
+	if err := tx.Commit(ctx); err != nil {
+		s.t.Fatalf("backlog: %v", err)
+	}
+	s.prod.add(all)
 }
 
 // busy reports whether the table holds more than n live rows: the relay
