@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -191,26 +190,5 @@ func TestLoopSpreadsOverBroker(t *testing.T) {
 	b.step(t)
 	if b.pub.startAt != 2 || b.lis.broker != "broker:5672" {
 		t.Errorf("started at node %d, shown %q; want 2 (rank of pid 4242 after 1 and 2), broker:5672", b.pub.startAt, b.lis.broker)
-	}
-}
-
-// A relay that owns a third of the partitions judges the table's rate, not
-// its own share of it: 400 rows/s in 4 of 12 partitions is a dense table.
-func TestLoopTableRate(t *testing.T) {
-	t.Parallel()
-	b := setupLoop(t)
-	now := b.clock.now
-	for range 2000 {
-		now = now.Add(time.Second / 400)
-		b.l.arrivals.add(now, 1)
-	}
-	b.l.partitions = 12
-	b.l.owned = []int{0, 1, 2, 3}
-	if r := b.l.tableRate(now); r < 1000 || !isDense(r, false) {
-		t.Errorf("owning 4 of 12 partitions at 400 rows/s: table rate %.0f, want about 1200, dense", r)
-	}
-	b.l.owned = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
-	if r := b.l.tableRate(now); r > 500 || isDense(r, false) {
-		t.Errorf("owning every partition at 400 rows/s: table rate %.0f, want about 400, sparse", r)
 	}
 }

@@ -53,20 +53,6 @@ func isDense(rate float64, wasDense bool) bool {
 	return rate >= denseRate
 }
 
-// tableRate estimates the rate at which rows arrive in the whole table
-// from what arrives in the relay's partitions, assuming rows spread
-// evenly over them. The policy is about the writers' cost of notifying,
-// which follows the table's commits, not one relay's share of them: three
-// relays on a table written at 1,000 rows/s each see 333, and would keep
-// every writer notifying.
-func (l *loop) tableRate(now time.Time) float64 {
-	r := l.arrivals.rateAt(now)
-	if n := len(l.owned); n > 0 && n < l.partitions {
-		r *= float64(l.partitions) / float64(n)
-	}
-	return r
-}
-
 // arrivalWindow is the time constant of the arrival rate's average.
 const arrivalWindow = time.Second
 
@@ -121,7 +107,7 @@ func (a arrivals) rateAt(now time.Time) float64 {
 // rest decides what a leader does after a drain that claimed n rows (see
 // the policy above).
 func (l *loop) rest(ctx context.Context, n int) step {
-	dense := isDense(l.tableRate(l.clock.Now()), l.dense)
+	dense := isDense(l.arrivals.rateAt(l.clock.Now()), l.dense)
 	l.dense = dense
 	if n > 0 {
 		l.lingered = 0
