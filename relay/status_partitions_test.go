@@ -14,32 +14,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/schema"
 )
 
-// fakeRelay is a test session holding a relay's locks on a table, as its
-// LISTEN session would: the relays lock, the members lock if member, and
-// the locks of the partitions owned.
-func fakeRelay(t *testing.T, tbl schema.Table, appName string, member bool, owned ...int) int32 {
-	t.Helper()
-	ctx := context.Background()
-	conn := testenv.Conn(t)
-	var pid int32
-	if err := conn.QueryRow(ctx, "select pg_backend_pid(), set_config('application_name', $1, false)", appName).Scan(&pid, nil); err != nil {
-		t.Fatal(err)
-	}
-	keys := []int64{tbl.LockKey("relays")}
-	if member {
-		keys = append(keys, tbl.LockKey("members"))
-	}
-	if _, err := conn.Exec(ctx, "select pg_advisory_lock_shared(k) from unnest($1::bigint[]) k", keys); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range owned {
-		if _, err := conn.Exec(ctx, "select pg_advisory_lock($1)", tbl.PartitionLockKey("leader", p)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return pid
-}
-
 // sharedTable is a table of P = 4 with rows over many keys (some dead, some
 // delayed) in every partition, two member relays owning partitions 0, 2 and
 // 1, and a relay without a broker: partition 3 has rows and no owner.
@@ -94,9 +68,9 @@ func newSharedTable(t *testing.T) *sharedTable {
 			t.Fatalf("partition %d has no available rows: %v", p, s.want)
 		}
 	}
-	s.a = fakeRelay(t, tbl, "relay-a@host-a amqp=10.0.0.1:5672", true, 0, 2)
-	s.b = fakeRelay(t, tbl, "relay-b@host-b amqp=10.0.0.2:5672", true, 1)
-	s.idle = fakeRelay(t, tbl, "relay-c@host-c", false)
+	s.a = testenv.HoldRelayLocks(t, tbl, "relay-a@host-a amqp=10.0.0.1:5672", true, 0, 2)
+	s.b = testenv.HoldRelayLocks(t, tbl, "relay-b@host-b amqp=10.0.0.2:5672", true, 1)
+	s.idle = testenv.HoldRelayLocks(t, tbl, "relay-c@host-c", false)
 	return s
 }
 
@@ -192,7 +166,7 @@ func TestStatusBeforePartitions(t *testing.T) {
 	if _, err := e.Pool.Exec(ctx, `insert into `+e.Table.Ident()+` (routing_key, payload) values ('a', 'x'), ('b', 'y')`); err != nil {
 		t.Fatal(err)
 	}
-	pid := fakeRelay(t, e.Table, "old@host", false, 0)
+	pid := testenv.HoldRelayLocks(t, e.Table, "old@host", false, 0)
 	st, err := relay.ReadStatus(ctx, e.Pool, e.Table)
 	if err != nil {
 		t.Fatal(err)

@@ -13,30 +13,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/schema"
 )
 
-// holdRelayLocks makes a test session look like a relay's LISTEN session:
-// named appName, holding the table's relays lock, the members lock if
-// member, and the locks of the partitions owned.
-func holdRelayLocks(t *testing.T, tbl schema.Table, appName string, member bool, owned ...int) int32 {
-	t.Helper()
-	ctx := context.Background()
-	conn := testenv.Conn(t)
-	keys := []int64{tbl.LockKey("relays")}
-	if member {
-		keys = append(keys, tbl.LockKey("members"))
-	}
-	var pid int32
-	if err := conn.QueryRow(ctx, `select pg_backend_pid(), set_config('application_name', $1, false),
-		(select count(pg_advisory_lock_shared(k)) from unnest($2::bigint[]) k)`, appName, keys).Scan(&pid, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range owned {
-		if _, err := conn.Exec(ctx, "select pg_advisory_lock($1)", tbl.PartitionLockKey("leader", p)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return pid
-}
-
 // status with two relays sharing a table of four partitions: both relays
 // with their partitions, each partition's owner and rows, and the
 // partition nobody owns although rows wait in it.
@@ -60,8 +36,8 @@ func TestStatusWithSeveralRelays(t *testing.T) {
 			t.Fatalf("no rows in partition %d", p)
 		}
 	}
-	a := holdRelayLocks(t, e.Table, "relay-a@host-a amqp=10.0.0.1:5672", true, 0, 2)
-	b := holdRelayLocks(t, e.Table, "relay-b@host-b amqp=10.0.0.2:5672", true, 1)
+	a := testenv.HoldRelayLocks(t, e.Table, "relay-a@host-a amqp=10.0.0.1:5672", true, 0, 2)
+	b := testenv.HoldRelayLocks(t, e.Table, "relay-b@host-b amqp=10.0.0.2:5672", true, 1)
 	env := baseEnv(e)
 
 	out, stderr, code := runBin(t, env, "status")
