@@ -82,7 +82,7 @@ func claimQuery(t schema.Table, props, recorded bool) string {
 	if recorded {
 		partitionsCheck = `$9::integer = (select partitions from ` + t.Derived("settings") + `)`
 		partitionsFilter = `
-   and ($10::integer[] is null or ` + t.Derived("partition") + `(o.partition_key, o.id, $9::integer) = any($10::integer[]))`
+   and ($10::integer[] is null or ` + inPartitions(t, "o", "$9", "$10") + `)`
 	}
 	return `select id, exchange, routing_key, partition_key, message_id,
        content_type, headers, case when loaded then payload end as payload, size, created_at, attempts, loaded,
@@ -310,10 +310,7 @@ func (s *pgStore) claimArgs(limit int, budget, largest int64) []any {
 	}
 	var owned []int32 // null: every partition (nil owned: unchecked, as pid 0)
 	if s.owned != nil && len(s.owned) < s.partitions {
-		owned = make([]int32, len(s.owned))
-		for i, p := range s.owned {
-			owned[i] = int32(p)
-		}
+		owned = int32s(s.owned)
 	}
 	return append(args, s.partitions, owned)
 }

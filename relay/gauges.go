@@ -24,7 +24,7 @@ import (
 //     written are estimated from the span of their ids (two index probes),
 //     and delayed and dead rows are reported as countCap;
 //   - the NOTIFY queue's usage, a function call;
-//   - the table's P (two small reads: to_regclass and the settings row);
+//   - the table's P (two small reads, see schema.ReadPartitions);
 //   - the lag of the partitions the relay owns (see ownedLag).
 const (
 	gaugeInterval = 10 * time.Second
@@ -145,9 +145,9 @@ func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQuer
 			return 0, fmt.Errorf("pending rows: %w", withHint(err))
 		}
 	}
-	partitions, err := readPartitions(ctx, pool, q.table)
+	partitions, _, err := schema.ReadPartitions(ctx, pool, q.table)
 	if err != nil {
-		return 0, err
+		return 0, withHint(err)
 	}
 	ownedLag, err := r.ownedLag(ctx, pool, q, o, lag)
 	if err != nil {
@@ -192,21 +192,6 @@ func (r *Relay) ownedLag(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries
 		return 0, fmt.Errorf("lag of the partitions owned: %w", withHint(err))
 	}
 	return owned, nil
-}
-
-// readPartitions returns the table's P: 1 for a table that does not record
-// it (before migration 007), without a failing statement in the server's
-// log every refresh.
-func readPartitions(ctx context.Context, q Querier, t schema.Table) (int, error) {
-	var recorded bool
-	if err := q.QueryRow(ctx, "select to_regclass($1) is not null", t.Derived("settings")).Scan(&recorded); err != nil {
-		return 0, fmt.Errorf("read partitions of %s: %w", t, withHint(err))
-	}
-	if !recorded {
-		return 1, nil
-	}
-	p, _, err := schema.ReadPartitions(ctx, q, t)
-	return p, err
 }
 
 // int32s converts partition numbers for an integer[] parameter.

@@ -21,6 +21,30 @@ import (
 // look at once rather than at their next look.
 const groupPayload = "outbox-relay group changed"
 
+// groupLockKeys returns the keys of the locks that show the relays of table
+// t (keys[0]), its members (keys[1]) and the owners of its p partitions,
+// and the partition of each of those last keys.
+func groupLockKeys(t schema.Table, p int) (keys []int64, partition map[int64]int) {
+	keys = []int64{t.LockKey("relays"), t.LockKey("members")}
+	partition = make(map[int64]int, p)
+	for i, k := range t.PartitionLockKeys("leader", p) {
+		partition[k] = i
+		keys = append(keys, k)
+	}
+	return keys, partition
+}
+
+// groupLockKey is the 64-bit key of the advisory lock aliased l in
+// pg_locks, which shows it as two oids (see lockParts): << wraps in bigint
+// as the key did. groupLocksHeld selects the granted advisory locks of this
+// database among the keys of $1 (see groupLockKeys).
+const (
+	groupLockKey   = `((l.classid::bigint << 32) | l.objid::bigint)`
+	groupLocksHeld = `l.locktype = 'advisory' and l.granted and l.objsubid = 1
+   and l.database = (select oid from pg_database where datname = current_database())
+   and ` + groupLockKey + ` = any($1::bigint[])`
+)
+
 // Look reads the table's P and, from pg_locks, its relays, members and
 // partition owners.
 func (l *pgListener) Look(ctx context.Context) (groupView, error) {
@@ -32,18 +56,9 @@ func (l *pgListener) Look(ctx context.Context) (groupView, error) {
 		return groupView{}, err
 	}
 	v := groupView{partitions: p, settings: recorded, owners: make([]int32, p)}
-	part := make(map[int64]int, p)
-	keys := []int64{l.table.LockKey("relays"), l.table.LockKey("members")}
-	for i, k := range l.table.PartitionLockKeys("leader", p) {
-		part[k] = i
-		keys = append(keys, k)
-	}
-	// pg_locks shows a 64-bit key as two oids; << wraps in bigint as the
-	// key did.
-	rows, err := l.conn.Query(ctx, `select (l.classid::bigint << 32) | l.objid::bigint, l.pid from pg_locks l
- where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-   and l.database = (select oid from pg_database where datname = current_database())
-   and ((l.classid::bigint << 32) | l.objid::bigint) = any($1::bigint[])
+	keys, part := groupLockKeys(l.table, p)
+	rows, err := l.conn.Query(ctx, `select `+groupLockKey+`, l.pid from pg_locks l
+ where `+groupLocksHeld+`
  order by l.pid`, simple, keys)
 	if err != nil {
 		return groupView{}, fmt.Errorf("look at the table's relays: %w", err)

@@ -133,7 +133,14 @@ func stallQuery(table, filter string) string {
 // integer), as the claim does: only for a table that records P.
 func ownedFilter(t schema.Table, alias, partitions, owned string) string {
 	return `
-   and ` + t.Derived("partition") + `(` + alias + `.partition_key, ` + alias + `.id, ` + partitions + `::integer) = any(` + owned + `::integer[])`
+   and ` + inPartitions(t, alias, partitions, owned)
+}
+
+// inPartitions is the condition that the row aliased alias of table t maps,
+// of the table's partitions (the parameter partitions), to one of those
+// listed in the integer[] parameter owned (see migration 007).
+func inPartitions(t schema.Table, alias, partitions, owned string) string {
+	return t.Derived("partition") + `(` + alias + `.partition_key, ` + alias + `.id, ` + partitions + `::integer) = any(` + owned + `::integer[])`
 }
 
 // checkStall runs after a gauge refresh that found the lag of the rows the

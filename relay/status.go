@@ -64,7 +64,7 @@ type ExchangeStatus struct {
 // backlog: fine for a command, not for a tight loop.
 func ReadStatus(ctx context.Context, db Querier, t schema.Table) (Status, error) {
 	st := Status{Table: t.String(), Exchanges: []ExchangeStatus{}, Relays: []RelayStatus{}}
-	p, err := readPartitions(ctx, db, t)
+	p, _, err := schema.ReadPartitions(ctx, db, t)
 	if err != nil {
 		return st, err
 	}

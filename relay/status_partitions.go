@@ -50,21 +50,12 @@ type PartitionStatus struct {
 // leader (partition 0's owner) from the sessions holding the table's
 // relays, members and partition locks (see share.go).
 func readRelays(ctx context.Context, db Querier, t schema.Table, st *Status) error {
-	relaysKey, membersKey := t.LockKey("relays"), t.LockKey("members")
-	keys := []int64{relaysKey, membersKey}
-	part := make(map[int64]int, st.Partitions)
-	for i, k := range t.PartitionLockKeys("leader", st.Partitions) {
-		part[k] = i
-		keys = append(keys, k)
-	}
-	// pg_locks shows a 64-bit key as two oids; << wraps in bigint as the
-	// key did (see lockParts).
-	rows, err := db.Query(ctx, `select (l.classid::bigint << 32) | l.objid::bigint, a.pid, coalesce(a.application_name, ''),
+	keys, part := groupLockKeys(t, st.Partitions)
+	relaysKey, membersKey := keys[0], keys[1]
+	rows, err := db.Query(ctx, `select `+groupLockKey+`, a.pid, coalesce(a.application_name, ''),
        coalesce(host(a.client_addr), 'local'), a.backend_start
   from pg_locks l join pg_stat_activity a on a.pid = l.pid
- where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-   and l.database = (select oid from pg_database where datname = current_database())
-   and ((l.classid::bigint << 32) | l.objid::bigint) = any($1::bigint[])
+ where `+groupLocksHeld+`
  order by a.pid`, keys)
 	if err != nil {
 		return err

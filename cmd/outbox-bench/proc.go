@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/outbox-relay/outbox-relay/internal/harness"
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/schema"
@@ -84,24 +82,26 @@ func (b *bench) startRelaysIdle(ctx context.Context, n int) (pids []int, stop fu
 }
 
 // waitShared waits until n relays own the bench table's partitions in
-// balanced shares, read from pg_locks.
+// balanced shares (relay.Shares), as outbox-relay status reads them.
 func (b *bench) waitShared(ctx context.Context, n int) error {
-	p, _, err := schema.ReadPartitions(ctx, b.db, b.table)
-	if err != nil {
-		return err
-	}
-	want := slices.DeleteFunc(relay.Shares(p, n), func(s int) bool { return s == 0 })
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var got []int
-	err = harness.Poll(pctx, 50*time.Millisecond, func() bool {
-		rows, qerr := b.db.Query(pctx, `select count(*) from pg_locks where locktype = 'advisory' and granted and objsubid = 1
-   and ((classid::bigint << 32) | objid::bigint) = any($1::bigint[]) group by pid order by 1 desc`, b.table.PartitionLockKeys("leader", p))
+	var got, want []int
+	err := harness.Poll(pctx, 50*time.Millisecond, func() bool {
+		st, qerr := relay.ReadStatus(pctx, b.db, b.table)
 		if qerr != nil {
 			return false
 		}
-		got, qerr = pgx.CollectRows(rows, pgx.RowTo[int])
-		return qerr == nil && slices.Equal(got, want)
+		want = slices.DeleteFunc(relay.Shares(st.Partitions, n), func(s int) bool { return s == 0 })
+		got = got[:0]
+		for _, r := range st.Relays {
+			if len(r.Owned) > 0 {
+				got = append(got, len(r.Owned))
+			}
+		}
+		slices.Sort(got)
+		slices.Reverse(got)
+		return slices.Equal(got, want)
 	})
 	if err != nil {
 		return fmt.Errorf("relays own %v partitions, want %v: %w", got, want, err)
