@@ -276,7 +276,7 @@ func (l *loop) lookDue() bool { return !l.clock.Now().Before(l.nextLook) }
 // setOwned records the partitions the relay claims for: the store's
 // claims, the gauges, leadership.
 func (l *loop) setOwned(ctx context.Context, owned []int) {
-	was := len(l.owned) > 0
+	was := l.leader
 	l.owned = owned
 	l.metrics.partitionsOwned.Set(float64(len(owned)))
 	pid := l.lis.PID()

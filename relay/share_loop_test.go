@@ -141,6 +141,10 @@ func TestLoopShareBrokerGone(t *testing.T) {
 		t.Errorf("member %t, held %v, owned %v: want none", b.lis.member, b.lis.held, lastOwned(b))
 	}
 	wantLog(t, b, "gave partitions up and left the members", 1)
+	if testutil.ToFloat64(b.l.metrics.leader) != 0 || b.l.prog.leaderPID.Load() != 0 {
+		t.Errorf("outbox_leader %v, leader pid for the gauges %d after leaving: want 0, 0",
+			testutil.ToFloat64(b.l.metrics.leader), b.l.prog.leaderPID.Load())
+	}
 	b.pub.connectErrs = nil
 	b.step(t)
 	if !b.lis.member || len(lastOwned(b)) != 4 {
