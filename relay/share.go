@@ -263,8 +263,7 @@ func (l *loop) fence(ctx context.Context) {
 		l.log.Info("waited for the previous owner's batches in flight", slog.Duration("waited", d.Round(time.Millisecond)),
 			slog.Any("partitions", l.gained))
 	}
-	owned := append(slices.Clone(l.owned), l.gained...)
-	slices.Sort(owned)
+	owned := l.held()
 	l.gained, l.gainedAt = nil, time.Time{}
 	l.setOwned(ctx, owned)
 }
