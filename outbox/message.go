@@ -7,14 +7,17 @@ import (
 	"time"
 )
 
-// Message is one event to enqueue. Only RoutingKey is required; every other
-// zero value means "use the table's default".
+// Message is one event to enqueue. Every zero value means "use the table's
+// default", except that a message to the default exchange (Exchange "")
+// needs a RoutingKey: the queue's name.
 type Message struct {
 	// Exchange is the AMQP exchange to publish to. Defaults to "", the
 	// broker's default exchange, which routes by queue name. At most 255
 	// bytes.
 	Exchange string
-	// RoutingKey is the AMQP routing key. Required; at most 255 bytes.
+	// RoutingKey is the AMQP routing key; at most 255 bytes. It may be
+	// empty for a named exchange (fanout and headers exchanges ignore it),
+	// not for the default exchange.
 	RoutingKey string
 	// PartitionKey orders messages: rows with the same key are published in
 	// the order they were inserted. Use an aggregate id such as "order-42".

@@ -18,8 +18,10 @@ import (
 // Errors that Enqueue reports, inside a *MessageError, for a message it
 // refuses before writing anything. Test for them with errors.Is.
 var (
-	// ErrEmptyRoutingKey means Message.RoutingKey is empty; the table
-	// requires one.
+	// ErrEmptyRoutingKey means Message.RoutingKey is empty while
+	// Message.Exchange is too: the default exchange routes by queue name,
+	// and no queue is named "". A named exchange (fanout, headers) takes an
+	// empty routing key.
 	ErrEmptyRoutingKey = errors.New("outbox: empty routing key")
 	// ErrInvalidField means a field cannot be stored or published:
 	// Exchange, RoutingKey, ContentType or a text property (Type,
@@ -86,8 +88,8 @@ const (
 
 // checkFields checks m's text fields.
 func (m *Message) checkFields() error {
-	if m.RoutingKey == "" {
-		return invalidf(ErrEmptyRoutingKey, "routing key is empty")
+	if m.RoutingKey == "" && m.Exchange == "" {
+		return invalidf(ErrEmptyRoutingKey, "routing key is empty on the default exchange, which routes by queue name")
 	}
 	if err := checkText("exchange", m.Exchange, true); err != nil {
 		return err

@@ -158,8 +158,8 @@ func (v *poisonValues) row(rng *rand.Rand, good bool) poisonRow {
 // which the insert of r must violate one.
 func insertRefusals(r poisonRow, predating bool) []string {
 	var out []string
-	if r.key == "" {
-		out = append(out, "routing_key_set")
+	if r.key == "" && r.exchange == "" {
+		out = append(out, "routable")
 	}
 	for col, v := range map[string]*string{"exchange": &r.exchange, "routing_key": &r.key, "content_type": r.contentType} {
 		if !predating && v != nil && len(*v) > 255 {
