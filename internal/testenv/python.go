@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 )
 
@@ -17,12 +18,9 @@ const Python = "/usr/bin/python3"
 func RequirePython(t testing.TB, mods ...string) {
 	t.Helper()
 	for _, m := range mods {
-		mod, pkg := m, m
-		for i := range len(m) {
-			if m[i] == ':' {
-				mod, pkg = m[:i], m[i+1:]
-				break
-			}
+		mod, pkg, ok := strings.Cut(m, ":")
+		if !ok {
+			pkg = "python3-" + mod
 		}
 		if out, err := exec.Command(Python, "-c", "import "+mod).CombinedOutput(); err != nil {
 			t.Fatalf("%s cannot import %s (%v: %s)\nhint: apt-get install %s, or run .ci/services", Python, mod, err, out, pkg)
