@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"path"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -121,6 +122,14 @@ type Config struct {
 	// queue is bound for is dropped by the broker instead of being retried.
 	// The zero value publishes with it (OUTBOX_MANDATORY=true).
 	AllowUnroutable bool
+	// MandatoryExcept lists the exchanges whose messages go without the
+	// mandatory flag even while AllowUnroutable is false: names, or
+	// path.Match patterns such as "socketio-*" (* does not match '/'). A
+	// message to one of them that no queue takes is dropped by the broker
+	// and its row deleted as published: right for fan-out events whose
+	// listeners may all be gone for a while (every Socket.IO instance
+	// restarting in a deploy), wrong for events somebody must get.
+	MandatoryExcept []string
 	// Partitions is the table's number of partitions (migration 007) that
 	// the relay expects: a table recorded with another number is refused
 	// at start, and a relay that finds it changed while it runs stops
@@ -268,6 +277,12 @@ func (c Config) validate() error {
 	}
 	if c.Partitions < 0 || c.Partitions > schema.MaxPartitions {
 		bad("Partitions", fmt.Sprintf("must be between 1 and %d, or 0 to follow the table", schema.MaxPartitions))
+	}
+	for _, p := range c.MandatoryExcept {
+		if _, err := path.Match(p, ""); err != nil || p == "" {
+			bad("MandatoryExcept", fmt.Sprintf("%q is not an exchange name or pattern (path.Match syntax)", p))
+			break
+		}
 	}
 	if c.VacuumEvery < 0 {
 		bad("VacuumEvery", "must be 0 (off) or more")

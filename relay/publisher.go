@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -35,6 +36,7 @@ type amqpPublisher struct {
 	tls            brokerTLS
 	name           string
 	mandatory      bool
+	notMandatory   []string // exchange patterns published without mandatory all the same
 	confirmTimeout time.Duration
 	maxMessageSize int
 	returnBuffer   int
@@ -75,6 +77,7 @@ func newPublisher(cfg Config, uris []amqp.URI, name string) *amqpPublisher {
 		tls:            newBrokerTLS(cfg),
 		name:           name,
 		mandatory:      !cfg.AllowUnroutable,
+		notMandatory:   cfg.MandatoryExcept,
 		confirmTimeout: cfg.ConfirmTimeout,
 		maxMessageSize: cfg.MaxMessageSize,
 		returnBuffer:   cfg.BatchSize + 16,
@@ -84,6 +87,20 @@ func newPublisher(cfg Config, uris []amqp.URI, name string) *amqpPublisher {
 		exchanges:      make(map[string]time.Time),
 		returned:       make(map[string][]amqp.Return),
 	}
+}
+
+// mandatoryFor reports whether a message to exchange goes with the
+// mandatory flag (see Config.MandatoryExcept).
+func (p *amqpPublisher) mandatoryFor(exchange string) bool {
+	if !p.mandatory {
+		return false
+	}
+	for _, pat := range p.notMandatory {
+		if ok, _ := path.Match(pat, exchange); ok {
+			return false
+		}
+	}
+	return true
 }
 
 // Connected reports whether the connection and confirm channel are up.

@@ -101,3 +101,48 @@ func TestUpgradeAcceptsEmptyRoutingKey(t *testing.T) {
 		t.Errorf("check %s validated = %v (%v), want true", e.Table.Name+"_routable", valid, err)
 	}
 }
+
+// With MandatoryExcept naming a fanout exchange, its events leave the
+// table once every queue bound to it is gone (every Socket.IO instance
+// restarting at once): dropped by the broker, never retried or parked.
+// Other exchanges keep the mandatory flag: an event no queue takes there
+// still goes dead.
+func TestMandatoryExceptDropsFanoutWithNoQueue(t *testing.T) {
+	t.Parallel()
+	e := testenv.New(t)
+	fan := e.Exchange(t, "sock", "fanout")
+	unrouted := e.Exchange(t, "unrouted", "direct") // no queue bound
+	q := e.Queue(t, "sock", fan, "")
+	recv := e.Consume(t, q)
+	b := &testBundle{env: e}
+	cfg := b.config(t)
+	cfg.MaxAttempts = 2
+	cfg.MandatoryExcept = []string{"unrelated", e.Name + ".so*"}
+	start(t, cfg)
+
+	insert(t, e.Pool, b, row{exchange: fan, payload: []byte("heard")})
+	testenv.Receive(t, recv, 1, 10*time.Second)
+	if _, err := e.Channel(t).QueueDelete(q, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		insert(t, e.Pool, b, row{exchange: fan, payload: []byte("nobody listens")})
+	}
+	insert(t, e.Pool, b, row{exchange: unrouted, key: "nobody", payload: []byte("must be heard")})
+	testenv.WaitFor(t, 10*time.Second, "the unroutable direct row to be dead", func() bool {
+		_, dead := e.Pending(t)
+		return dead >= 1
+	})
+	testenv.WaitFor(t, 10*time.Second, "the fanout rows to leave the table", func() bool {
+		live, _ := e.Pending(t)
+		return live == 0
+	})
+	var deadFan int
+	if err := e.Pool.QueryRow(context.Background(), `select count(*) from `+e.Table.Ident()+
+		` where dead_at is not null and exchange = $1`, fan).Scan(&deadFan); err != nil {
+		t.Fatal(err)
+	}
+	if _, dead := e.Pending(t); deadFan != 0 || dead != 1 {
+		t.Errorf("dead rows: %d of the fanout exchange, %d in all; want 0 and 1 (the direct exchange's)", deadFan, dead)
+	}
+}

@@ -100,7 +100,7 @@ func (p *amqpPublisher) Send(ctx context.Context, b *batch) {
 		}
 		r := &b.rows[i]
 		wd.sent()
-		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, r.Exchange, r.RoutingKey, p.mandatory, false, s.msgs[i])
+		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, r.Exchange, r.RoutingKey, p.mandatoryFor(r.Exchange), false, s.msgs[i])
 		if err != nil {
 			wd.confirmed()
 			if refusedByClient(err) {

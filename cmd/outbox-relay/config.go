@@ -56,6 +56,7 @@ type config struct {
 	Partitions        int           `envconfig:"PARTITIONS" desc:"the table's number of partitions (1-256), which relays share: migrate records it (default 12 for a table it creates); a relay refuses a table recorded with another. Unset, a relay follows the table"`
 	AppID             string        `envconfig:"APP_ID" desc:"AMQP app-id of messages whose row leaves app_id null (at most 255 bytes); empty sends none"`
 	Mandatory         bool          `envconfig:"MANDATORY" desc:"publish with the mandatory flag: unroutable messages are retried, then parked dead"`
+	MandatoryExcept   []string      `envconfig:"MANDATORY_EXCEPT" desc:"exchanges published without the mandatory flag all the same, comma-separated names or patterns (socketio-*): a message no queue takes is dropped by the broker, for fan-out whose listeners may all be gone"`
 	MetricsAddr       string        `envconfig:"METRICS_ADDR" desc:"listen address of /metrics and the probes /healthz, /readyz and /statusz; empty turns it off"`
 	LogLevel          string        `envconfig:"LOG_LEVEL" desc:"debug, info, warn or error"`
 	LogFormat         string        `envconfig:"LOG_FORMAT" desc:"text (coloured on a terminal) or json"`
@@ -88,6 +89,7 @@ var envField = map[string]string{
 	"VacuumEvery":       "VACUUM_EVERY",
 	"AppID":             "APP_ID",
 	"Partitions":        "PARTITIONS",
+	"MandatoryExcept":   "MANDATORY_EXCEPT",
 }
 
 // defaultConfig is the configuration with no variable set: the relay
@@ -264,6 +266,7 @@ func (c *config) relayConfig(log *slog.Logger) relay.Config {
 		// The one place OUTBOX_MANDATORY meets the library's flag, whose
 		// zero value (false) is OUTBOX_MANDATORY=true.
 		AllowUnroutable: !c.Mandatory,
+		MandatoryExcept: c.MandatoryExcept,
 		Logger:          log,
 	}
 }

@@ -55,6 +55,8 @@ func TestBadConfigExits2NamingTheVariable(t *testing.T) {
 		{"PARTITIONS", "-1"},
 		{"PARTITIONS", "257"},
 		{"PARTITIONS", "many"},
+		{"MANDATORY_EXCEPT", "socketio-["},
+		{"MANDATORY_EXCEPT", "a,,b"},
 		{"AMQP_URL", ""},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
@@ -125,6 +127,7 @@ var helpDefaults = map[string]string{
 	"APP_ID":               "",
 	"PARTITIONS":           "",
 	"MANDATORY":            "true",
+	"MANDATORY_EXCEPT":     "",
 	"METRICS_ADDR":         ":9464",
 	"LOG_LEVEL":            "info",
 	"LOG_FORMAT":           "text",

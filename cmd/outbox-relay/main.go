@@ -196,6 +196,8 @@ func showDefault(v reflect.Value) string {
 		if x == 0 {
 			return "" // unset: OUTBOX_PARTITIONS follows the table
 		}
+	case []string:
+		return strings.Join(x, ",") // as the variable lists them
 	}
 	return fmt.Sprint(v.Interface())
 }
