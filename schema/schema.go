@@ -99,6 +99,9 @@ func (d templateData) Name(suffix string) string  { return d.t.Derived(suffix) }
 func (d templateData) Local(suffix string) string { return d.t.Local(suffix) }
 func (d templateData) ChannelLiteral() string     { return quoteLiteral(d.t.Channel()) }
 
+// NotifySettingLiteral is Table.NotifySetting as a string literal.
+func (d templateData) NotifySettingLiteral() string { return quoteLiteral(d.t.NotifySetting()) }
+
 // NameLiteral is Name as a string literal, for a ::regclass cast.
 func (d templateData) NameLiteral(suffix string) string { return quoteLiteral(d.t.Derived(suffix)) }
 

@@ -73,28 +73,8 @@ type pgServer struct {
 // since PostgreSQL refuses root.
 func StartPrimaryStandby(t testing.TB) *PGPair {
 	t.Helper()
-	p := &PGPair{bin: pgBinDir(t)}
-	p.dir, p.cred = serverDir(t, "testenv-pg-", "PostgreSQL")
-	p.primary = &pgServer{name: "primary", data: filepath.Join(p.dir, "primary"), log: filepath.Join(p.dir, "primary.log")}
+	p := startPrimary(t, "wal_level = replica\nmax_wal_senders = 5\nwal_keep_size = '256MB'\nhot_standby = on\n")
 	p.standby = &pgServer{name: "standby", data: filepath.Join(p.dir, "standby"), log: filepath.Join(p.dir, "standby.log")}
-	t.Cleanup(func() { p.cleanup(t) })
-
-	p.run(t, "initdb", "-D", p.primary.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
-	conf, err := os.OpenFile(filepath.Join(p.primary.data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err == nil {
-		// The port is given at each start (-p): the standby copies this file.
-		// fsync is off because nothing here survives the test; a server
-		// killed by stop -m immediate still leaves its writes in the OS.
-		_, err = fmt.Fprintf(conf, "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n"+
-			"wal_level = replica\nmax_wal_senders = 5\nwal_keep_size = '256MB'\nhot_standby = on\nfsync = off\n", p.dir)
-		err = errors.Join(err, conf.Close())
-	}
-	if err != nil {
-		t.Fatalf("configure primary: %v", err)
-	}
-	p.start(t, p.primary)
-	p.PrimaryURL = pgURL(p.primary.port, PGPairDatabase)
-	p.query(t, pgURL(p.primary.port, "postgres"), "create database "+pgx.Identifier{PGPairDatabase}.Sanitize(), nil)
 
 	p.run(t, "pg_basebackup", "-D", p.standby.data, "-R", "-X", "stream", "-c", "fast", "--no-sync",
 		"-h", "127.0.0.1", "-p", strconv.Itoa(p.primary.port), "-U", "postgres")
@@ -113,6 +93,45 @@ func StartPrimaryStandby(t testing.TB) *PGPair {
 	p.query(t, p.PrimaryURL, "select pg_reload_conf()", nil)
 	p.poll(t, p.PrimaryURL, "replication to become synchronous",
 		"select count(*) > 0 from pg_stat_replication where sync_state = 'sync'")
+	return p
+}
+
+// StartPostgres initdbs and starts one throwaway server, as
+// StartPrimaryStandby starts its primary, with conf added to its
+// postgresql.conf (e.g. "max_prepared_transactions = 10\n"), for a test
+// that needs settings the shared server lacks. It has no standby:
+// StandbyURL is empty and MultiHostURL is PrimaryURL.
+func StartPostgres(t testing.TB, conf string) *PGPair {
+	t.Helper()
+	p := startPrimary(t, conf)
+	p.MultiHostURL = p.PrimaryURL
+	return p
+}
+
+// startPrimary initdbs the primary with conf added to its configuration,
+// starts it and creates PGPairDatabase.
+func startPrimary(t testing.TB, conf string) *PGPair {
+	t.Helper()
+	p := &PGPair{bin: pgBinDir(t)}
+	p.dir, p.cred = serverDir(t, "testenv-pg-", "PostgreSQL")
+	p.primary = &pgServer{name: "primary", data: filepath.Join(p.dir, "primary"), log: filepath.Join(p.dir, "primary.log")}
+	t.Cleanup(func() { p.cleanup(t) })
+
+	p.run(t, "initdb", "-D", p.primary.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
+	f, err := os.OpenFile(filepath.Join(p.primary.data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err == nil {
+		// The port is given at each start (-p): a standby copies this file.
+		// fsync is off because nothing here survives the test; a server
+		// killed by stop -m immediate still leaves its writes in the OS.
+		_, err = fmt.Fprintf(f, "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\nfsync = off\n%s", p.dir, conf)
+		err = errors.Join(err, f.Close())
+	}
+	if err != nil {
+		t.Fatalf("configure primary: %v", err)
+	}
+	p.start(t, p.primary)
+	p.PrimaryURL = pgURL(p.primary.port, PGPairDatabase)
+	p.query(t, pgURL(p.primary.port, "postgres"), "create database "+pgx.Identifier{PGPairDatabase}.Sanitize(), nil)
 	return p
 }
 
@@ -195,6 +214,9 @@ func (p *PGPair) start(t testing.TB, s *pgServer) {
 // failed and removes their files.
 func (p *PGPair) cleanup(t testing.TB) {
 	for _, s := range []*pgServer{p.primary, p.standby} {
+		if s == nil {
+			continue
+		}
 		if s.running {
 			if out, err := p.output("pg_ctl", "stop", "-D", s.data, "-m", "immediate", "-w"); err != nil {
 				t.Errorf("stop the %s: %v\n%s", s.name, err, out)
