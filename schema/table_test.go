@@ -97,3 +97,18 @@ func TestTemplatesRender(t *testing.T) {
 		t.Errorf("channel literal not quoted:\n%s", sql)
 	}
 }
+
+// The setting's name is simple identifiers, whatever the table's name.
+func TestNotifySetting(t *testing.T) {
+	for name, want := range map[string]string{
+		"outbox":         "outbox.notify",
+		"Billing_Outbox": "billing_outbox.notify",
+		"my table-2":     "my_table_2.notify",
+		"2fa":            "_fa.notify",
+		"événements":     "__v__nements.notify",
+	} {
+		if got := (Table{Schema: "s", Name: name}).NotifySetting(); got != want {
+			t.Errorf("NotifySetting of %q = %q, want %q", name, got, want)
+		}
+	}
+}
