@@ -7,14 +7,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 const concurrentWriters = 32
 
-// writers measures the commit rate of 32 concurrent one-row transactions
-// for a while, several ways, one after the other: into a plain table of the
+// writers measures the rate at which writers commit, for each of
+// writeShapes (32 one-row writers, then bulk transactions), for a while,
+// several ways, one after the other: into a plain table of the
 // outbox's shape (the reference, measured first and last, and averaged);
 // into the real outbox table with no relay (what the trigger costs while
 // no relay runs), with the relay running as its own process (idle at
@@ -37,14 +36,28 @@ func (b *bench) writers(ctx context.Context, rep *report) error {
 			return fmt.Errorf("writers: %w", err)
 		}
 	}
-	plainBefore, err := b.commitRate(ctx, "bench_plain")
+	for _, shape := range writeShapes {
+		if err := b.writersShape(ctx, rep, shape); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writersShape is the writers scenario for the transactions of shape.
+func (b *bench) writersShape(ctx context.Context, rep *report, shape writeShape) error {
+	// The tables nobody drains start empty for each shape.
+	if _, err := b.db.Exec(ctx, "truncate bench_plain, bench_naive"); err != nil {
+		return fmt.Errorf("writers: %w", err)
+	}
+	plainBefore, err := b.commitRate(ctx, shape, "bench_plain")
 	if err != nil {
 		return err
 	}
 
 	// The same table with no relay: what the trigger's check costs alone.
 	// Its rows are then left for the relay.
-	alone, err := b.commitRate(ctx, b.table.Ident())
+	alone, err := b.commitRate(ctx, shape, b.table.Ident())
 	if err != nil {
 		return err
 	}
@@ -66,7 +79,7 @@ func (b *bench) writers(ctx context.Context, rep *report) error {
 	brokerBefore, _ := cpuSeconds(broker)
 	relayBefore, _ := cpuSeconds(p.Pid())
 	begin := time.Now()
-	real, err := b.commitRate(ctx, b.table.Ident())
+	real, err := b.commitRate(ctx, shape, b.table.Ident())
 	took := time.Since(begin).Seconds()
 	brokerAfter, _ := cpuSeconds(broker)
 	relayAfter, _ := cpuSeconds(p.Pid())
@@ -76,34 +89,39 @@ func (b *bench) writers(ctx context.Context, rep *report) error {
 	if err != nil {
 		return err
 	}
-	stopped, err := b.commitRate(ctx, b.table.Ident())
+	stopped, err := b.commitRate(ctx, shape, b.table.Ident())
 	if err != nil {
 		return err
 	}
-	naive, err := b.commitRate(ctx, "bench_naive")
+	naive, err := b.commitRate(ctx, shape, "bench_naive")
 	if err != nil {
 		return err
 	}
-	loop, err := b.commitRateDrained(ctx, loopTable, 0)
+	loop, err := b.commitRateDrained(ctx, shape, loopTable, 0)
 	if err != nil {
 		return err
 	}
-	floor, err := b.commitRateDrained(ctx, floorTable, floorPoll)
+	floor, err := b.commitRateDrained(ctx, shape, floorTable, floorPoll)
 	if err != nil {
 		return err
 	}
-	plainAfter, err := b.commitRate(ctx, "bench_plain")
+	plainAfter, err := b.commitRate(ctx, shape, "bench_plain")
 	if err != nil {
 		return err
 	}
 	plain := (plainBefore + plainAfter) / 2
 
-	ref := fmt.Sprintf("%.0f commits/s plain", plain)
+	unit := "commits/s"
+	if shape.rows > 1 {
+		unit = "rows/s"
+	}
+	who := fmt.Sprintf("%d writers, %s", shape.writers, shape.name)
+	ref := fmt.Sprintf("%.0f %s plain", plain, unit)
 	row := func(what string, rate float64, target string, ok bool) {
-		rep.add(fmt.Sprintf("%d writers, %s", concurrentWriters, what), fmt.Sprintf("%.0f commits/s", rate), ref,
+		rep.add(who+", "+what, fmt.Sprintf("%.0f %s", rate, unit), ref,
 			fmt.Sprintf("%.2f", rate/plain), target, ok)
 	}
-	rep.add(fmt.Sprintf("%d writers, plain insert, no trigger", concurrentWriters), fmt.Sprintf("%.0f commits/s", plain),
+	rep.add(who+", plain insert, no trigger", fmt.Sprintf("%.0f %s", plain, unit),
 		fmt.Sprintf("%.0f before, %.0f after", plainBefore, plainAfter), "", "", true)
 	row("outbox table, no relay yet", alone, ">= 0.95", alone/plain >= 0.95)
 	row("outbox table, relay draining", real, fmt.Sprintf(">= loop's %.2f", loop/plain), real >= loop)
@@ -131,30 +149,29 @@ const (
 
 // commitRateDrained is commitRate on table (unquoted) while a minimal loop
 // drains it, woken by its trigger and, if poll > 0, every poll.
-func (b *bench) commitRateDrained(ctx context.Context, table string, poll time.Duration) (float64, error) {
+func (b *bench) commitRateDrained(ctx context.Context, shape writeShape, table string, poll time.Duration) (float64, error) {
 	_, stop, err := b.startLoop(ctx, table, poll)
 	if err != nil {
 		return 0, err
 	}
-	rate, err := b.commitRate(ctx, pgxIdent(table))
+	rate, err := b.commitRate(ctx, shape, pgxIdent(table))
 	if serr := stop(); err == nil {
 		err = serr
 	}
 	return rate, err
 }
 
-// commitRate runs the writers against table for the configured time and
-// returns commits per second.
-func (b *bench) commitRate(ctx context.Context, table string) (float64, error) {
-	pool, err := b.pool(ctx, concurrentWriters)
+// commitRate runs the writers of shape against table for the configured
+// time and returns rows written per second.
+func (b *bench) commitRate(ctx context.Context, shape writeShape, table string) (float64, error) {
+	pool, err := b.pool(ctx, shape.writers)
 	if err != nil {
 		return 0, err
 	}
 	defer pool.Close()
-	sql := "insert into " + table + " (routing_key, payload) values ($1, $2)"
-	// Warm the connections and their prepared statements.
+	// Warm the connections.
 	var wg sync.WaitGroup
-	for range concurrentWriters {
+	for range shape.writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -165,10 +182,10 @@ func (b *bench) commitRate(ctx context.Context, table string) (float64, error) {
 
 	wctx, cancel := context.WithTimeout(ctx, b.o.writersFor)
 	defer cancel()
-	var commits atomic.Int64
+	var rows atomic.Int64
 	var firstErr atomic.Value
 	begin := time.Now()
-	for range concurrentWriters {
+	for range shape.writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -179,11 +196,11 @@ func (b *bench) commitRate(ctx context.Context, table string) (float64, error) {
 			}
 			defer conn.Release()
 			for wctx.Err() == nil {
-				if _, err := conn.Exec(ctx, sql, pgx.QueryExecModeCacheStatement, b.queue, b.payload); err != nil {
+				if err := shape.write(ctx, b, conn, table); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}
-				commits.Add(1)
+				rows.Add(int64(shape.rows))
 			}
 		}()
 	}
@@ -191,5 +208,5 @@ func (b *bench) commitRate(ctx context.Context, table string) (float64, error) {
 	if err, _ := firstErr.Load().(error); err != nil {
 		return 0, fmt.Errorf("writers on %s: %w", table, err)
 	}
-	return float64(commits.Load()) / time.Since(begin).Seconds(), nil
+	return float64(rows.Load()) / time.Since(begin).Seconds(), nil
 }
