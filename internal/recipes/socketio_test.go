@@ -52,14 +52,20 @@ func TestSocketIOFanOut(t *testing.T) {
 		Logger:          testenv.Logger(t),
 	})
 
+	// Start everything at once: a Python start takes seconds on a busy
+	// machine.
+	addrs := make([]string, instances)
+	servers := make([]*socketIOProc, instances)
+	for i := range servers {
+		addrs[i] = testenv.FreeAddr(t)
+		_, port, _ := net.SplitHostPort(addrs[i])
+		servers[i] = startSocketIOProc(t, e, fmt.Sprintf("server %d", i), "server.py", port, exchange)
+	}
 	clients := make([]*socketIOProc, instances)
-	for i := range clients {
-		addr := testenv.FreeAddr(t)
-		_, port, _ := net.SplitHostPort(addr)
-		server := startSocketIOProc(t, e, fmt.Sprintf("server %d", i), "server.py", port, exchange)
-		waitListening(t, server, addr)
+	for i, server := range servers {
+		waitListening(t, server, addrs[i])
 		clients[i] = startSocketIOProc(t, e, fmt.Sprintf("client %d", i), "client.py",
-			"http://"+addr, "order", fmt.Sprint(commits), "25")
+			"http://"+addrs[i], "order", fmt.Sprint(commits), "25")
 	}
 	for _, c := range clients {
 		testenv.WaitFor(t, 15*time.Second, c.name+" to connect", func() bool {
@@ -70,6 +76,7 @@ func TestSocketIOFanOut(t *testing.T) {
 		}
 	}
 	waitProbed(t, e, exchange, clients)
+	t.Log("every instance emits what reaches the exchange; the service starts")
 
 	// The service's lines say which events it committed, in order.
 	svc := e.PythonCommand(context.Background(), filepath.Join(socketIODir, "service.py"),

@@ -28,7 +28,8 @@ ENQUEUE = """
 select outbox_enqueue(exchange => %(channel)s, routing_key => '',
                       payload => %(message)s::text,
                       content_type => 'application/json',
-                      partition_key => 'orders')
+                      partition_key => 'orders',
+                      message_id => %(event_id)s::uuid)
 """
 
 
@@ -40,7 +41,8 @@ def write_order(conn, seq, commit):
         'method': 'emit',
         'event': 'order',
         # event_id lets clients drop a duplicate: delivery is at least once,
-        # and the AMQP message-id never reaches a Socket.IO handler.
+        # and the AMQP message-id (the same UUID here, for the relay's logs)
+        # never reaches a Socket.IO handler.
         'data': {'event_id': event_id, 'order_id': order_id, 'seq': seq},
         'namespace': '/',
         'room': None,       # None: every client of the namespace
@@ -51,7 +53,7 @@ def write_order(conn, seq, commit):
     with conn.cursor() as cur:
         cur.execute('insert into orders (id, seq) values (%s, %s)',
                     (order_id, seq))
-        cur.execute(ENQUEUE, {'channel': channel,
+        cur.execute(ENQUEUE, {'channel': channel, 'event_id': event_id,
                               'message': json.dumps(message)})
     if commit:
         conn.commit()
