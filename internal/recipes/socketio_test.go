@@ -65,7 +65,7 @@ func TestSocketIOFanOut(t *testing.T) {
 	for i, server := range servers {
 		waitListening(t, server, addrs[i])
 		clients[i] = startSocketIOProc(t, e, fmt.Sprintf("client %d", i), "client.py",
-			"http://"+addrs[i], "order", fmt.Sprint(commits), "25")
+			"http://"+addrs[i], "order", fmt.Sprint(commits), "60")
 	}
 	for _, c := range clients {
 		testenv.WaitFor(t, 15*time.Second, c.name+" to connect", func() bool {
@@ -79,7 +79,9 @@ func TestSocketIOFanOut(t *testing.T) {
 	t.Log("every instance emits what reaches the exchange; the service starts")
 
 	// The service's lines say which events it committed, in order.
-	svc := e.PythonCommand(context.Background(), filepath.Join(socketIODir, "service.py"),
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc := e.PythonCommand(ctx, filepath.Join(socketIODir, "service.py"),
 		fmt.Sprint(commits), fmt.Sprint(rollbacks), exchange, e.Name)
 	stderr := &testenv.Buffer{}
 	svc.Stderr = stderr
