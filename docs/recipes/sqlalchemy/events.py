@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import sys
+import uuid
 
 
 class Abort(Exception):
@@ -17,12 +18,13 @@ class Event:
     """One event, and the order written in the same transaction.
 
     via is "orm" (an OutboxEvent row) or "function" (outbox_enqueue); kind
-    is "bytea" (binary payload) or "jsonb" (a JSON document).
+    is "bytea" (binary payload) or "jsonb" (a JSON document). The order's
+    id is unique to this run, so that a service may run more than once.
     """
 
-    def __init__(self, driver, exchange, via, kind, order_id):
+    def __init__(self, driver, exchange, via, kind, what):
         self.driver, self.exchange, self.via, self.kind = driver, exchange, via, kind
-        self.order_id = order_id
+        self.order_id = "%s-%s-%s" % (driver, what, uuid.uuid4().hex[:8])
         self.routing_key = "order.paid"
         self.headers = {"driver": driver, "via": via}
         if kind == "bytea":
@@ -32,7 +34,7 @@ class Event:
         else:
             # Compact, keys unsorted: the jsonb overload sends PostgreSQL's
             # rendering, {"a": [1, 2], "z": 1, ...}; the ORM sends these bytes.
-            self.payload = json.dumps({"z": 1, "a": [1, 2], "order": order_id},
+            self.payload = json.dumps({"z": 1, "a": [1, 2], "order": self.order_id},
                                       separators=(",", ":"))
             self.content_type = "application/json"
 
@@ -50,7 +52,7 @@ class Event:
 
 def plan(driver, exchange):
     """The four committed events: ORM and function, bytea and jsonb."""
-    return [Event(driver, exchange, via, kind, "%s-%s-%s" % (driver, via, kind))
+    return [Event(driver, exchange, via, kind, via + "-" + kind)
             for via in ("orm", "function") for kind in ("bytea", "jsonb")]
 
 

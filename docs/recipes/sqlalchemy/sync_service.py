@@ -49,7 +49,7 @@ def main():
             events.report(ev, enqueue(session, OutboxEvent, table, ev))
 
     # Rolled back explicitly: neither the order nor the event remains.
-    ev = events.Event(driver, exchange, "orm", "bytea", driver + "-rollback-explicit")
+    ev = events.Event(driver, exchange, "orm", "bytea", "rollback-explicit")
     with Session(engine) as session:
         session.begin()
         session.add(Order(id=ev.order_id, state="paid"))
@@ -58,7 +58,7 @@ def main():
         session.rollback()
 
     # Rolled back by an exception raised inside the block.
-    ev = events.Event(driver, exchange, "function", "jsonb", driver + "-rollback-exception")
+    ev = events.Event(driver, exchange, "function", "jsonb", "rollback-exception")
     try:
         with Session(engine) as session, session.begin():
             session.add(Order(id=ev.order_id, state="paid"))
