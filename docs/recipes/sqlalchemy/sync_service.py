@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Enqueue outbox events in a SQLAlchemy Session's transaction (sync).
 
-Usage: sync_service.py DRIVER TABLE EXCHANGE
+Usage: sync_service.py TABLE EXCHANGE DRIVER
 
 DRIVER is psycopg2 or psycopg (psycopg 3). TABLE is the outbox table
 ("outbox" or "schema.outbox"); EXCHANGE is where the events go.
@@ -35,7 +35,7 @@ def enqueue(session, OutboxEvent, table, ev):
 
 
 def main():
-    driver, table, exchange = sys.argv[1:4]
+    table, exchange, driver = sys.argv[1:4]
     psycopg_dialect.register()  # postgresql+psycopg on SQLAlchemy 1.4
     engine = create_engine(events.database_url(driver), future=True)
     Base, OutboxEvent, Order = models.declare(table)
