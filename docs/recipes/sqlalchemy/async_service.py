@@ -28,7 +28,8 @@ class UniqueNames(asyncpg.Connection):
     __asyncpg_stmt_<n>__; behind a transaction-mode pooler two processes
     reach the same server connection with the same name ("prepared
     statement ... already exists"). SQLAlchemy 2.0 has connect_args
-    prepared_statement_name_func for this.
+    prepared_statement_name_func for this. _get_unique_id is asyncpg's own
+    (private) method: check it when you upgrade asyncpg.
     """
 
     def _get_unique_id(self, prefix):

@@ -81,6 +81,7 @@ def enqueue_statement(table, payload_type):
     if payload_type not in ("bytea", "jsonb"):
         raise ValueError(payload_type)
     schema, _, name = table.rpartition(".")
+    # Quoted as is: names with a double quote in them are not handled.
     fn = '"%s_enqueue"' % name
     if schema:
         fn = '"%s".%s' % (schema, fn)
