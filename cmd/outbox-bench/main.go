@@ -5,7 +5,7 @@
 //
 // It creates its own database, queue and table, and drops them at the end.
 //
-//	outbox-bench [-only drain,idle,steady,rates,python,writers,memory,tracing,scale,soak] [-rows 100000] [-rate 2000]
+//	outbox-bench [-only drain,idle,steady,rates,python,commit,writers,memory,tracing,scale,soak] [-rows 100000] [-rate 2000]
 //	             [-rates 10,50,200,1000,5000] [-rate-for 10s] [-rate-events 300] [-python-for 20s]
 //	             [-scale-relays 3] [-scale-cpu 0.05] [-scale-rows 20000] [-scale-rounds 3] ...
 //
@@ -49,30 +49,31 @@ func main() {
 
 // options are the benchmark's sizes and servers.
 type options struct {
-	adminURL   string // a database the bench can CREATE DATABASE from
-	amqpURL    string
-	relayBin   string
-	only       string
-	rows       int
-	events     int
-	interval   time.Duration
-	payload    int
-	batch      int
-	rounds     int
-	partitions int
-	rate       int
-	steadyFor  time.Duration
-	rates      []int
-	rateFor    time.Duration
-	rateEvents int
-	rateRelays int
-	pythonFor  time.Duration
-	writersFor time.Duration
-	memoryRows int
-	soakFor    time.Duration
-	verbose    bool
-	plot       string
-	stderr     io.Writer
+	adminURL     string // a database the bench can CREATE DATABASE from
+	amqpURL      string
+	relayBin     string
+	only         string
+	rows         int
+	events       int
+	interval     time.Duration
+	payload      int
+	batch        int
+	rounds       int
+	partitions   int
+	rate         int
+	steadyFor    time.Duration
+	rates        []int
+	rateFor      time.Duration
+	rateEvents   int
+	rateRelays   int
+	pythonFor    time.Duration
+	writersFor   time.Duration
+	commitEvents int
+	memoryRows   int
+	soakFor      time.Duration
+	verbose      bool
+	plot         string
+	stderr       io.Writer
 
 	// the scale scenario: relays, each one's CPU cap in cores, backlog
 	// rows, rounds
@@ -91,7 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.amqpURL, "amqp-url", envOr("OUTBOX_AMQP_URL", relay.AMQPURLDefault), "RabbitMQ URL")
 	fs.IntVar(&o.partitions, "partitions", schema.DefaultPartitions, "the scenarios' tables' number of partitions (what `migrate` gives a new table); 1 is a single leader, as before partitions")
 	fs.StringVar(&o.relayBin, "relay", "bin/outbox-relay", "the outbox-relay binary, for the memory, writers, rates, python and scale scenarios")
-	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, rates, python, writers, memory, tracing, scale, soak); default all but soak")
+	fs.StringVar(&o.only, "only", "", "comma-separated scenarios to run (drain, idle, steady, rates, python, commit, writers, memory, tracing, scale, soak); default all but soak")
 	fs.IntVar(&o.rows, "rows", 100_000, "backlog rows for the drain scenario")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds of raw publishing and drain, compared side by side")
 	fs.IntVar(&o.events, "events", 100, "single events for the idle-latency scenario")
@@ -105,6 +106,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.rateFor, "rate-for", 10*time.Second, "duration of each rate of the rates scenario, through the relay and through the minimal loop")
 	fs.IntVar(&o.rateEvents, "rate-events", 300, "rows each rate writes at least, however long it takes: 300 make the 10/s step last 30s")
 	fs.DurationVar(&o.pythonFor, "python-for", 20*time.Second, "duration of the python scenario's Python path at 50/s, and then of its Go path")
+	fs.IntVar(&o.commitEvents, "commit-events", 100, "events of each work time (0, 20, 200ms after the enqueue) of the commit scenario, 50-400ms apart")
 	fs.DurationVar(&o.writersFor, "writers-for", 10*time.Second, "duration of each writers measurement")
 	fs.IntVar(&o.memoryRows, "memory-rows", 1_000_000, "large backlog for the memory scenario")
 	fs.DurationVar(&o.soakFor, "soak", 5*time.Minute, "duration of the soak scenario (run it with -only soak)")
@@ -144,6 +146,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		{"steady", (*bench).steady},
 		{"rates", (*bench).rates},
 		{"python", (*bench).pythonPath},
+		{"commit", (*bench).commitWake},
 		{"writers", (*bench).writers},
 		{"memory", (*bench).memory},
 		{"tracing", (*bench).tracing},
@@ -161,10 +164,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			want[s.name] = true
 		}
 	}
-	if want["memory"] || want["writers"] || want["rates"] || want["python"] || want["scale"] {
+	if want["memory"] || want["writers"] || want["rates"] || want["python"] || want["commit"] || want["scale"] {
 		bin, err := harness.FindRelay(o.relayBin)
 		if err != nil {
-			fmt.Fprintf(stderr, "outbox-bench: the memory, writers, rates, python and scale scenarios run %s: build it with `make build` or name it with -relay: %v\n", o.relayBin, err)
+			fmt.Fprintf(stderr, "outbox-bench: the memory, writers, rates, python, commit and scale scenarios run %s: build it with `make build` or name it with -relay: %v\n", o.relayBin, err)
 			return 2
 		}
 		o.relayBin = bin

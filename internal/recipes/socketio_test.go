@@ -1,4 +1,4 @@
-package recipes
+package recipes_test
 
 import (
 	"context"
@@ -15,7 +15,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
-	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 // socketIODir holds the recipe's scripts (docs/socketio.md).
@@ -41,16 +40,7 @@ func TestSocketIOFanOut(t *testing.T) {
 	// exchange fail.
 	declareKombuExchange(t, e, exchange)
 
-	startSocketIORelay(t, relay.Config{
-		DatabaseURL:     e.URL,
-		AMQPURL:         testenv.AMQPURL(),
-		Table:           e.Table,
-		PollInterval:    time.Second,
-		RetryBackoff:    20 * time.Millisecond,
-		RetryBackoffMax: 100 * time.Millisecond,
-		Name:            e.Name,
-		Logger:          testenv.Logger(t),
-	})
+	startRelay(t, e)
 
 	// Start everything at once: a Python start takes seconds on a busy
 	// machine.
@@ -177,29 +167,6 @@ func declareKombuExchange(t *testing.T, e *testenv.Env, exchange string) {
 		if ch, err := e.AMQP.Channel(); err == nil {
 			_ = ch.ExchangeDelete(exchange, false, false)
 			_ = ch.Close()
-		}
-	})
-}
-
-// startSocketIORelay runs a relay until the test ends.
-func startSocketIORelay(t *testing.T, cfg relay.Config) {
-	t.Helper()
-	r, err := relay.New(cfg)
-	if err != nil {
-		t.Fatalf("relay.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("relay.Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("relay did not stop")
 		}
 	})
 }

@@ -16,7 +16,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
-	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 // sqlalchemyDir holds the recipe's scripts (docs/sqlalchemy.md).
@@ -105,36 +104,6 @@ func TestSQLAlchemyRecipe(t *testing.T) {
 				t.Fatalf("run %d with --pooler: %v\n%s", i, err, stderr)
 			}
 			checkDelivered(t, e, deliveries, "asyncpg", ex, evs)
-		}
-	})
-}
-
-// startRelay runs a relay on e's table until the test ends.
-func startRelay(t *testing.T, e *testenv.Env) {
-	t.Helper()
-	r, err := relay.New(relay.Config{
-		DatabaseURL:  e.URL,
-		AMQPURL:      testenv.AMQPURL(),
-		Table:        e.Table,
-		PollInterval: time.Second,
-		Name:         e.Name,
-		Logger:       testenv.Logger(t),
-	})
-	if err != nil {
-		t.Fatalf("relay.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("relay.Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("relay did not stop")
 		}
 	})
 }
