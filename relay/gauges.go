@@ -24,7 +24,8 @@ import (
 //     written are estimated from the span of their ids (two index probes),
 //     and delayed and dead rows are reported as countCap;
 //   - the NOTIFY queue's usage, a function call;
-//   - the table's P (two small reads, see schema.ReadPartitions);
+//   - the table's P, as the loop last looked it up (before its first
+//     look, two small reads: see schema.ReadPartitions);
 //   - the lag of the partitions the relay owns (see ownedLag).
 const (
 	gaugeInterval = 10 * time.Second
@@ -96,7 +97,7 @@ func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQu
 	failing, warned, stallWarned := false, false, false
 	for {
 		o := prog.owned.Load()
-		lag, err := r.refreshOnce(ctx, pool, q, o, &warned)
+		lag, err := r.refreshOnce(ctx, pool, q, o, int(prog.partitions.Load()), &warned)
 		if err == nil {
 			err = r.checkStall(ctx, pool, q, prog.leaderPID.Load, prog, o, lag, &stallWarned)
 		}
@@ -129,10 +130,11 @@ func (r *Relay) refreshGauges(ctx context.Context, pool *pgxpool.Pool, q gaugeQu
 }
 
 // refreshOnce refreshes the gauges once, o being the partitions the relay
-// owns (nil: none, or the loop did not say). It returns the lag of the rows
+// owns (nil: none, or the loop did not say) and partitions the table's P
+// (0: the loop has not looked yet). It returns the lag of the rows
 // the relay may claim: those of o when it owns fewer than the table's,
 // else the table's.
-func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, o *ownership, warned *bool) (float64, error) {
+func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQueries, o *ownership, partitions int, warned *bool) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, gaugeInterval)
 	defer cancel()
 	var lag, usage float64
@@ -145,9 +147,11 @@ func (r *Relay) refreshOnce(ctx context.Context, pool *pgxpool.Pool, q gaugeQuer
 			return 0, fmt.Errorf("pending rows: %w", withHint(err))
 		}
 	}
-	partitions, _, err := schema.ReadPartitions(ctx, pool, q.table)
-	if err != nil {
-		return 0, withHint(err)
+	if partitions == 0 {
+		var err error
+		if partitions, _, err = schema.ReadPartitions(ctx, pool, q.table); err != nil {
+			return 0, withHint(err)
+		}
 	}
 	ownedLag, err := r.ownedLag(ctx, pool, q, o, lag)
 	if err != nil {

@@ -51,6 +51,9 @@ type pgListener struct {
 	// owned are the partitions the relay owns: a notification naming
 	// another wakes it not (see wakes).
 	owned map[int]bool
+	// partitions is the table's P at the last look, when the table
+	// records it (see Look); 0 before.
+	partitions int
 }
 
 func newListener(cfg *pgx.ConnConfig, t schema.Table, probe func(context.Context, string, string) (int32, error),

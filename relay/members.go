@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -46,38 +47,82 @@ const (
 )
 
 // Look reads the table's P and, from pg_locks, its relays, members and
-// partition owners.
+// partition owners. Once the table is known to record P, it does so in one
+// statement, with the keys of the P of the last look (and again, should
+// migrate have changed it since), which also proves the session the same
+// backend, as a ping does: an idle relay looks every lookAlone, and its
+// looks are most of what it asks while idle.
 func (l *pgListener) Look(ctx context.Context) (groupView, error) {
 	if !l.Connected() {
 		return groupView{}, errors.New("listener not connected")
 	}
-	p, recorded, err := schema.ReadPartitions(ctx, simpleConn{l.conn}, l.table)
-	if err != nil {
-		return groupView{}, err
-	}
-	v := groupView{partitions: p, settings: recorded, owners: make([]int32, p)}
-	keys, part := groupLockKeys(l.table, p)
-	rows, err := l.conn.Query(ctx, `select `+groupLockKey+`, l.pid from pg_locks l
+	if l.partitions == 0 {
+		p, recorded, err := schema.ReadPartitions(ctx, simpleConn{l.conn}, l.table)
+		if err != nil {
+			return groupView{}, err
+		}
+		if !recorded {
+			return l.lookAt(ctx, groupView{partitions: p}, `select 0, 0, `+groupLockKey+`, l.pid from pg_locks l
  where `+groupLocksHeld+`
- order by l.pid`, simple, keys)
+ order by l.pid`)
+		}
+		l.partitions = p
+	}
+	sql := `select s.partitions, pg_backend_pid(), x.key, x.pid
+  from (select partitions from ` + l.table.Derived("settings") + `) s
+  left join lateral (select ` + groupLockKey + ` as key, l.pid from pg_locks l
+                      where ` + groupLocksHeld + `) x on true
+ order by x.pid`
+	for {
+		v, err := l.lookAt(ctx, groupView{partitions: l.partitions, settings: true}, sql)
+		if err != nil || v.partitions == l.partitions {
+			return v, err
+		}
+		l.partitions = v.partitions
+	}
+}
+
+// lookAt runs sql, a look with the keys of v's P ($1), which returns the
+// table's P (0: not read) and the session's backend pid (0: not read) in
+// every row beside each lock's key and holder, and fills v in. v.partitions
+// comes back as the P read, for Look to compare.
+func (l *pgListener) lookAt(ctx context.Context, v groupView, sql string) (groupView, error) {
+	keys, part := groupLockKeys(l.table, v.partitions)
+	v.owners = make([]int32, v.partitions)
+	rows, err := l.conn.Query(ctx, sql, simple, keys)
 	if err != nil {
 		return groupView{}, fmt.Errorf("look at the table's relays: %w", err)
 	}
-	var key int64
-	var pid int32
-	_, err = pgx.ForEachRow(rows, []any{&key, &pid}, func() error {
-		switch key {
-		case keys[0]:
-			v.relays = append(v.relays, pid)
-		case keys[1]:
-			v.members = append(v.members, pid)
+	var p, backend int32
+	var key *int64
+	var pid *int32
+	read := v.partitions
+	_, err = pgx.ForEachRow(rows, []any{&p, &backend, &key, &pid}, func() error {
+		if p != 0 {
+			read = int(p)
+		}
+		if backend != 0 && backend != l.pid {
+			return poolerError(fmt.Sprintf("the LISTEN connection moved from server backend %d to %d", l.pid, backend))
+		}
+		switch {
+		case key == nil:
+		case *key == keys[0]:
+			v.relays = append(v.relays, *pid)
+		case *key == keys[1]:
+			v.members = append(v.members, *pid)
 		default:
-			v.owners[part[key]] = pid
+			v.owners[part[*key]] = *pid
 		}
 		return nil
 	})
 	if err != nil {
 		return groupView{}, fmt.Errorf("look at the table's relays: %w", err)
+	}
+	if backend != 0 {
+		l.lastPing = time.Now()
+	}
+	if read != v.partitions {
+		return groupView{partitions: read}, nil
 	}
 	l.drainNotifications()
 	return v, nil

@@ -120,12 +120,14 @@ func plan(v groupView, pid int32, held []int) (take, release []int) {
 // Look cadence: a relay looks at the group every lookEvery, at once when
 // another relay announces a change (see pgListener.Member), and every
 // lookSoon while partitions move or lie free. A relay alone, owning every
-// partition, looks every lookAlone: a joiner announces itself. A drain
-// stops claiming when a look is due (see lookDue).
+// partition, looks every lookAlone: a joiner announces itself. A look
+// proves the LISTEN session alive, so lookAlone is under the idle ping's
+// interval, which then never comes due: an idle relay asks one statement
+// per look. A drain stops claiming when a look is due (see lookDue).
 const (
 	lookEvery = standbyInterval
 	lookSoon  = 100 * time.Millisecond
-	lookAlone = 5 * time.Second
+	lookAlone = listenerPingInterval - time.Second
 )
 
 // ownFenceWait bounds the fence of a relay that already claims for other
@@ -221,6 +223,7 @@ func (l *loop) samePartitions(ctx context.Context, v groupView) bool {
 	if l.partitions == 0 {
 		l.partitions, l.settings = v.partitions, v.settings
 		l.store.SetPartitions(v.partitions, v.settings)
+		l.prog.partitions.Store(int32(v.partitions))
 		return true
 	}
 	if v.partitions == l.partitions && v.settings == l.settings {

@@ -36,6 +36,9 @@ type progress struct {
 	// (see setOwned): the gauges' owned lag and the stall check look at
 	// those partitions only.
 	owned atomic.Pointer[ownership]
+	// partitions is the table's P as the loop last looked it up, 0 before
+	// its first look: the gauges report it without reading it again.
+	partitions atomic.Int32
 	// blocked reports whether the broker blocks publishing (the
 	// publisher's Blocked); set by Run before the loop starts.
 	blocked atomic.Pointer[func() bool]

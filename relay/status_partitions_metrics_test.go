@@ -66,7 +66,13 @@ func TestGaugesOwnedLagAndPartitions(t *testing.T) {
 		{"1 alone, without rows", &ownership{owned: []int{1}, partitions: 4}, 0},
 		{"all", &ownership{owned: []int{0, 1, 2, 3}, partitions: 4}, 2400},
 	} {
-		ret, err := r.refreshOnce(ctx, e.Pool, q, c.o, &warned)
+		// Without ownership the gauges read P themselves; with, they
+		// take the loop's.
+		known := 0
+		if c.o != nil {
+			known = c.o.partitions
+		}
+		ret, err := r.refreshOnce(ctx, e.Pool, q, c.o, known, &warned)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
@@ -95,7 +101,7 @@ func TestGaugesPartitionsBeforeMigration007(t *testing.T) {
 	r, _ := gaugeRelay(t)
 	r.metrics.partitions.Set(-1)
 	var warned bool
-	if _, err := r.refreshOnce(context.Background(), e.Pool, newGaugeQueries(e.Table), nil, &warned); err != nil {
+	if _, err := r.refreshOnce(context.Background(), e.Pool, newGaugeQueries(e.Table), nil, 0, &warned); err != nil {
 		t.Fatal(err)
 	}
 	if p := testutil.ToFloat64(r.metrics.partitions); p != 1 {
