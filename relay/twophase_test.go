@@ -146,4 +146,3 @@ func expectKeys(t *testing.T, recv <-chan amqp.Delivery, keys ...string) {
 		delete(want, d.RoutingKey)
 	}
 }
-
