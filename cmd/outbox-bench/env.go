@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -113,6 +114,15 @@ func (b *bench) close() {
 		_, _ = b.admin.Exec(ctx, "drop database if exists "+pgx.Identifier{b.dbName}.Sanitize()+" with (force)")
 		_ = b.admin.Close(ctx)
 	}
+}
+
+// amqpPort is the port of the bench's broker URL.
+func (b *bench) amqpPort() string {
+	u, err := amqp.ParseURI(b.o.amqpURL)
+	if err != nil {
+		return ""
+	}
+	return strconv.Itoa(u.Port)
 }
 
 // pool opens a pool of up to n connections on the bench database.

@@ -149,15 +149,28 @@ func cpuSeconds(pid int) (float64, error) {
 	return (utime + stime) / clockTicks, nil
 }
 
-// brokerPID finds the RabbitMQ node's Erlang VM on this machine, or 0.
-func brokerPID() int {
+// brokerPID finds the Erlang VM of the RabbitMQ node on this machine that
+// serves AMQP on port, or 0. Other nodes (the fault suite's cluster, see
+// .ci/services) are told apart by the RABBITMQ_NODE_PORT they were started
+// with; the default node has none.
+func brokerPID(port string) int {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "beam.smp" {
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err != nil || strings.TrimSpace(string(comm)) != "beam.smp" {
+			continue
+		}
+		env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		own := "5672"
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "RABBITMQ_NODE_PORT="); ok {
+				own = v
+			}
+		}
+		if own == port {
 			return pid
 		}
 	}
