@@ -5,20 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
-
-// python is Debian's interpreter, where python3-psycopg2 and python3-pika
-// install (as in cmd/outbox-bench).
-const python = "/usr/bin/python3"
 
 // pythonLine is one line consumer.py prints per delivery.
 type pythonLine struct {
@@ -32,9 +25,7 @@ func runPython(t *testing.T, b *testBundle, args ...string) (int, []pythonLine) 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, python, append([]string{"testdata/consumer.py"}, args...)...)
-	// URLs in the environment, not in argv: they may hold passwords.
-	cmd.Env = append(os.Environ(), "OUTBOX_DATABASE_URL="+b.env.URL, "OUTBOX_AMQP_URL="+testenv.AMQPURL())
+	cmd := b.env.PythonCommand(ctx, "testdata/consumer.py", args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

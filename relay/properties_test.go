@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,10 +13,6 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
-
-// python is Debian's interpreter, where python3-psycopg2 and python3-pika
-// install.
-const python = "/usr/bin/python3"
 
 // pyDelivery is what testdata/properties.py prints of one delivery: each
 // property's value and the name of its Python type.
@@ -39,9 +33,7 @@ func TestPythonPropertiesArriveAsAMQPProperties(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, python, "testdata/properties.py", e.Table.Derived("enqueue"), ex, q)
-	// URLs in the environment, not in argv: they may hold passwords.
-	cmd.Env = append(os.Environ(), "OUTBOX_DATABASE_URL="+e.URL, "OUTBOX_AMQP_URL="+testenv.AMQPURL())
+	cmd := e.PythonCommand(ctx, "testdata/properties.py", e.Table.Derived("enqueue"), ex, q)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

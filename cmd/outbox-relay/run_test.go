@@ -90,16 +90,13 @@ func TestRunStatusAndShutdown(t *testing.T) {
 // events arrive.
 func TestPythonProducer(t *testing.T) {
 	t.Parallel()
-	python := "/usr/bin/python3" // Debian's, where python3-psycopg2 installs
-	if out, err := exec.Command(python, "-c", "import psycopg2").CombinedOutput(); err != nil {
-		t.Fatalf("%s cannot import psycopg2 (%v: %s)\nhint: apt-get install python3-psycopg2, or run `bash .ci/run`", python, err, out)
-	}
+	testenv.RequirePython(t, "psycopg2")
 	e := testenv.New(t)
 	ex := e.Exchange(t, "orders", "topic")
 	q := e.Queue(t, "q", ex, "order.*")
 	recv := e.Consume(t, q)
 
-	out, err := exec.Command(python, "../../testdata/producer.py", testenv.DatabaseURL(), e.Table.Schema+"."+e.Table.Name, ex, "5").CombinedOutput()
+	out, err := exec.Command(testenv.Python, "../../testdata/producer.py", testenv.DatabaseURL(), e.Table.Schema+"."+e.Table.Name, ex, "5").CombinedOutput()
 	if err != nil {
 		t.Fatalf("producer.py: %v\n%s", err, out)
 	}
