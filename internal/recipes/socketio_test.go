@@ -55,10 +55,10 @@ func TestSocketIOFanOut(t *testing.T) {
 	for i, server := range servers {
 		waitListening(t, server, addrs[i])
 		clients[i] = startSocketIOProc(t, e, fmt.Sprintf("client %d", i), "client.py",
-			"http://"+addrs[i], "order", fmt.Sprint(commits), "60")
+			"http://"+addrs[i], "order", fmt.Sprint(commits), "120")
 	}
 	for _, c := range clients {
-		testenv.WaitFor(t, 15*time.Second, c.name+" to connect", func() bool {
+		testenv.WaitFor(t, pythonStart, c.name+" to connect", func() bool {
 			return c.exited() || len(c.lines(t, "connected")) > 0
 		})
 		if c.exited() {
@@ -234,10 +234,15 @@ func (p *socketIOProc) lines(t *testing.T, key string) []string {
 	return out
 }
 
+// pythonStart bounds the start of the recipe's Python programs: importing
+// eventlet, Flask and kombu takes seconds on a loaded machine (15 s was
+// once too short in CI, beside the race-enabled tests of other packages).
+const pythonStart = time.Minute
+
 // waitListening waits until server accepts connections on addr.
 func waitListening(t *testing.T, server *socketIOProc, addr string) {
 	t.Helper()
-	testenv.WaitFor(t, 15*time.Second, server.name+" to listen on "+addr, func() bool {
+	testenv.WaitFor(t, pythonStart, server.name+" to listen on "+addr, func() bool {
 		if server.exited() {
 			t.Fatalf("%s exited: %v\nstderr:\n%s", server.name, server.err, server.stderr.String())
 		}
@@ -258,7 +263,7 @@ func waitProbed(t *testing.T, e *testenv.Env, exchange string, clients []*socket
 	ch := e.Channel(t)
 	probe := amqp.Publishing{ContentType: "application/json",
 		Body: []byte(`{"method": "emit", "event": "probe", "data": {}, "namespace": "/", "room": null, "skip_sid": null, "callback": null, "host_id": "test"}`)}
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(pythonStart)
 	for {
 		ready := 0
 		for _, c := range clients {
