@@ -102,6 +102,12 @@ func (d templateData) ChannelLiteral() string     { return quoteLiteral(d.t.Chan
 // NotifySettingLiteral is Table.NotifySetting as a string literal.
 func (d templateData) NotifySettingLiteral() string { return quoteLiteral(d.t.NotifySetting()) }
 
+// NotifiedSettingLiteral is the literal name of the transaction setting
+// in which the insert trigger keeps what it notified (migration 011).
+func (d templateData) NotifiedSettingLiteral() string {
+	return quoteLiteral(strings.TrimSuffix(d.t.NotifySetting(), ".notify") + ".notified")
+}
+
 // NameLiteral is Name as a string literal, for a ::regclass cast.
 func (d templateData) NameLiteral(suffix string) string { return quoteLiteral(d.t.Derived(suffix)) }
 
