@@ -105,7 +105,7 @@ func (d templateData) NotifySettingLiteral() string { return quoteLiteral(d.t.No
 // NotifiedSettingLiteral is the literal name of the transaction setting
 // in which the insert trigger keeps what it notified (migration 011).
 func (d templateData) NotifiedSettingLiteral() string {
-	return quoteLiteral(strings.TrimSuffix(d.t.NotifySetting(), ".notify") + ".notified")
+	return quoteLiteral(d.t.Setting("notified"))
 }
 
 // NameLiteral is Name as a string literal, for a ::regclass cast.

@@ -173,18 +173,22 @@ func validUTF8Prefix(s string) bool {
 
 // NotifySetting names the transaction setting by which a writer opts out
 // of the NOTIFY (migration 011: `set local outbox.notify = off`): the
-// table's name, then ".notify". A setting's name is made of simple
-// identifiers, compared without case, so the name is lowercased and each
-// character other than a-z, 0-9 and _ becomes _, as does a leading
-// digit. Tables of one name in two schemas share it.
-func (t Table) NotifySetting() string {
+// table's name, then ".notify" (see Setting).
+func (t Table) NotifySetting() string { return t.Setting("notify") }
+
+// Setting returns the name of one of the table's settings, "<table>.<name>". A
+// setting's name is made of simple identifiers, compared without case, so
+// the table's name is lowercased and each character other than a-z, 0-9
+// and _ becomes _, as does a leading digit. Tables of one name in two
+// schemas share it.
+func (t Table) Setting(name string) string {
 	b := []byte(strings.ToLower(t.Name))
 	for i, c := range b {
 		if !(c >= 'a' && c <= 'z' || c == '_' || c >= '0' && c <= '9' && i > 0) {
 			b[i] = '_'
 		}
 	}
-	return string(b) + ".notify"
+	return string(b) + "." + name
 }
 
 // LockKey returns a stable 64-bit advisory lock key for purpose on this table
