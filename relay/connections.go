@@ -133,7 +133,12 @@ func (l *loop) ensurePublisher(ctx context.Context) bool {
 		}
 		l.amqpFailures++
 		l.log.Error("broker connect failed", tint.Err(err), slog.Int("attempt", l.amqpFailures))
-		l.clock.Sleep(ctx, retryDelay(l.amqpFailures))
+		d := retryDelay(l.amqpFailures)
+		if l.member {
+			// Wake when brokerGone runs out, not up to a back-off later.
+			d = min(d, max(0, l.noBrokerSince.Add(brokerGone).Sub(l.clock.Now())))
+		}
+		l.clock.Sleep(ctx, d)
 		return false
 	}
 	l.amqpFailures = 0

@@ -136,6 +136,10 @@ func TestLoopShareBrokerGone(t *testing.T) {
 			t.Fatalf("step %q without a broker", got)
 		}
 	}
+	// The back-off between connects (up to 10s) does not delay the leave.
+	if over := b.clock.now.Sub(b.l.noBrokerSince) - brokerGone; over > 0 {
+		t.Errorf("left %s after brokerGone", over)
+	}
 	b.step(t)
 	if b.lis.member || len(b.lis.held) != 0 || len(lastOwned(b)) != 0 || b.l.leader {
 		t.Errorf("member %t, held %v, owned %v: want none", b.lis.member, b.lis.held, lastOwned(b))
