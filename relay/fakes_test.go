@@ -23,6 +23,8 @@ type fakeClaim struct {
 	full bool
 	err  error
 	age  time.Duration // how long ago, by the clock, its transaction began
+	// took is how long the claim takes: the clock moves on that much.
+	took time.Duration
 }
 
 type fakeStore struct {
@@ -54,6 +56,7 @@ func (s *fakeStore) next() (*claim, error) {
 		return nil, fc.err
 	}
 	s.j.add("claim " + ids(fc.rows))
+	s.clock.now = s.clock.now.Add(fc.took)
 	c := &claim{rows: slices.Clone(fc.rows), full: fc.full, at: s.clock.now.Add(-fc.age)}
 	for _, r := range c.rows {
 		if !r.deferred {

@@ -122,7 +122,7 @@ func (l *loop) runOnce(ctx, work context.Context) step {
 	l.prog.noBroker.Store(false)
 
 	l.prog.draining.Store(true)
-	n, err := l.drain(ctx, work)
+	n, more, err := l.drain(ctx, work)
 	l.prog.draining.Store(false)
 	if err != nil && l.pub.RowRefused() {
 		// The broker closed the channel over one message: the
@@ -163,7 +163,7 @@ func (l *loop) runOnce(ctx, work context.Context) step {
 	if ctx.Err() != nil {
 		return stepStopped
 	}
-	return l.rest(ctx, n)
+	return l.rest(ctx, n, more)
 }
 
 // blockedPause is how long a leader whose broker blocks publishing waits

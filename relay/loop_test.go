@@ -116,6 +116,23 @@ func TestLoopWakeUpSparse(t *testing.T) {
 	}
 }
 
+// A drain that stops for a look with its last claim full looks and drains
+// again at once: asleep on LISTEN, the relay would leave the rows waiting
+// for the poll, since their commits notified before it slept.
+func TestLoopLookDueMidDrainDoesNotSleep(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	wantSteps(t, b.steps(t, 1), stepAnnounce) // sparse: armed, asleep between batches
+	n := len(*b.j)
+	b.store.claims = []fakeClaim{
+		{rows: rows("1", "2", "3"), full: true, took: lookAlone}, // a look falls due meanwhile
+		{rows: rows("4", "5"), full: false},
+	}
+	wantSteps(t, b.steps(t, 2), stepBusy, stepBusy)
+	wantJournal(t, b.since(n), "claim [1 2 3]", "send [1 2 3]", "settle [1 2 3]",
+		"claim [4 5]", "send [4 5]", "settle [4 5]", "wait 1s")
+}
+
 // While rows come sparsely and go out at once, the gauges are not told
 // after every batch that the relay ran out of rows; after rows that had
 // waited (a backlog), they are.

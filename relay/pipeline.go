@@ -9,8 +9,9 @@ import (
 // drain claims, publishes and settles batches back to back until a claim
 // comes back short of a full batch, stop is done or a look at the group
 // is due (share.go: the batches are settled first), and returns how many
-// rows it claimed and loaded. ctx bounds the work itself (see Run: it
-// outlives stop by the shutdown timeout).
+// rows it claimed and loaded, and whether more wait: its last claim was
+// full, and it stopped for the look or for stop. ctx bounds the work itself
+// (see Run: it outlives stop by the shutdown timeout).
 //
 // It keeps two batches on the wire, so that the broker always has one to
 // work on: while batch k+1 is being confirmed, batch k is settled and batch
@@ -35,10 +36,10 @@ import (
 // and the rows of its key would keep each other unsent until the drain
 // ended. Once that batch is settled, the next claim takes its rows and the
 // ones they held back, in id order, with no batch on the wire before them.
-func (l *loop) drain(stop, ctx context.Context) (int, error) {
+func (l *loop) drain(stop, ctx context.Context) (n int, more bool, err error) {
 	c, err := l.claim(ctx)
 	if err != nil || len(c.rows) == 0 {
-		return 0, err
+		return 0, false, err
 	}
 	defer l.pub.Watch(ctx)()
 
@@ -114,7 +115,7 @@ func (l *loop) drain(stop, ctx context.Context) (int, error) {
 			fill()
 		}
 	}
-	return total, errors.Join(errs...)
+	return total, lastFull && !broken, errors.Join(errs...)
 }
 
 // dropPayloads lets go of the payloads of a sent batch. Send has written

@@ -104,11 +104,18 @@ func (a arrivals) rateAt(now time.Time) float64 {
 	return a.rate * math.Exp(-max(0, now.Sub(a.at).Seconds())/arrivalWindow.Seconds())
 }
 
-// rest decides what a leader does after a drain that claimed n rows (see
-// the policy above).
-func (l *loop) rest(ctx context.Context, n int) step {
+// rest decides what a leader does after a drain that claimed n rows and
+// left more waiting or not (see the policy above).
+func (l *loop) rest(ctx context.Context, n int, more bool) step {
 	dense := isDense(l.arrivals.rateAt(l.clock.Now()), l.dense)
 	l.dense = dense
+	if more {
+		// The drain stopped for a look with its last claim full: look,
+		// then drain again. Asleep on LISTEN, the relay would leave the
+		// rows for the poll: their commits notified before it slept.
+		l.lingered = 0
+		return stepBusy
+	}
 	if n > 0 {
 		l.lingered = 0
 		if dense {
