@@ -131,6 +131,13 @@ func TestLoopLookDueMidDrainDoesNotSleep(t *testing.T) {
 	wantSteps(t, b.steps(t, 2), stepBusy, stepBusy)
 	wantJournal(t, b.since(n), "claim [1 2 3]", "send [1 2 3]", "settle [1 2 3]",
 		"claim [4 5]", "send [4 5]", "settle [4 5]", "wait 1s")
+
+	// A full claim followed by an empty one leaves nothing waiting: the
+	// relay sleeps.
+	n = len(*b.j)
+	b.store.claims = []fakeClaim{{rows: rows("6", "7", "8"), full: true}}
+	wantSteps(t, b.steps(t, 1), stepBusy)
+	wantJournal(t, b.since(n), "claim [6 7 8]", "send [6 7 8]", "claim 0", "settle [6 7 8]", "wait 1s")
 }
 
 // While rows come sparsely and go out at once, the gauges are not told

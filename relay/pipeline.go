@@ -87,6 +87,7 @@ func (l *loop) drain(stop, ctx context.Context) (n int, more bool, err error) {
 				return
 			}
 			if len(c.rows) == 0 {
+				lastFull = false
 				return
 			}
 			send(c)
@@ -110,9 +111,12 @@ func (l *loop) drain(stop, ctx context.Context) (n int, more bool, err error) {
 		if err != nil {
 			errs, broken = append(errs, err), true
 		}
-		if c != nil && len(c.rows) > 0 {
+		switch {
+		case c != nil && len(c.rows) > 0:
 			send(c)
 			fill()
+		case c != nil:
+			lastFull = false // claimed, and found none
 		}
 	}
 	return total, lastFull && !broken, errors.Join(errs...)

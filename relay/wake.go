@@ -109,13 +109,6 @@ func (a arrivals) rateAt(now time.Time) float64 {
 func (l *loop) rest(ctx context.Context, n int, more bool) step {
 	dense := isDense(l.arrivals.rateAt(l.clock.Now()), l.dense)
 	l.dense = dense
-	if more {
-		// The drain stopped for a look with its last claim full: look,
-		// then drain again. Asleep on LISTEN, the relay would leave the
-		// rows for the poll: their commits notified before it slept.
-		l.lingered = 0
-		return stepBusy
-	}
 	if n > 0 {
 		l.lingered = 0
 		if dense {
@@ -128,6 +121,13 @@ func (l *loop) rest(ctx context.Context, n int, more bool) step {
 			if d := l.lastClaim.Add(busyClaimInterval).Sub(l.clock.Now()); d > 0 {
 				l.clock.Sleep(ctx, d)
 			}
+			return stepBusy
+		}
+		if more {
+			// The drain stopped for a look with its last claim full:
+			// look, then drain again. Asleep on LISTEN, the relay would
+			// leave the rows for the poll: their commits notified before
+			// it slept.
 			return stepBusy
 		}
 		if l.armed {
