@@ -23,7 +23,7 @@ import (
 // UPDATE SKIP LOCKED passes over the rows of batches still in flight, so
 // the claim made while a batch is on the wire takes the rows behind it; the
 // claim locks no row it does not return. Locks are held until the batch is
-// settled, so a second claimer never takes the same rows. $5 lists the rows
+// settled, so a second claimer never takes the same rows. $4 lists the rows
 // this relay holds: passing over them by id is a few times cheaper than
 // trying each one's lock.
 //
@@ -37,11 +37,11 @@ import (
 // its partition_key is still in delayed_idx (not due, or due and not yet
 // promoted); dead rows do not hold their key back.
 //
-// Payloads are bounded by bytes ($6) as well as rows: the outer query
+// Payloads are bounded by bytes ($5) as well as rows: the outer query
 // returns the payloads of the rows within that budget (the first row's
 // always, however large) and null past it. The rows past it are locked all
 // the same and come back marked not loaded, with their size. So does a row
-// larger than any message may be ($7, MaxMessageSize), wherever it is: it
+// larger than any message may be ($6, MaxMessageSize), wherever it is: it
 // fails without its payload ever being read, which could be far more than
 // the relay's memory. PostgreSQL forbids window
 // functions beside FOR UPDATE in one query level, hence the subquery; the
@@ -53,17 +53,21 @@ import (
 // for every value of it and stays generic.
 //
 // The claim takes rows of the partitions this relay owns only (see
-// share.go), and only while its LISTEN session ($2) still holds their locks
-// (the session holds all of them or, gone, none: the lock of the first, $3
-// and $4, stands for them): a relay that lost them stops at its next
-// claim, not when it next idles. Each claim holds the "in flight" lock of
-// every partition it claims for ($8) shared until its settle, and only
+// share.go), and only while its LISTEN session ($2, its backend pid) is
+// alive: that session holds the partition locks, all of them or, gone,
+// none, and also its own session lock ($3, see sessionLockKey), which no
+// other session ever takes. A shared try of that lock fails while the
+// session holds it, and succeeds once it is gone: a relay that lost its
+// session stops at its next claim, not when it next idles. (The claim
+// asked pg_locks before, which copies the server's whole lock table: two
+// thirds of an empty claim's time.) Each claim holds the "in flight" lock
+// of every partition it claims for ($7) shared until its settle, and only
 // while no new owner fences them off (see Fence). With recorded, the table
 // records its P (migration 007): the claim checks that P is still the one
-// the relay has ($9), so that no claim maps rows with a P that `migrate`
-// has changed, and takes the rows of the partitions listed in $10 (null:
+// the relay has ($8), so that no claim maps rows with a P that `migrate`
+// has changed, and takes the rows of the partitions listed in $9 (null:
 // all of them). Without, P is 1, and the claim checks that the settings
-// table ($9, its name) has not appeared meanwhile: the relay takes the
+// table ($8, its name) has not appeared meanwhile: the relay takes the
 // table's P at its next look.
 //
 // With props, the claim reads the AMQP property columns of migration 005,
@@ -78,18 +82,18 @@ func claimQuery(t schema.Table, props, recorded bool) string {
 		properties = `type, correlation_id, reply_to, priority, content_encoding, app_id,
        floor(extract(epoch from created_at + expiration - clock_timestamp()) * 1000)::bigint as expires_ms`
 	}
-	partitionsCheck, partitionsFilter := `to_regclass($9::text) is null`, ""
+	partitionsCheck, partitionsFilter := `to_regclass($8::text) is null`, ""
 	if recorded {
-		partitionsCheck = `$9::integer = (select partitions from ` + t.Derived("settings") + `)`
+		partitionsCheck = `$8::integer = (select partitions from ` + t.Derived("settings") + `)`
 		partitionsFilter = `
-   and ($10::integer[] is null or ` + inPartitions(t, "o", "$9", "$10") + `)`
+   and ($9::integer[] is null or ` + inPartitions(t, "o", "$8", "$9") + `)`
 	}
 	return `select id, exchange, routing_key, partition_key, message_id,
        content_type, headers, case when loaded then payload end as payload, size, created_at, attempts, loaded,
        type, correlation_id, reply_to, priority, content_encoding, app_id, expires_ms
   from (select c.*, octet_length(c.payload) as size,
-               octet_length(c.payload) <= $7::bigint
-               and coalesce(sum(octet_length(c.payload)) over w + octet_length(c.payload) <= $6::bigint, true) as loaded
+               octet_length(c.payload) <= $6::bigint
+               and coalesce(sum(octet_length(c.payload)) over w + octet_length(c.payload) <= $5::bigint, true) as loaded
           from (
 select id, exchange, routing_key, partition_key, message_id::text,
        content_type, headers, payload, created_at, attempts,
@@ -97,12 +101,10 @@ select id, exchange, routing_key, partition_key, message_id::text,
   from ` + tbl + ` o
  where dead_at is null
    and available_at = created_at
-   and id not in (select unnest($5::bigint[]))
+   and id not in (select unnest($4::bigint[]))
    and ` + keyFree(tbl, "o") + `
-   and ($2 = 0 or (exists (
-        select 1 from pg_locks l
-         where ` + heldLock("l", "$3", "$4") + ` and l.pid = $2)
-        and (select bool_and(pg_try_advisory_xact_lock_shared(k)) from unnest($8::bigint[]) k)
+   and ($2 = 0 or (not pg_try_advisory_xact_lock_shared($3::bigint)
+        and (select bool_and(pg_try_advisory_xact_lock_shared(k)) from unnest($7::bigint[]) k)
         and ` + partitionsCheck + `))` + partitionsFilter + `
  order by id
  limit $1
@@ -295,16 +297,11 @@ func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, cl *claiming) (*
 
 // claimArgs returns the arguments of claimSQL (see claimQuery).
 func (s *pgStore) claimArgs(limit int, budget, largest int64) []any {
-	first := 0
-	if len(s.owned) > 0 {
-		first = s.owned[0]
-	}
-	classid, objid := lockParts(s.table.PartitionLockKey("leader", first))
 	inflight := make([]int64, len(s.owned))
 	for i, p := range s.owned {
 		inflight[i] = s.table.PartitionLockKey("inflight", p)
 	}
-	args := []any{limit, s.owner, classid, objid, s.heldIDs(), budget, largest, inflight}
+	args := []any{limit, s.owner, sessionLockKey(s.table, s.owner), s.heldIDs(), budget, largest, inflight}
 	if !s.recorded {
 		return append(args, s.table.Derived("settings"))
 	}

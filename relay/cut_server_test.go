@@ -49,11 +49,7 @@ func TestClaimStalledPastBoundIsNotPublished(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The leader lock, held by a session of the test's own.
-	lock := testenv.Conn(t)
-	var pid int32
-	if err := lock.QueryRow(ctx, "select pg_advisory_lock($1), pg_backend_pid()", e.Table.LockKey("leader")).Scan(nil, &pid); err != nil {
-		t.Fatal(err)
-	}
+	pid := lockSession(t, e.Table)
 	uri, err := amqp.ParseURI(testenv.AMQPURL())
 	if err != nil {
 		t.Fatal(err)

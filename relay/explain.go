@@ -16,7 +16,7 @@ func Queries(t schema.Table, batchSize, maxAttempts int) []Query {
 	s := newStore(nil, t, maxAttempts, nil)
 	g := newGaugeQueries(t)
 	claimArgs := s.claimArgs(batchSize, BatchBytesDefault, MaxMessageSizeDefault)
-	claimArgs[4] = []int64{1, 2, 3} // the rows of a batch on the wire
+	claimArgs[3] = []int64{1, 2, 3} // the rows of a batch on the wire
 	return []Query{
 		{"promote due rows", s.promoteSQL, []any{batchSize}},
 		{"claim", s.claimSQL, claimArgs},

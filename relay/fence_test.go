@@ -7,19 +7,32 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
+	"github.com/outbox-relay/outbox-relay/schema"
 )
 
 // leadWith makes b's store claim as a leader whose lock session is a
 // connection of the test's own.
 func (b *storeBundle) leadWith(t *testing.T) {
 	t.Helper()
+	b.store.SetOwner(lockSession(t, b.env.Table), []int{0})
+}
+
+// lockSession opens a connection of the test's own that holds what a
+// relay's LISTEN session holds as partition 0's owner: the leader lock and
+// its session lock (see sessionLockKey), and returns its backend pid.
+func lockSession(t *testing.T, tbl schema.Table) int32 {
+	t.Helper()
 	conn := testenv.Conn(t)
+	ctx := context.Background()
 	var pid int32
-	if err := conn.QueryRow(context.Background(), "select pg_advisory_lock($1), pg_backend_pid()",
-		b.env.Table.LockKey("leader")).Scan(nil, &pid); err != nil {
+	if err := conn.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
 		t.Fatal(err)
 	}
-	b.store.SetOwner(pid, []int{0})
+	if _, err := conn.Exec(ctx, "select pg_advisory_lock($1), pg_advisory_lock($2)",
+		tbl.LockKey("leader"), sessionLockKey(tbl, pid)); err != nil {
+		t.Fatal(err)
+	}
+	return pid
 }
 
 // A new leader's fence waits for every claim made before it to settle; a

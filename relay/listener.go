@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -142,11 +143,22 @@ func (l *pgListener) setUp(ctx context.Context, conn *pgx.Conn, readOnly bool) e
 		return err
 	}
 	// Every relay's LISTEN session holds the relays lock shared: status
-	// lists them, and their rank picks their first broker node.
-	if _, err := conn.Exec(ctx, "select pg_advisory_lock_shared($1)", simple, l.table.LockKey("relays")); err != nil {
+	// lists them, and their rank picks their first broker node. It also
+	// holds its own session lock, which its claims check (see claimQuery).
+	if _, err := conn.Exec(ctx, "select pg_advisory_lock_shared($1), pg_advisory_lock($2)", simple,
+		l.table.LockKey("relays"), sessionLockKey(l.table, l.pid)); err != nil {
 		return fmt.Errorf("join the table's relays: %w", err)
 	}
 	return nil
+}
+
+// sessionLockKey is the key of the lock the LISTEN session of backend pid
+// holds while it lives: no other session takes it, so that a claim can
+// tell that session alive, holding its partitions' locks, by failing a
+// shared try of it (see claimQuery). A pid is reused only long after its
+// backend has gone, as pg_locks' pid column was trusted before.
+func sessionLockKey(t schema.Table, pid int32) int64 {
+	return t.LockKey("session/" + strconv.Itoa(int(pid)))
 }
 
 // checkSession proves that conn is a server session of its own, as LISTEN
