@@ -49,7 +49,7 @@ func TestClaimStalledPastBoundIsNotPublished(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The leader lock, held by a session of the test's own.
-	pid := lockSession(t, e.Table)
+	pid, _ := lockSession(t, e.Table)
 	uri, err := amqp.ParseURI(testenv.AMQPURL())
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/outbox-relay/outbox-relay/internal/testenv"
 	"github.com/outbox-relay/outbox-relay/schema"
 )
@@ -14,13 +16,15 @@ import (
 // connection of the test's own.
 func (b *storeBundle) leadWith(t *testing.T) {
 	t.Helper()
-	b.store.SetOwner(lockSession(t, b.env.Table), []int{0})
+	pid, _ := lockSession(t, b.env.Table)
+	b.store.SetOwner(pid, []int{0})
 }
 
 // lockSession opens a connection of the test's own that holds what a
 // relay's LISTEN session holds as partition 0's owner: the leader lock and
-// its session lock (see sessionLockKey), and returns its backend pid.
-func lockSession(t *testing.T, tbl schema.Table) int32 {
+// its session lock (see sessionLockKey), and returns its backend pid and
+// the connection.
+func lockSession(t *testing.T, tbl schema.Table) (int32, *pgx.Conn) {
 	t.Helper()
 	conn := testenv.Conn(t)
 	ctx := context.Background()
@@ -32,7 +36,39 @@ func lockSession(t *testing.T, tbl schema.Table) int32 {
 		tbl.LockKey("leader"), sessionLockKey(tbl, pid)); err != nil {
 		t.Fatal(err)
 	}
-	return pid
+	return pid, conn
+}
+
+// A claim takes rows only while the owner's LISTEN session lives: once it
+// is gone, and another session owns the partition, the deposed owner's
+// claims take nothing.
+func TestClaimStopsWithItsSession(t *testing.T) {
+	t.Parallel()
+	b := setupStore(t)
+	pid, conn := lockSession(t, b.env.Table)
+	b.store.SetOwner(pid, []int{0})
+	b.exec(t, `insert into {{t}} (exchange, routing_key, payload)
+		select '', 'r.' || lpad(i::text, 3, '0'), '\x00' from generate_series(1, 4) i`)
+	c, got := b.claimKeys(t, 1)
+	if !slices.Equal(got, keys(1, 1)) {
+		t.Fatalf("owner claimed %v", got)
+	}
+	b.settle(t, c, 0)
+	if err := conn.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the session's locks to go", func() bool {
+		var held bool
+		err := b.env.Pool.QueryRow(context.Background(), "select not pg_try_advisory_xact_lock($1)", b.env.Table.LockKey("leader")).Scan(&held)
+		return err == nil && !held
+	})
+	next, _ := lockSession(t, b.env.Table) // the new owner
+	if next == pid {
+		t.Fatalf("the new owner's session reused pid %d", pid)
+	}
+	if _, got := b.claimKeys(t, 4); len(got) != 0 {
+		t.Fatalf("a claim after the owner's session ended took %v", got)
+	}
 }
 
 // A new leader's fence waits for every claim made before it to settle; a
