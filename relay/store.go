@@ -35,6 +35,8 @@ type pgStore struct {
 	// 0 while there is no estimate. With maxBytes it sets how many rows a
 	// claim asks for (see rowLimit). Only the loop's goroutine claims.
 	rowBytes float64
+	// lastRows is how many rows the last claim took (see queueClaim).
+	lastRows int
 
 	// owner is the backend pid of the session holding this relay's
 	// partition locks (its LISTEN connection), 0 to claim without the
