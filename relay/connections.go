@@ -18,6 +18,10 @@ func (l *loop) listenerLost(err error) {
 		l.log.Warn("listener connection lost", tint.Err(err))
 	}
 	l.metrics.connUp.WithLabelValues(connListener).Set(0)
+	// A session whose statement failed is not trusted with the locks it
+	// may still hold: closed, it gives them up, and the relay starts over
+	// from what pg_locks shows.
+	l.lis.Close(context.Background())
 	l.loseLeadership()
 	l.lisNextTry = time.Time{}
 }
@@ -35,7 +39,6 @@ func (l *loop) loseLeadership() {
 	l.member, l.nextLook = false, time.Time{}
 	l.leader = false
 	l.store.SetOwner(0, nil)
-	l.lis.SetOwned(nil)
 	l.prog.setLeader(0)
 	l.waiting, l.armed, l.asleep = false, false, false // armed again once leader again
 	l.metrics.leader.Set(0)

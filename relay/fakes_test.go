@@ -240,7 +240,7 @@ func (l *fakeListener) Connect(context.Context) error {
 }
 
 func (l *fakeListener) Close(context.Context) {
-	l.connected, l.pid, l.held, l.member, l.asleep = false, 0, nil, false, false
+	l.connected, l.pid, l.held, l.member, l.asleep, l.owned = false, 0, nil, false, false, nil
 }
 func (l *fakeListener) PID() int32 { return l.pid }
 
@@ -309,7 +309,13 @@ func (l *fakeListener) Sleeper(_ context.Context, asleep bool) error {
 	return nil
 }
 
-func (l *fakeListener) SetOwned(owned []int) { l.owned = owned }
+func (l *fakeListener) SetOwned(_ context.Context, owned []int) error {
+	l.owned = owned
+	if !l.connected && len(owned) > 0 {
+		return errors.New("listener not connected")
+	}
+	return nil
+}
 
 func (l *fakeListener) GroupChanged() bool {
 	c := l.changed

@@ -50,8 +50,9 @@ type pgListener struct {
 	// GroupChanged).
 	changed bool
 	// owned are the partitions the relay owns: a notification naming
-	// another wakes it not (see wakes).
-	owned map[int]bool
+	// another wakes it not (see wakes); listening those whose channels the
+	// session listens on (see SetOwned).
+	owned, listening map[int]bool
 	// partitions is the table's P at the last look, when the table
 	// records it (see Look); 0 before.
 	partitions int
@@ -289,5 +290,5 @@ func (l *pgListener) Close(ctx context.Context) {
 		_ = l.conn.Close(cctx)
 		l.conn = nil
 	}
-	l.pid, l.changed, l.owned = 0, false, nil
+	l.pid, l.changed, l.owned, l.listening = 0, false, nil, nil
 }

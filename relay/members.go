@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -209,13 +211,45 @@ func (l *pgListener) Sleeper(ctx context.Context, asleep bool) error {
 	return nil
 }
 
-// SetOwned gives the partitions the relay owns, whose rows' notifications
-// wake it.
-func (l *pgListener) SetOwned(owned []int) {
+// SetOwned gives the partitions the relay owns. With more than one
+// partition the session listens on the channels of those and no others
+// (migration 012: Table.PartitionChannel), so that rows of other
+// partitions do not wake the relay's process; Wait also ignores a
+// notification naming another partition, as a table migrated to 011 sends
+// them all on the table's channel. It runs before the first claim of a
+// partition gained: a row committed after that claim began notifies.
+func (l *pgListener) SetOwned(ctx context.Context, owned []int) error {
 	l.owned = make(map[int]bool, len(owned))
 	for _, p := range owned {
 		l.owned[p] = true
 	}
+	if !l.Connected() {
+		return errors.New("listener not connected")
+	}
+	var stmts []string
+	listening := make(map[int]bool, len(owned))
+	for p := range l.owned {
+		if l.partitions > 1 {
+			listening[p] = true
+			if !l.listening[p] {
+				stmts = append(stmts, "listen "+pgx.Identifier{l.table.PartitionChannel(p)}.Sanitize())
+			}
+		}
+	}
+	for p := range l.listening {
+		if !listening[p] {
+			stmts = append(stmts, "unlisten "+pgx.Identifier{l.table.PartitionChannel(p)}.Sanitize())
+		}
+	}
+	if len(stmts) == 0 {
+		return nil
+	}
+	slices.Sort(stmts)
+	if _, err := l.conn.Exec(ctx, strings.Join(stmts, "; "), simple); err != nil {
+		return fmt.Errorf("listen on the partitions' channels: %w", err)
+	}
+	l.listening = listening
+	return nil
 }
 
 // wakes reports whether notification n wakes the relay: an announced

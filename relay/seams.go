@@ -99,9 +99,10 @@ type listener interface {
 	// Sleeper records on the session that the relay sleeps on LISTEN, from
 	// before it raises the wake-up flag until it lowers it.
 	Sleeper(ctx context.Context, asleep bool) error
-	// SetOwned gives the partitions the relay owns: Wait ignores the
-	// notifications of rows of other partitions.
-	SetOwned(owned []int)
+	// SetOwned gives the partitions the relay owns, before it claims for
+	// them: Wait wakes for rows of those only. An error means the session
+	// failed.
+	SetOwned(ctx context.Context, owned []int) error
 	// GroupChanged reports whether another relay announced a change of
 	// the group since it was last asked.
 	GroupChanged() bool

@@ -286,7 +286,10 @@ func (l *loop) setOwned(ctx context.Context, owned []int) {
 		pid = 0
 	}
 	l.store.SetOwner(pid, owned)
-	l.lis.SetOwned(owned)
+	if err := l.lis.SetOwned(ctx, owned); err != nil && len(owned) > 0 {
+		l.shareFailed(ctx, err)
+		return
+	}
 	l.prog.setOwned(owned, l.partitions)
 	l.leader = len(owned) > 0
 	if l.leader == was {

@@ -258,7 +258,7 @@ func TestPlanKeepsWhatIsOwned(t *testing.T) {
 func TestListenerWakesForItsPartitions(t *testing.T) {
 	t.Parallel()
 	l := &pgListener{pid: 7}
-	l.SetOwned([]int{1, 3})
+	l.owned = map[int]bool{1: true, 3: true}
 	for _, tc := range []struct {
 		payload string
 		pid     uint32

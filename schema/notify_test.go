@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,11 +17,12 @@ import (
 )
 
 // While a relay sleeps (the flag at 1), a transaction notifies the
-// partition of each of its first rows once, and after 16 rows one empty
-// payload that wakes every relay; then nothing more, however many rows and
-// statements follow. A row in a savepoint rolled back leaves no trace: its
-// partition is notified again by the next row of it. At P = 1 the first row
-// notifies and the others pay nothing.
+// partition of each of its first rows once, on the partition's channel
+// (migration 012), and after 16 rows one empty payload on the table's
+// channel, which wakes every relay; then nothing more, however many rows
+// and statements follow. A row in a savepoint rolled back leaves no trace:
+// its partition is notified again by the next row of it. At P = 1 the first
+// row notifies, on the table's channel, and the others pay nothing.
 func TestTriggerNotifiesAFewTimesPerTransaction(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -51,8 +53,14 @@ func TestTriggerNotifiesAFewTimesPerTransaction(t *testing.T) {
 				t.Fatal(err)
 			}
 			listener := testenv.Conn(t)
-			if _, err := listener.Exec(ctx, "listen "+pgx.Identifier{e.Table.Channel()}.Sanitize()); err != nil {
-				t.Fatal(err)
+			channels := []string{e.Table.Channel()}
+			for p := range tc.p {
+				channels = append(channels, e.Table.PartitionChannel(p))
+			}
+			for _, c := range channels {
+				if _, err := listener.Exec(ctx, "listen "+pgx.Identifier{c}.Sanitize()); err != nil {
+					t.Fatal(err)
+				}
 			}
 			err := pgx.BeginFunc(ctx, e.Pool, func(tx pgx.Tx) error {
 				for _, sql := range tc.sql {
@@ -75,6 +83,13 @@ func TestTriggerNotifiesAFewTimesPerTransaction(t *testing.T) {
 				}
 				if err != nil {
 					t.Fatal(err)
+				}
+				want := e.Table.Channel()
+				if p, err := strconv.Atoi(n.Payload); err == nil && tc.p > 1 {
+					want = e.Table.PartitionChannel(p)
+				}
+				if n.Channel != want {
+					t.Errorf("payload %q came on channel %q, want %q", n.Payload, n.Channel, want)
 				}
 				got = append(got, n.Payload)
 			}

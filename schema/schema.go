@@ -99,6 +99,12 @@ func (d templateData) Name(suffix string) string  { return d.t.Derived(suffix) }
 func (d templateData) Local(suffix string) string { return d.t.Local(suffix) }
 func (d templateData) ChannelLiteral() string     { return quoteLiteral(d.t.Channel()) }
 
+// PartitionChannelPrefixLiteral is, as a string literal, what
+// Table.PartitionChannel puts before the partition's number.
+func (d templateData) PartitionChannelPrefixLiteral() string {
+	return quoteLiteral(d.t.partitionChannelPrefix())
+}
+
 // NotifySettingLiteral is Table.NotifySetting as a string literal.
 func (d templateData) NotifySettingLiteral() string { return quoteLiteral(d.t.NotifySetting()) }
 

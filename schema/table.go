@@ -153,14 +153,30 @@ func (t Table) Resolve(ctx context.Context, conn interface {
 
 // Channel is the NOTIFY channel of the table: "schema.table", or, when that
 // is longer than a channel name may be, a prefix of it and a hash.
-func (t Table) Channel() string {
-	c := t.Schema + "." + t.Name
-	if len(c) <= maxIdentLen {
+func (t Table) Channel() string { return fitName(t.Schema+"."+t.Name, maxIdentLen) }
+
+// PartitionChannel is the NOTIFY channel of partition p of a table with
+// more than one (migration 012): the table's channel, then "/" and p, the
+// channel shortened as Channel shortens it so that any p up to
+// MaxPartitions fits. Only the relay owning p listens on it.
+func (t Table) PartitionChannel(p int) string {
+	return t.partitionChannelPrefix() + strconv.Itoa(p)
+}
+
+// partitionChannelPrefix is what PartitionChannel puts before p.
+func (t Table) partitionChannelPrefix() string {
+	return fitName(t.Schema+"."+t.Name, maxIdentLen-len("/"+strconv.Itoa(MaxPartitions))) + "/"
+}
+
+// fitName returns c if it has at most n bytes, else a prefix of it and a
+// hash of the whole, n bytes at most.
+func fitName(c string, n int) string {
+	if len(c) <= n {
 		return c
 	}
 	sum := sha256.Sum256([]byte(c))
 	h := hex.EncodeToString(sum[:8])
-	prefix := c[:maxIdentLen-len(h)-1]
+	prefix := c[:n-len(h)-1]
 	for !validUTF8Prefix(prefix) {
 		prefix = prefix[:len(prefix)-1]
 	}

@@ -74,6 +74,19 @@ func TestChannelOfLongNamesFitsAndDiffers(t *testing.T) {
 	if a == b {
 		t.Errorf("two tables share channel %q", a)
 	}
+	for _, tb := range []Table{{Schema: long, Name: "outbox_a"}, {Schema: "public", Name: "outbox"}} {
+		ch := map[string]bool{tb.Channel(): true}
+		for p := range MaxPartitions {
+			c := tb.PartitionChannel(p)
+			if len(c) > maxIdentLen || !utf8.ValidString(c) || ch[c] {
+				t.Fatalf("partition %d's channel %q (%d bytes) does not fit, is not UTF-8 or is not its own", p, c, len(c))
+			}
+			ch[c] = true
+		}
+	}
+	if got, want := (Table{Schema: "public", Name: "outbox"}).PartitionChannel(11), "public.outbox/11"; got != want {
+		t.Errorf("PartitionChannel = %q, want %q", got, want)
+	}
 }
 
 func TestTemplatesRender(t *testing.T) {
