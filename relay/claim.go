@@ -70,6 +70,11 @@ import (
 // table ($8, its name) has not appeared meanwhile: the relay takes the
 // table's P at its next look.
 //
+// Each row also carries the claim's snapshot (computed once): a
+// transaction it sees as committed had its rows of the relay's partitions
+// there to take, and its notification, still on its way, need not wake
+// the relay (see pgListener.Claimed).
+//
 // With props, the claim reads the AMQP property columns of migration 005,
 // and for a row with an expiration the milliseconds it has left, by the
 // database's clock (the one created_at was set by). Without, against a
@@ -90,7 +95,8 @@ func claimQuery(t schema.Table, props, recorded bool) string {
 	}
 	return `select id, exchange, routing_key, partition_key, message_id,
        content_type, headers, case when loaded then payload end as payload, size, created_at, attempts, loaded,
-       type, correlation_id, reply_to, priority, content_encoding, app_id, expires_ms
+       type, correlation_id, reply_to, priority, content_encoding, app_id, expires_ms,
+       (select pg_current_snapshot())::text as snapshot
   from (select c.*, octet_length(c.payload) as size,
                octet_length(c.payload) <= $6::bigint
                and coalesce(sum(octet_length(c.payload)) over w + octet_length(c.payload) <= $5::bigint, true) as loaded
@@ -148,6 +154,9 @@ type claim struct {
 	full bool
 	// at is when the claim's transaction began.
 	at time.Time
+	// snapshot is the claim's snapshot, when it took rows (see
+	// claimQuery): "" for an empty claim.
+	snapshot string
 }
 
 // deferred reports whether the claim holds rows it must not publish.
@@ -186,6 +195,9 @@ type claiming struct {
 	rows  []Row
 	asked int
 	bytes int64
+	// snapshot is the claim's snapshot, read with its rows, as
+	// pg_current_snapshot() prints it.
+	snapshot string
 }
 
 // queueClaim queues BEGIN, the promotion of due rows and the claim of up to
@@ -214,7 +226,7 @@ func (s *pgStore) queueClaim(b *pgx.Batch, limit int) *claiming {
 			var expiresMS *int64
 			if err := rows.Scan(&r.ID, &r.Exchange, &r.RoutingKey, &r.PartitionKey, &r.MessageID,
 				&r.ContentType, &r.Headers, &r.Payload, &r.size, &r.CreatedAt, &r.Attempts, &loaded,
-				&r.Type, &r.CorrelationID, &r.ReplyTo, &r.Priority, &r.ContentEncoding, &r.AppID, &expiresMS); err != nil {
+				&r.Type, &r.CorrelationID, &r.ReplyTo, &r.Priority, &r.ContentEncoding, &r.AppID, &expiresMS, &cl.snapshot); err != nil {
 				return fmt.Errorf("scan row: %w", err)
 			}
 			r.deferred = !loaded
@@ -289,7 +301,7 @@ func (s *pgStore) hold(ctx context.Context, conn *pgxpool.Conn, cl *claiming) (*
 	} else {
 		s.rowBytes = (s.rowBytes + avg) / 2
 	}
-	c := &claim{conn: conn, rows: rows, at: cl.at}
+	c := &claim{conn: conn, rows: rows, at: cl.at, snapshot: cl.snapshot}
 	for i := range rows {
 		if !rows[i].deferred {
 			c.loaded++

@@ -24,7 +24,8 @@ type fakeClaim struct {
 	err  error
 	age  time.Duration // how long ago, by the clock, its transaction began
 	// took is how long the claim takes: the clock moves on that much.
-	took time.Duration
+	took     time.Duration
+	snapshot string // its snapshot
 }
 
 type fakeStore struct {
@@ -57,7 +58,7 @@ func (s *fakeStore) next() (*claim, error) {
 	}
 	s.j.add("claim " + ids(fc.rows))
 	s.clock.now = s.clock.now.Add(fc.took)
-	c := &claim{rows: slices.Clone(fc.rows), full: fc.full, at: s.clock.now.Add(-fc.age)}
+	c := &claim{rows: slices.Clone(fc.rows), full: fc.full, at: s.clock.now.Add(-fc.age), snapshot: fc.snapshot}
 	for _, r := range c.rows {
 		if !r.deferred {
 			c.loaded++
@@ -221,6 +222,7 @@ type fakeListener struct {
 	asleep      bool
 	broker      string
 	owned       []int
+	claimed     string // the snapshot Claimed was given last
 	changed     bool
 	waits       []time.Duration
 	waitErr     error
@@ -316,6 +318,8 @@ func (l *fakeListener) SetOwned(_ context.Context, owned []int) error {
 	}
 	return nil
 }
+
+func (l *fakeListener) Claimed(s string) { l.claimed = s }
 
 func (l *fakeListener) GroupChanged() bool {
 	c := l.changed

@@ -53,6 +53,9 @@ type pgListener struct {
 	// another wakes it not (see wakes); listening those whose channels the
 	// session listens on (see SetOwned).
 	owned, listening map[int]bool
+	// claimed is the snapshot of the relay's latest claim that took rows
+	// (see Claimed).
+	claimed snapshot
 	// partitions is the table's P at the last look, when the table
 	// records it (see Look); 0 before.
 	partitions int
@@ -290,5 +293,5 @@ func (l *pgListener) Close(ctx context.Context) {
 		_ = l.conn.Close(cctx)
 		l.conn = nil
 	}
-	l.pid, l.changed, l.owned, l.listening = 0, false, nil, nil
+	l.pid, l.changed, l.owned, l.listening, l.claimed = 0, false, nil, nil, snapshot{}
 }

@@ -108,9 +108,12 @@ func TestLoopWakeUpSparse(t *testing.T) {
 		t.Error("the gauges were not told the relay went idle")
 	}
 	n := len(*b.j)
-	b.store.claims = []fakeClaim{{rows: rows("1", "2")}}
+	b.store.claims = []fakeClaim{{rows: rows("1", "2"), snapshot: "40:42:41"}}
 	wantSteps(t, b.steps(t, 1), stepBusy)
 	wantJournal(t, b.since(n), "claim [1 2]", "send [1 2]", "settle [1 2]", "wait 1s")
+	if b.lis.claimed != "40:42:41" {
+		t.Errorf("the listener was given snapshot %q, want the claim's: notifications of rows it took would wake the relay", b.lis.claimed)
+	}
 	if len(b.clock.sleeps) != 0 {
 		t.Errorf("slept %v: a sparse leader sleeps on LISTEN only", b.clock.sleeps)
 	}

@@ -253,9 +253,15 @@ func (l *pgListener) SetOwned(ctx context.Context, owned []int) error {
 }
 
 // wakes reports whether notification n wakes the relay: an announced
-// change of the group, a row of a partition it owns (the trigger's payload
-// since migration 007), or anything else (an empty payload: `dead retry`,
-// an older trigger). It notes a change of the group.
+// change of the group, a row of a partition it owns that the last claim
+// could not see, or anything else (an empty payload: `dead retry`, after a
+// transaction's 16th row). It notes a change of the group.
+//
+// The trigger's payload is the row's partition (migration 007) and, since
+// 012, ":" and the writer's transaction id. A transaction that the
+// snapshot of the relay's last claim saw committed (see Claimed) had its
+// rows taken by that claim: its notification, read only now, would make
+// an empty claim.
 func (l *pgListener) wakes(n *pgconn.Notification) bool {
 	if n.Payload == groupPayload {
 		if n.PID != uint32(l.pid) {
@@ -263,8 +269,64 @@ func (l *pgListener) wakes(n *pgconn.Notification) bool {
 		}
 		return true
 	}
-	p, err := strconv.Atoi(n.Payload)
-	return err != nil || l.owned[p]
+	part, xid, withXID := strings.Cut(n.Payload, ":")
+	p, err := strconv.Atoi(part)
+	if err != nil {
+		return true
+	}
+	if !l.owned[p] {
+		return false
+	}
+	x, err := strconv.ParseUint(xid, 10, 64)
+	return !withXID || err != nil || !l.claimed.sees(x)
+}
+
+// Claimed gives the snapshot of the relay's latest claim that took rows
+// (see claimQuery), as pg_current_snapshot() prints it: a notification of
+// a transaction it saw committed does not wake Wait. Every partition the
+// relay owns was claimed for then, since a claim follows every gain before
+// the relay waits again. A snapshot that does not parse sees nothing.
+func (l *pgListener) Claimed(s string) { l.claimed = parseSnapshot(s) }
+
+// snapshot is a PostgreSQL snapshot (pg_snapshot): transactions before
+// xmin had ended, those from xmax on had not begun, and those in xip
+// between were running.
+type snapshot struct {
+	xmin, xmax uint64
+	xip        []uint64
+}
+
+// parseSnapshot reads the text form of a pg_snapshot, "xmin:xmax:xip,...";
+// the zero snapshot, which sees nothing, if it cannot.
+func parseSnapshot(s string) snapshot {
+	fields := strings.Split(s, ":")
+	if len(fields) != 3 {
+		return snapshot{}
+	}
+	var sn snapshot
+	var err1, err2 error
+	sn.xmin, err1 = strconv.ParseUint(fields[0], 10, 64)
+	sn.xmax, err2 = strconv.ParseUint(fields[1], 10, 64)
+	if err1 != nil || err2 != nil || sn.xmin > sn.xmax {
+		return snapshot{}
+	}
+	if fields[2] != "" {
+		for _, f := range strings.Split(fields[2], ",") {
+			x, err := strconv.ParseUint(f, 10, 64)
+			if err != nil {
+				return snapshot{}
+			}
+			sn.xip = append(sn.xip, x)
+		}
+	}
+	return sn
+}
+
+// sees reports whether transaction x had ended when the snapshot was
+// taken, as pg_visible_in_snapshot says: a notifying transaction that had
+// ended had committed.
+func (s snapshot) sees(x uint64) bool {
+	return x < s.xmin || x < s.xmax && !slices.Contains(s.xip, x)
 }
 
 // drainNotifications takes the notifications that arrived with the last

@@ -148,6 +148,9 @@ func (l *loop) claimed(c *claim) {
 	}
 	if c != nil {
 		now := l.clock.Now()
+		if c.snapshot != "" {
+			l.lis.Claimed(c.snapshot)
+		}
 		l.prog.claimed(len(c.rows))
 		l.arrivals.add(now, c.loaded)
 		if len(c.rows) > 0 && now.Sub(c.rows[0].CreatedAt) > idleRefreshGap {

@@ -103,6 +103,10 @@ type listener interface {
 	// them: Wait wakes for rows of those only. An error means the session
 	// failed.
 	SetOwned(ctx context.Context, owned []int) error
+	// Claimed gives the snapshot of a claim that took rows, as
+	// pg_current_snapshot() prints it: Wait does not wake for rows of
+	// transactions it saw committed.
+	Claimed(snapshot string)
 	// GroupChanged reports whether another relay announced a change of
 	// the group since it was last asked.
 	GroupChanged() bool

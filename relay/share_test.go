@@ -254,11 +254,13 @@ func TestPlanKeepsWhatIsOwned(t *testing.T) {
 
 // A relay's LISTEN wait wakes for rows of its partitions, for an empty
 // payload and for another relay's change of the group, not for rows of
-// partitions it does not own nor for its own announcement.
+// partitions it does not own, nor of transactions its last claim saw
+// committed, nor for its own announcement.
 func TestListenerWakesForItsPartitions(t *testing.T) {
 	t.Parallel()
 	l := &pgListener{pid: 7}
 	l.owned = map[int]bool{1: true, 3: true}
+	l.Claimed("95:101:97,100") // the last claim's snapshot: 97 and 100 still running
 	for _, tc := range []struct {
 		payload string
 		pid     uint32
@@ -268,6 +270,14 @@ func TestListenerWakesForItsPartitions(t *testing.T) {
 		{"1", 9, true, false},
 		{"3", 9, true, false},
 		{"2", 9, false, false},
+		{"1:100", 9, true, false}, // running when the claim looked: its rows were not there
+		{"3:97", 9, true, false},
+		{"1:101", 9, true, false}, // begun after
+		{"3:250", 9, true, false},
+		{"1:99", 9, false, false}, // committed when the claim looked: taken then
+		{"3:94", 9, false, false},
+		{"2:250", 9, false, false},
+		{"1:x", 9, true, false},
 		{"", 9, true, false},
 		{groupPayload, 7, true, false},
 		{groupPayload, 9, true, true},
@@ -293,5 +303,23 @@ func TestShares(t *testing.T) {
 		if got := Shares(tt.p, tt.n); !slices.Equal(got, tt.want) {
 			t.Errorf("Shares(%d, %d) = %v, want %v", tt.p, tt.n, got, tt.want)
 		}
+	}
+}
+
+// A snapshot that does not parse sees nothing: every notification of an
+// owned partition wakes the relay, as before migration 012.
+func TestListenerBadSnapshotSeesNothing(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{"", "5:9", "x:9:", "9:5:", "5:9:6,y", "5:9:6,7:"} {
+		l := &pgListener{pid: 7, owned: map[int]bool{1: true}}
+		l.Claimed(s)
+		if !l.wakes(&pgconn.Notification{PID: 9, Payload: "1:1"}) {
+			t.Errorf("snapshot %q: a notification of transaction 1 did not wake the relay", s)
+		}
+	}
+	l := &pgListener{pid: 7, owned: map[int]bool{1: true}}
+	l.Claimed("5:9:")
+	if l.wakes(&pgconn.Notification{PID: 9, Payload: "1:6"}) {
+		t.Error(`snapshot "5:9:" (none running): transaction 6 woke the relay`)
 	}
 }

@@ -18,7 +18,8 @@ import (
 
 // While a relay sleeps (the flag at 1), a transaction notifies the
 // partition of each of its first rows once, on the partition's channel
-// (migration 012), and after 16 rows one empty payload on the table's
+// with the writer's transaction id (migration 012), and after 16 rows one
+// empty payload on the table's
 // channel, which wakes every relay; then nothing more, however many rows
 // and statements follow. A row in a savepoint rolled back leaves no trace:
 // its partition is notified again by the next row of it. At P = 1 the first
@@ -62,7 +63,11 @@ func TestTriggerNotifiesAFewTimesPerTransaction(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			var writer string
 			err := pgx.BeginFunc(ctx, e.Pool, func(tx pgx.Tx) error {
+				if err := tx.QueryRow(ctx, "select pg_current_xact_id()::text").Scan(&writer); err != nil {
+					return err
+				}
 				for _, sql := range tc.sql {
 					if _, err := tx.Exec(ctx, fillTable(sql, e)); err != nil {
 						return fmt.Errorf("%s: %w", sql, err)
@@ -84,14 +89,20 @@ func TestTriggerNotifiesAFewTimesPerTransaction(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				part, xid, _ := strings.Cut(n.Payload, ":")
 				want := e.Table.Channel()
-				if p, err := strconv.Atoi(n.Payload); err == nil && tc.p > 1 {
-					want = e.Table.PartitionChannel(p)
+				if p, err := strconv.Atoi(part); err == nil {
+					if tc.p > 1 {
+						want = e.Table.PartitionChannel(p)
+					}
+					if xid != writer {
+						t.Errorf("payload %q names transaction %q, want the writer's, %s", n.Payload, xid, writer)
+					}
 				}
 				if n.Channel != want {
 					t.Errorf("payload %q came on channel %q, want %q", n.Payload, n.Channel, want)
 				}
-				got = append(got, n.Payload)
+				got = append(got, part)
 			}
 			slices.Sort(got)
 			if tc.keys == nil { // rows without a key: 16 partitions at most, then ""
