@@ -225,6 +225,23 @@ func TestLoopDenseHysteresis(t *testing.T) {
 }
 
 // The rate estimate follows the load and forgets it.
+// The flag is the table's, and what a NOTIFY costs writers depends on the
+// table's commit rate: a relay that owns a third of the partitions and
+// sees half the dense rate lowers the flag all the same.
+func TestLoopWakeUpDenseForTheTable(t *testing.T) {
+	t.Parallel()
+	b := setupLoop(t)
+	b.lis.partitions = 12
+	b.lis.others = []int32{1, 2}
+	b.lis.foreign = map[int]int32{0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 2, 7: 2}
+	b.steps(t, 2) // owns 8-11, armed, asleep
+	n := len(*b.j)
+	b.l.arrivals.add(b.clock.now, denseRate/2)
+	b.store.claims = []fakeClaim{{rows: rows("1", "2")}}
+	wantSteps(t, b.steps(t, 1), stepBusy)
+	wantJournal(t, b.since(n), "claim [1 2]", "send [1 2]", "settle [1 2]", "waiting off")
+}
+
 func TestLoopArrivalRate(t *testing.T) {
 	t.Parallel()
 	now := time.Unix(1000, 0)

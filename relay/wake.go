@@ -13,7 +13,8 @@ import (
 // Writers notify at commit while the wake-up flag is up. A notification
 // costs a writer little when commits are sparse, and a global lock at
 // every commit when many writers commit at once. So the relay watches the
-// rate at which rows arrive (arrivals):
+// rate at which rows arrive in its partitions (arrivals), scaled to the
+// whole table's (tableRate), whose writers all pay for the flag:
 //
 //   - Sparse (below denseRate, or sparseRate once dense): the flag stays
 //     up and armed (see pgStore.Arm), and the relay sleeps on LISTEN
@@ -107,7 +108,7 @@ func (a arrivals) rateAt(now time.Time) float64 {
 // rest decides what a leader does after a drain that claimed n rows and
 // left more waiting or not (see the policy above).
 func (l *loop) rest(ctx context.Context, n int, more bool) step {
-	dense := isDense(l.arrivals.rateAt(l.clock.Now()), l.dense)
+	dense := isDense(l.tableRate(), l.dense)
 	l.dense = dense
 	if n > 0 {
 		l.lingered = 0
@@ -169,6 +170,17 @@ func (l *loop) rest(ctx context.Context, n int, more bool) step {
 	// not notify), then sleep on LISTEN.
 	l.wentIdle()
 	return stepAnnounce
+}
+
+// tableRate estimates the rate at which rows arrive in the whole table
+// from the relay's own: its share of the partitions sees its share of the
+// rows (a hot key aside).
+func (l *loop) tableRate() float64 {
+	r := l.arrivals.rateAt(l.clock.Now())
+	if n := len(l.owned); n > 0 && l.partitions > n {
+		r *= float64(l.partitions) / float64(n)
+	}
+	return r
 }
 
 // wentIdle tells the gauges that the relay ran out of rows, so that they
