@@ -147,7 +147,14 @@ func (b *bench) waitIdleOn(ctx context.Context, t schema.Table) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// A backlog takes its time: the writers scenario leaves up to a
+	// million rows (Enqueue of 100, in turns with the plain table). Allow
+	// it 2,000 rows a second on top of 30s.
+	var backlog int64
+	if err := conn.QueryRow(ctx, "select count(*) from "+t.Ident()).Scan(&backlog); err != nil {
+		return fmt.Errorf("relay idle: count the backlog: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second+time.Duration(backlog)*time.Second/2000)
 	defer cancel()
 	var qerr error
 	err = harness.Poll(pctx, 0, func() bool {
