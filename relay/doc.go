@@ -54,8 +54,9 @@
 // partitions by a rule every one of them computes alike from pg_locks
 // (share.go). With P = 1, partition 0's lock is the table's leader lock of
 // before: one relay leads, the others stand by. Every claim checks, in the
-// same statement, that the session still holds its locks and that P has
-// not changed, so a relay that lost them stops at its next claim. Every
+// same statement, that the session still lives (by a lock of its own,
+// sessionLockKey) and so holds its locks, and that P has not changed, so a
+// relay that lost them stops at its next claim. Every
 // claim also holds its partitions' "in flight" locks shared until its
 // batch is settled, and a relay that gains a partition takes that lock
 // exclusively before its first claim of it (pgStore.Fence): it waits for
