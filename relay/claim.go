@@ -58,7 +58,9 @@ import (
 // none, and also its own session lock ($3, see sessionLockKey), which no
 // other session ever takes. A shared try of that lock fails while the
 // session holds it, and succeeds once it is gone: a relay that lost its
-// session stops at its next claim, not when it next idles. (The claim
+// session stops at its next claim, not when it next idles. The try is a
+// scalar subquery so that it runs once per claim, in the one-time filter
+// with the other checks, not for every row the walk passes. (The claim
 // asked pg_locks before, which copies the server's whole lock table: two
 // thirds of an empty claim's time.) Each claim holds the "in flight" lock
 // of every partition it claims for ($7) shared until its settle, and only
@@ -109,7 +111,7 @@ select id, exchange, routing_key, partition_key, message_id::text,
    and available_at = created_at
    and id not in (select unnest($4::bigint[]))
    and ` + keyFree(tbl, "o") + `
-   and ($2 = 0 or (not pg_try_advisory_xact_lock_shared($3::bigint)
+   and ($2 = 0 or ((select not pg_try_advisory_xact_lock_shared($3::bigint))
         and (select bool_and(pg_try_advisory_xact_lock_shared(k)) from unnest($7::bigint[]) k)
         and ` + partitionsCheck + `))` + partitionsFilter + `
  order by id
