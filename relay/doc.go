@@ -68,7 +68,8 @@
 // wake-up flag (a sequence) is up, on the channel of the row's partition
 // (migration 012), which only its owner listens on, naming the writer's
 // transaction: a relay drops the notification of a transaction its last
-// claim saw committed, as it took the rows then (pgListener.wakes). The relay raises the flag to sleep, then
+// claim saw committed, as it took the rows then (pgListener.wakes). The
+// relay raises the flag to sleep, then
 // waits a few milliseconds for the transactions that wrote to the table
 // while it was down, by taking the table's SHARE lock (pgStore.Arm), and
 // stays awake while one is still open: no row waits for the poll however
