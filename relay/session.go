@@ -64,6 +64,23 @@ func sessionSettings(fromURL map[string]string, serverMajor int) []sessionSettin
 		// The claim relies on read committed: each statement sees what
 		// committed before it, and no serialization failure.
 		{"default_transaction_isolation", "read committed"},
+		// Every recurring query of the relay walks an index
+		// (TestQueriesStayCheapBesideDeadAndDelayedRows), but the planner
+		// may not know it: a plan made while the table was vacuumed empty
+		// (0 pages: estimated empty, so a sequential scan costs nothing)
+		// stays cached until the next ANALYZE. The claim's generic plan
+		// then scanned the whole table, and the table again for every
+		// row's key check: after a burst drained, a backlog of 20,000 rows
+		// held one claim on the CPU until statement_timeout
+		// (TestClaimPlanSurvivesAnEmptyVacuum). With sequential scans off,
+		// a plan scans a table only where no index serves (the one-row
+		// settings table), whatever the estimates.
+		{"enable_seqscan", "off"},
+		// A disabled scan counts as a huge cost, which would make every
+		// such plan look worth compiling; and the relay's statements are
+		// all short, where JIT only adds its compile time (half a second
+		// per claim, measured).
+		{"jit", "off"},
 	}...)
 	if serverMajor >= 17 {
 		all = append(all, sessionSetting{"transaction_timeout", "0"})
