@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
@@ -176,22 +175,12 @@ func TestClaimReadsOnlyPayloadsWithinBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tx.Rollback(ctx)
-		var js []byte
-		err = tx.QueryRow(ctx, "explain (analyze, buffers, format json) select count(*), max(get_byte(payload, 0)) from ("+
-			b.store.claimSQL+") c", b.store.claimArgs(rows, budget, math.MaxInt64)...).Scan(&js)
+		_, n, err := ExplainTotals(ctx, tx, "select count(*), max(get_byte(payload, 0)) from ("+
+			b.store.claimSQL+") c", b.store.claimArgs(rows, budget, math.MaxInt64)...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out []struct {
-			Plan struct {
-				SharedHitBlocks  int `json:"Shared Hit Blocks"`
-				SharedReadBlocks int `json:"Shared Read Blocks"`
-			}
-		}
-		if err := json.Unmarshal(js, &out); err != nil {
-			t.Fatal(err)
-		}
-		return out[0].Plan.SharedHitBlocks + out[0].Plan.SharedReadBlocks
+		return n
 	}
 	all, two := pages(math.MaxInt64), pages(2*rowSize)
 	t.Logf("pages touched: %d loading %d rows, %d loading 2", all, rows, two)

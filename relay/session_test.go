@@ -18,7 +18,7 @@ func TestSessionSettingsLeaveWhatTheURLSets(t *testing.T) {
 		return strings.Join(out, " ")
 	}
 	const keepalives = "tcp_keepalives_idle=5 tcp_keepalives_interval=2 tcp_keepalives_count=3 tcp_user_timeout=10000 "
-	const idle = "idle_in_transaction_session_timeout=0 idle_session_timeout=0 default_transaction_isolation=read committed enable_seqscan=off jit=off"
+	const idle = "idle_in_transaction_session_timeout=0 idle_session_timeout=0 default_transaction_isolation=read committed enable_seqscan=off enable_bitmapscan=off jit=off"
 	for _, tc := range []struct {
 		name    string
 		fromURL map[string]string

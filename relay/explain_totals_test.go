@@ -1,0 +1,45 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ExplainTotals runs sql on q under EXPLAIN (ANALYZE, BUFFERS, FORMAT
+// JSON) and returns the rows its top node returned and the pages it
+// touched (shared buffers hit or read), the figures the plan tests bound.
+// Exported for the tests of package relay_test.
+func ExplainTotals(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, sql string, args ...any) (rows float64, pages int, err error) {
+	var js []byte
+	if err := q.QueryRow(ctx, "explain (analyze, buffers, format json) "+sql, args...).Scan(&js); err != nil {
+		return 0, 0, fmt.Errorf("explain: %w", err)
+	}
+	var out []struct {
+		Plan struct {
+			ActualRows float64 `json:"Actual Rows"`
+			Hit        int     `json:"Shared Hit Blocks"`
+			Read       int     `json:"Shared Read Blocks"`
+		}
+	}
+	if err := json.Unmarshal(js, &out); err != nil || len(out) == 0 {
+		return 0, 0, fmt.Errorf("explain: unexpected output %q: %w", js, err)
+	}
+	return out[0].Plan.ActualRows, out[0].Plan.Hit + out[0].Plan.Read, nil
+}
+
+// SessionSettingsSQL returns the SET statements the relay runs on its
+// sessions (sessionSettings, for PostgreSQL 15), so that tests of package
+// relay_test plan queries as the relay's sessions do.
+func SessionSettingsSQL() string {
+	var b strings.Builder
+	for _, s := range sessionSettings(nil, 15) {
+		fmt.Fprintf(&b, "set %s = '%s';", s.name, s.value)
+	}
+	return b.String()
+}
