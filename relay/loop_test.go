@@ -240,6 +240,17 @@ func TestLoopWakeUpDenseForTheTable(t *testing.T) {
 	b.store.claims = []fakeClaim{{rows: rows("1", "2")}}
 	wantSteps(t, b.steps(t, 1), stepBusy)
 	wantJournal(t, b.since(n), "claim [1 2]", "send [1 2]", "settle [1 2]", "waiting off")
+	// Its claims are spaced by its share: 3 × 2ms, up to 5ms.
+	if !slices.Equal(b.clock.sleeps, []time.Duration{maxBusyClaimInterval}) {
+		t.Errorf("sleeps %v, want [%s] after the short batch", b.clock.sleeps, maxBusyClaimInterval)
+	}
+	if got := b.l.busyInterval(); got != maxBusyClaimInterval {
+		t.Errorf("busyInterval %s owning 4 of 12, want %s", got, maxBusyClaimInterval)
+	}
+	b.l.owned = []int{0, 1, 2, 3, 4, 5, 6, 7}
+	if got, want := b.l.busyInterval(), 3*time.Millisecond; got != want {
+		t.Errorf("busyInterval %s owning 8 of 12, want %s", got, want)
+	}
 }
 
 func TestLoopArrivalRate(t *testing.T) {
