@@ -86,9 +86,17 @@ func (l *loop) listenerFailed(err error) {
 		l.log.Error("listener connect failed", tint.Err(withHint(err)), slog.Int("attempt", l.lisFailures))
 		return
 	}
-	if se.kind == setupReadOnly {
+	switch {
+	case se.kind == setupReadOnly:
 		// Sessions opened while the server was read-only stay so: open
 		// new ones once it accepts writes.
+		l.resetPool()
+	case se.kind == setupPooler && l.sessionsOwn.Swap(false):
+		// The URL reached PostgreSQL before and a transaction pooler now
+		// (a failover, a DNS change): the pool's new sessions must not
+		// set the relay's settings (sequential scans off, no
+		// synchronous commit) on server connections the application
+		// shares, and the sessions that did go.
 		l.resetPool()
 	}
 	if l.lisSetupErr == se.kind {

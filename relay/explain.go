@@ -27,3 +27,9 @@ func Queries(t schema.Table, batchSize, maxAttempts int) []Query {
 		{"stall check", g.stall, []any{0, 0}},
 	}
 }
+
+// SessionSettingsSQL returns the SET statements the relay runs on its own
+// sessions (see sessionSettings; as for PostgreSQL 15), so that the tests
+// and the benchmark plan Queries as the relay's sessions do: the planner
+// settings among them decide the claim's plan.
+func SessionSettingsSQL() string { return setSQL(sessionSettings(nil, 15)) }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -27,19 +26,11 @@ func ExplainTotals(ctx context.Context, q interface {
 			Read       int     `json:"Shared Read Blocks"`
 		}
 	}
-	if err := json.Unmarshal(js, &out); err != nil || len(out) == 0 {
+	if err := json.Unmarshal(js, &out); err != nil {
 		return 0, 0, fmt.Errorf("explain: unexpected output %q: %w", js, err)
 	}
-	return out[0].Plan.ActualRows, out[0].Plan.Hit + out[0].Plan.Read, nil
-}
-
-// SessionSettingsSQL returns the SET statements the relay runs on its
-// sessions (sessionSettings, for PostgreSQL 15), so that tests of package
-// relay_test plan queries as the relay's sessions do.
-func SessionSettingsSQL() string {
-	var b strings.Builder
-	for _, s := range sessionSettings(nil, 15) {
-		fmt.Fprintf(&b, "set %s = '%s';", s.name, s.value)
+	if len(out) == 0 {
+		return 0, 0, fmt.Errorf("explain: no plan in %q", js)
 	}
-	return b.String()
+	return out[0].Plan.ActualRows, out[0].Plan.Hit + out[0].Plan.Read, nil
 }

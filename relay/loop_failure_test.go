@@ -198,10 +198,13 @@ func TestLoopShutdownWithBatchInFlight(t *testing.T) {
 // A listener that cannot connect is retried with back-off; a session the
 // relay cannot use (a pooler, a read-only server) is logged once per
 // streak with its cause and fix, and a read-only server drops the pool's
-// sessions so that new ones are opened once it accepts writes.
+// sessions so that new ones are opened once it accepts writes. A pooler
+// where PostgreSQL was stops the pool's sessions getting the relay's
+// settings, and drops those that had them.
 func TestLoopListenerSetupErrors(t *testing.T) {
 	t.Parallel()
 	b := setupLoop(t)
+	b.l.sessionsOwn.Store(true) // proved before: the URL reaches a pooler now
 	b.lis.connectErrs = []error{poolerError("test"), poolerError("test"), errReadOnly, errReadOnly,
 		errors.New("dial tcp: connection refused")}
 	var got []step
@@ -217,8 +220,11 @@ func TestLoopListenerSetupErrors(t *testing.T) {
 	wantLog(t, b, `msg="relay still cannot lead" reason=pooler`, 1)
 	wantLog(t, b, `msg="relay cannot lead" reason=read_only`, 1)
 	wantLog(t, b, "listener connect failed", 1)
-	if b.resets != 2 {
-		t.Errorf("pool reset %d times, want once per read-only answer (2)", b.resets)
+	if b.resets != 3 {
+		t.Errorf("pool reset %d times, want once on finding a pooler and once per read-only answer (3)", b.resets)
+	}
+	if b.l.sessionsOwn.Load() {
+		t.Error("the pool's new sessions would still get the relay's settings behind a pooler")
 	}
 	// Five failures, each followed by a wait for its retry delay.
 	var waited time.Duration

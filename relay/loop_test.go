@@ -247,9 +247,19 @@ func TestLoopWakeUpDenseForTheTable(t *testing.T) {
 	if got := b.l.busyInterval(); got != maxBusyClaimInterval {
 		t.Errorf("busyInterval %s owning 4 of 12, want %s", got, maxBusyClaimInterval)
 	}
-	b.l.owned = []int{0, 1, 2, 3, 4, 5, 6, 7}
-	if got, want := b.l.busyInterval(), 3*time.Millisecond; got != want {
-		t.Errorf("busyInterval %s owning 8 of 12, want %s", got, want)
+	for _, tc := range []struct {
+		owned      []int
+		partitions int
+		want       time.Duration
+	}{
+		{[]int{0, 1, 2, 3, 4, 5, 6, 7}, 12, 3 * time.Millisecond},
+		{[]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, 12, busyClaimInterval},
+		{nil, 0, busyClaimInterval}, // P not known yet
+	} {
+		b.l.owned, b.l.partitions = tc.owned, tc.partitions
+		if got := b.l.busyInterval(); got != tc.want {
+			t.Errorf("busyInterval %s owning %d of %d, want %s", got, len(tc.owned), tc.partitions, tc.want)
+		}
 	}
 }
 

@@ -81,10 +81,10 @@ func sessionSettings(fromURL map[string]string, serverMajor int) []sessionSettin
 		// where no index serves (the one-row settings table).
 		{"enable_seqscan", "off"},
 		{"enable_bitmapscan", "off"},
-		// A disabled scan counts as a huge cost, which would make every
-		// such plan look worth compiling; and the relay's statements are
-		// all short, where JIT only adds its compile time (half a second
-		// per claim, measured).
+		// A disabled scan counts as a huge cost (up to PostgreSQL 17),
+		// which would make every such plan look worth compiling; and the
+		// relay's statements are all short, where JIT only adds its
+		// compile time (half a second per claim, measured).
 		{"jit", "off"},
 	}...)
 	if serverMajor >= 17 {
@@ -116,22 +116,30 @@ func urlSets(params map[string]string, name string) bool {
 // trip (simple protocol: no prepared statement). It runs only on sessions
 // known to be the relay's own: behind a transaction-mode pooler, a SET would
 // stay on a server connection that the pooler hands to the application
-// next (synchronous_commit off for its commits), so the relay sets nothing
-// until its listener has proved it has sessions of its own (see
-// pgListener.checkSession and Relay.sessionsOwn).
+// next (synchronous_commit off for its commits, sequential and bitmap scans
+// off for its queries), so the relay sets nothing until its listener has
+// proved it has sessions of its own, and stops when it finds a pooler
+// after all (see pgListener.checkSession, Relay.sessionsOwn and
+// loop.listenerFailed).
 func applySessionSettings(ctx context.Context, c *pgconn.PgConn, fromURL map[string]string) error {
-	var b strings.Builder
-	for _, s := range sessionSettings(fromURL, serverMajor(c)) {
-		// Names are constants above, values digits or words.
-		fmt.Fprintf(&b, "set %s = '%s';", s.name, s.value)
-	}
-	if b.Len() == 0 {
+	sql := setSQL(sessionSettings(fromURL, serverMajor(c)))
+	if sql == "" {
 		return nil
 	}
-	if _, err := c.Exec(ctx, b.String()).ReadAll(); err != nil {
+	if _, err := c.Exec(ctx, sql).ReadAll(); err != nil {
 		return fmt.Errorf("apply session settings: %w", err)
 	}
 	return nil
+}
+
+// setSQL returns the SET statements of ss, in one string.
+func setSQL(ss []sessionSetting) string {
+	var b strings.Builder
+	for _, s := range ss {
+		// Names are constants above, values digits or words.
+		fmt.Fprintf(&b, "set %s = '%s';", s.name, s.value)
+	}
+	return b.String()
 }
 
 // serverMajor is the server's major version as it reported it at startup,

@@ -20,7 +20,7 @@ import (
 //     up and armed (see pgStore.Arm), and the relay sleeps on LISTEN
 //     between batches: every commit wakes it, with no poll to wait for.
 //   - Dense: the flag is down while rows keep coming, and the relay claims
-//     again busyClaimInterval after its last claim, collecting the rows
+//     again busyInterval after its last claim, collecting the rows
 //     that arrived meanwhile in one claim. When a claim comes back empty it
 //     lingers, claiming a few times closer first (lingerSteps), since the
 //     next row is likely a moment away, and then arms the flag.

@@ -35,14 +35,18 @@ func (b *bench) soak(ctx context.Context, rep *report) error {
 }
 
 // claimTime runs the relay's claim statements (the promotion of due rows
-// and the claim) under EXPLAIN ANALYZE, in a transaction it rolls back, and
-// returns their execution time in ms.
+// and the claim) under EXPLAIN ANALYZE with the relay's session settings,
+// in a transaction it rolls back, and returns their execution time in ms.
 func (b *bench) claimTime(ctx context.Context) (float64, error) {
 	tx, err := b.db.Begin(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer tx.Rollback(ctx)
+	// Planned as on the relay's sessions; the rollback resets.
+	if _, err := tx.Exec(ctx, relay.SessionSettingsSQL()); err != nil {
+		return 0, err
+	}
 	var total float64
 	for _, q := range relay.Queries(b.table, 500, 10) {
 		if q.Name != "claim" && q.Name != "promote due rows" {
