@@ -36,7 +36,7 @@ func (l *loop) loseLeadership() {
 		l.metrics.partitionChanges.WithLabelValues("released").Add(float64(len(l.held())))
 	}
 	l.owned, l.gained, l.gainedAt = nil, nil, time.Time{}
-	l.member, l.nextLook = false, time.Time{}
+	l.member, l.nextLook, l.moving = false, time.Time{}, false
 	l.leader = false
 	l.store.SetOwner(0, nil)
 	l.prog.setLeader(0)

@@ -62,6 +62,9 @@ type loop struct {
 	gained     []int
 	gainedAt   time.Time
 	nextLook   time.Time
+	// moving says partitions move or lie free: looks come every lookSoon,
+	// and the relay sleeps no longer than until the next (see wait).
+	moving bool
 	// noBrokerSince is when the broker connection was last found down,
 	// zero while it is up (see brokerGone).
 	noBrokerSince time.Time

@@ -211,7 +211,7 @@ func (l *loop) look(ctx context.Context) bool {
 	case len(v.relays) == 1 && len(l.owned) == v.partitions:
 		every = lookAlone
 	}
-	l.nextLook = l.clock.Now().Add(every)
+	l.nextLook, l.moving = l.clock.Now().Add(every), every == lookSoon
 	return true
 }
 

@@ -44,6 +44,11 @@ func TestTwoPhaseCommit(t *testing.T) {
 	}
 
 	waitAsleep()
+	// Having gained its partitions, the relay looks at the group once more
+	// shortly after (lookSoon) and claims with it; then it sleeps until
+	// PollInterval or a notification.
+	time.Sleep(300 * time.Millisecond)
+	waitAsleep()
 	err := tp.prepare(ctx, "plain", false)
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != "0A000" {
