@@ -45,22 +45,10 @@ func TestQueriesStayCheapBesideDeadAndDelayedRows(t *testing.T) {
 			if _, err := tx.Exec(ctx, relay.SessionSettingsSQL()); err != nil {
 				t.Fatal(err)
 			}
-			var text []string
-			rows, err := tx.Query(ctx, "explain (analyze, buffers, costs off, timing off) "+q.SQL, q.Args...)
+			plan, err := relay.ExplainText(ctx, tx, q.SQL, q.Args...)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for rows.Next() {
-				var line string
-				if err := rows.Scan(&line); err != nil {
-					t.Fatal(err)
-				}
-				text = append(text, line)
-			}
-			if err := rows.Err(); err != nil {
-				t.Fatal(err)
-			}
-			plan := strings.Join(text, "\n")
 			t.Logf("%s:\n%s", q.Name, plan)
 			if strings.Contains(plan, "Seq Scan on outbox") {
 				t.Errorf("%s scans the table", q.Name)

@@ -4,9 +4,27 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
+
+// ExplainText runs sql on q under EXPLAIN (ANALYZE, BUFFERS, COSTS OFF,
+// TIMING OFF) and returns the plan as text, for the plan tests to read
+// and log. Exported for the tests of package relay_test.
+func ExplainText(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, sql string, args ...any) (string, error) {
+	rows, err := q.Query(ctx, "explain (analyze, buffers, costs off, timing off) "+sql, args...)
+	if err != nil {
+		return "", fmt.Errorf("explain: %w", err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return "", fmt.Errorf("explain: %w", err)
+	}
+	return strings.Join(lines, "\n"), nil
+}
 
 // ExplainTotals runs sql on q under EXPLAIN (ANALYZE, BUFFERS, FORMAT
 // JSON) and returns the rows its top node returned and the pages it

@@ -67,9 +67,9 @@ func TestClaimPlanWalksTheIndexWhateverTheEstimates(t *testing.T) {
 	}
 }
 
-// claimPlanCase sets settings on the claim's session, runs before, claims as a deposed owner (nothing, but the
-// plan is cached), runs after, and checks the plan of the claim
-// of 500 rows of three partitions of four.
+// claimPlanCase sets settings on the claim's session, runs before, claims
+// as a deposed owner (nothing, but the plan is cached), runs after, and
+// checks the plan of the claim of 500 rows of three partitions of four.
 func claimPlanCase(t *testing.T, settings, before, after string) {
 	e := testenv.New(t)
 	ctx := context.Background()
@@ -141,15 +141,10 @@ func claimPlanCase(t *testing.T, settings, before, after string) {
 	}
 	execute := "execute " + name + "(" + strings.Join(params, ", ") + ")"
 	args = append([]any{pgx.QueryExecModeSimpleProtocol}, args...) // EXECUTE's arguments inlined
-	rows, err := conn.Query(ctx, "explain (analyze, costs off, timing off) "+execute, args...)
+	plan, err := ExplainText(ctx, conn, execute, args...)
 	if err != nil {
 		t.Fatalf("claim: %v", err)
 	}
-	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatalf("claim: %v", err)
-	}
-	plan := strings.Join(lines, "\n")
 	t.Logf("plan:\n%s", plan)
 	walk := regexp.MustCompile(`-> +Index Scan using \S*claim_idx on ` + regexp.QuoteMeta(e.Table.Name) + ` o `)
 	if !walk.MatchString(plan) || strings.Contains(plan, "JIT") {

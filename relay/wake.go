@@ -189,23 +189,25 @@ func (l *loop) rest(ctx context.Context, n int, more bool) step {
 // from the relay's own: its share of the partitions sees its share of the
 // rows (a hot key aside).
 func (l *loop) tableRate() float64 {
-	r := l.arrivals.rateAt(l.clock.Now())
+	return l.arrivals.rateAt(l.clock.Now()) * l.shareInverse()
+}
+
+// shareInverse is P over the partitions the relay owns: how many times
+// its share of the rows the whole table sees. 1 while it owns them all,
+// or none, or P is not known yet.
+func (l *loop) shareInverse() float64 {
 	if n := len(l.owned); n > 0 && l.partitions > n {
-		r *= float64(l.partitions) / float64(n)
+		return float64(l.partitions) / float64(n)
 	}
-	return r
+	return 1
 }
 
 // busyInterval is the least time between the starts of two of this
 // relay's claims while rows arrive densely: busyClaimInterval scaled by
-// P over the partitions it owns, as tableRate scales the rate, up to
+// the inverse of its share, as tableRate scales the rate, up to
 // maxBusyClaimInterval.
 func (l *loop) busyInterval() time.Duration {
-	d := busyClaimInterval
-	if n := len(l.owned); n > 0 && l.partitions > n {
-		d = d * time.Duration(l.partitions) / time.Duration(n)
-	}
-	return min(d, maxBusyClaimInterval)
+	return min(time.Duration(float64(busyClaimInterval)*l.shareInverse()), maxBusyClaimInterval)
 }
 
 // wentIdle tells the gauges that the relay ran out of rows, so that they

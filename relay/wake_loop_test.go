@@ -64,7 +64,6 @@ func TestLoopDenseHysteresis(t *testing.T) {
 	}
 }
 
-// The rate estimate follows the load and forgets it.
 // The flag is the table's, and what a NOTIFY costs writers depends on the
 // table's commit rate: a relay that owns a third of the partitions and
 // sees half the dense rate lowers the flag all the same.
@@ -103,6 +102,7 @@ func TestLoopWakeUpDenseForTheTable(t *testing.T) {
 	}
 }
 
+// The rate estimate follows the load and forgets it.
 func TestLoopArrivalRate(t *testing.T) {
 	t.Parallel()
 	now := time.Unix(1000, 0)
