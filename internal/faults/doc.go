@@ -30,9 +30,10 @@
 // the leader among two or three relays, a broker-side close of the relay's
 // AMQP connection, a broker restart, a broker node that accepts
 // connections but never answers, pg_terminate_backend of the relay's
-// sessions or of the leader's lock session alone, latency, resets, cuts and
-// stalls from a TCP proxy (toxiproxy, in-process) between the relay and
-// either server, a broker memory alarm, poison rows mixed into the
+// sessions or of the leader's lock session alone, latency, resets, cuts,
+// stalls that drop the traffic and freezes that hold it (a stopped proxy,
+// testenv.Freeze) from a TCP proxy (toxiproxy, in-process) between the
+// relay and either server, a broker memory alarm, poison rows mixed into the
 // healthy stream, and each node in turn of a three-node RabbitMQ cluster
 // stopped under three relays sharing a table and a quorum queue. That
 // cluster (outbox-c1..3@localhost, AMQP ports 5681..5683) is started by

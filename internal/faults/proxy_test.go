@@ -133,6 +133,21 @@ func addToxic(t *testing.T, p *toxiproxy.Proxy, name, kind, stream, attributes s
 	}
 }
 
+// freeze holds all of p's traffic, both ways, as a stopped proxy would:
+// connections stay open, and nothing is dropped (see testenv.Freeze).
+func freeze(t *testing.T, p *toxiproxy.Proxy) {
+	t.Helper()
+	addToxic(t, p, "freeze_up", testenv.Freeze, "upstream", `{}`)
+	addToxic(t, p, "freeze_down", testenv.Freeze, "downstream", `{}`)
+}
+
+// thaw lets through, in order, what freeze held, and the traffic after it.
+func thaw(t *testing.T, p *toxiproxy.Proxy) {
+	t.Helper()
+	removeToxic(t, p, "freeze_up")
+	removeToxic(t, p, "freeze_down")
+}
+
 func removeToxic(t *testing.T, p *toxiproxy.Proxy, name string) {
 	t.Helper()
 	if err := p.Toxics.RemoveToxic(context.Background(), name); err != nil {

@@ -4,7 +4,6 @@ package faults
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"slices"
 	"testing"
@@ -38,8 +37,8 @@ type sharedRelay struct {
 // TestSharedTable runs three relays on one table of 12 partitions under
 // load and, one after another: kills one with SIGKILL and starts another;
 // stops one with SIGTERM and starts another; stalls one's broker
-// connection while its batches are on the wire and terminates its lock
-// session alone, then lets the stalled batches through; cuts one off from
+// connection (its proxy frozen) while its batches are on the wire and
+// terminates its lock session alone, then releases the stall; cuts one off from
 // PostgreSQL; restarts all three in turn; and cuts one off from the broker
 // past brokerGone. Every committed row must arrive, in order per key.
 // Rows of the partitions of the relay without a broker wait until it gives
@@ -99,17 +98,18 @@ func TestSharedTable(t *testing.T) {
 	relays[1] = start(false)
 	s.waitShared(relays, "a restarted relay to get its share")
 
-	// A relay's broker connection slowed while its batches are on the
-	// wire, its lock session terminated: the others fence its partitions
-	// until those batches are settled.
+	// A relay's broker connection stalls (its proxy frozen) while its
+	// batches are on the wire, and its lock session is terminated: the
+	// others fence its partitions until those batches, released, are
+	// settled.
 	s.backlog(lockBacklog / 4)
-	addToxic(t, relays[1].wire, "slow", "latency", "upstream", fmt.Sprintf(`{"latency": %d}`, wireDelay.Milliseconds()))
+	freeze(t, relays[1].wire)
 	s.terminateLockSession(relays[1].p)
 	struck, from := time.Now(), s.cons.mark()
-	time.Sleep(wireDelay)
-	removeToxic(t, relays[1].wire, "slow")
+	time.Sleep(freezeHold)
+	thaw(t, relays[1].wire)
 	s.waitShared(relays, "the relay whose lock session was terminated to get its share again")
-	s.recovered("shared: lock session terminated with batches on a slow wire", struck, from)
+	s.recovered("shared: lock session terminated with batches on a frozen wire", struck, from)
 
 	// A relay cut off from PostgreSQL.
 	s.backlog(burst)
