@@ -42,6 +42,7 @@ type fakeStore struct {
 	leader    []int32 // SetOwner calls: the pid
 	owned     [][]int // SetOwner calls: the partitions
 	fenced    [][]int // Fence calls: the partitions
+	warmed    int     // Warm calls
 }
 
 func (s *fakeStore) next() (*claim, error) {
@@ -116,6 +117,8 @@ func (s *fakeStore) SetOwner(pid int32, owned []int) {
 }
 
 func (s *fakeStore) SetPartitions(int, bool) {}
+
+func (s *fakeStore) Warm(context.Context) { s.warmed++ }
 
 type fakePublisher struct {
 	j           *journal

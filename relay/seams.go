@@ -34,6 +34,9 @@ type store interface {
 	// rows of them only, and stop once the session is gone. Pid 0 claims
 	// unchecked.
 	SetOwner(pid int32, owned []int)
+	// Warm opens the connections a leader's drain uses before rows wait
+	// on them; a failure is left to the claims.
+	Warm(ctx context.Context)
 }
 
 // publisher is the broker as the loop sees it (amqpPublisher). It sends

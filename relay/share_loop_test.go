@@ -42,6 +42,9 @@ func TestLoopShareJoin(t *testing.T) {
 	if got := lastOwned(b); !slices.Equal(got, []int{8, 9, 10, 11}) || lastPID(b) != 4242 {
 		t.Errorf("store owns %v as %d, want [8 9 10 11] as 4242", got, lastPID(b))
 	}
+	if b.store.warmed != 1 {
+		t.Errorf("pool warmed %d times on gaining leadership, want 1", b.store.warmed)
+	}
 	if testutil.ToFloat64(b.l.metrics.partitionsOwned) != 4 ||
 		testutil.ToFloat64(b.l.metrics.partitionChanges.WithLabelValues("gained")) != 4 {
 		t.Errorf("outbox_partitions_owned %v, gained %v", testutil.ToFloat64(b.l.metrics.partitionsOwned),
