@@ -302,10 +302,10 @@ func (l *loop) setOwned(ctx context.Context, owned []int) {
 		return
 	}
 	l.log.Info("leadership gained", slog.Any("partitions", owned), slog.Int("of", l.partitions))
-	l.store.Warm(ctx)
 	// A relay killed while it waited leaves the flag set, and writers
 	// would notify nobody until it is cleared. This one claims next.
 	l.setWaiting(ctx, false)
+	l.store.Warm(ctx)
 }
 
 // held returns the partitions whose locks the relay holds: owned and

@@ -246,30 +246,6 @@ func (s *pgStore) Settle(ctx context.Context, c *claim, results []Result, next i
 	return st, nc, nil, claimErr
 }
 
-// warmConns is how many pool connections Warm opens: the drain's two
-// batches on the wire, or a claim beside the gauges' refresh.
-const warmConns = 2
-
-// Warm opens the pool's connections up to warmConns, so that no claim
-// waits for one to be opened while rows wait: on 2 cores shared with
-// three relays and eight writers at 1,000 rows/s, opening one (a backend
-// to start, the session settings to apply) held a claim for 113 ms.
-func (s *pgStore) Warm(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
-	defer cancel()
-	var conns []*pgxpool.Conn
-	for range warmConns {
-		c, err := s.pool.Acquire(ctx)
-		if err != nil {
-			break
-		}
-		conns = append(conns, c)
-	}
-	for _, c := range conns {
-		c.Release()
-	}
-}
-
 // SetOwner sets the backend pid of the session holding this relay's
 // partition locks, and the partitions it owns; pid 0 claims without the
 // check.

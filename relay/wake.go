@@ -64,12 +64,15 @@ const arrivalWindow = time.Second
 // inverse of its share (see busyInterval), up to maxBusyClaimInterval: the
 // relays together claim about as often as one would, which is what their
 // CPU and the server's can afford. Measured side by side (make bench,
-// rates, two runs each, 2026-12-07): one relay at 1,000 rows/s, 2ms gave
-// p95 3.3-3.4ms and p99 4.8-5.1ms, 5ms p95 5.7-6.1ms and p99 7.0-7.8ms,
-// for 0-20% more CPU per message (0.82-0.85 of the minimal loop's, woken
-// at every commit); three relays each claiming every 2ms made p99 worse
-// (10.8-12.2ms against 8.4-8.8ms at 5ms) and CPU 1.20-1.23 of the loop's
-// (against 0.99-1.13).
+// rates, two runs each, 2026-12-07): one relay at 1,000 rows/s (the
+// writers reach just under it, and the relay is dense for part of the
+// run), 2ms gave p95 3.3-3.4ms and p99 4.8-5.1ms, 5ms p95 5.7-6.1ms and
+// p99 7.0-7.8ms, for 0-20% more CPU per message (0.82-0.85 of the minimal
+// loop's, woken at every commit). Three relays sharing a table at that
+// rate are never dense, so the spacing does not apply to them there; made
+// dense from 800 rows/s, spacings of 2, 3 and 5ms each gave p99 13-21ms on
+// 2 cores, where contention, not the spacing, set it (docs/performance.md,
+// "Latency with three relays").
 const (
 	busyClaimInterval    = 2 * time.Millisecond
 	maxBusyClaimInterval = 5 * time.Millisecond

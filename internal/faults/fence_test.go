@@ -57,12 +57,22 @@ func TestFailoverWithBatchOnTheWire(t *testing.T) {
 		if !s.busy(lockBacklog / 2) {
 			t.Fatalf("the leader drained half the backlog before the fault; raise lockBacklog")
 		}
+		frozen := time.Now()
 		freeze(t, leader.wire)
 		s.terminateLockSession(leader.p)
 		struck, from := time.Now(), s.cons.mark()
-		time.Sleep(freezeHold)
-		if standby.p.isLeader() {
-			t.Fatalf("round %d: %s led while the stall held: no batch was on the wire, or the fence let it pass", round+1, standby.p.name)
+		// While the stall holds, the standby takes the lock and waits at
+		// the fence: it must not lead.
+		locked := false
+		for left := freezeHold; left > 0; left = freezeHold - time.Since(frozen) {
+			if standby.p.isLeader() {
+				t.Fatalf("round %d: %s led while the stall held: no batch was on the wire, or the fence let it pass", round+1, standby.p.name)
+			}
+			locked = locked || s.holdsPartition(standby.p, 0)
+			time.Sleep(min(left, 100*time.Millisecond))
+		}
+		if !locked {
+			t.Fatalf("round %d: %s did not take the lock within %s: the fence was not put to the test", round+1, standby.p.name, freezeHold)
 		}
 		thaw(t, leader.wire) // the deposed leader's batches arrive now
 		led := harness.WaitFor(t, recoverTimeout, standby.p.name+" to lead", standby.p.isLeader)

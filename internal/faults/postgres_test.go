@@ -148,3 +148,25 @@ func (s *scenario) terminateLockSession(r *relayProc) {
 		t.Fatalf("terminate %s's lock session %d: %v", r.name, pid, err)
 	}
 }
+
+// holdsPartition reports whether one of r's sessions holds partition p's
+// lock: r owns p, or has taken it and waits at the fence.
+func (s *scenario) holdsPartition(r *relayProc, p int) bool {
+	t := s.t
+	t.Helper()
+	ports, err := r.LocalPorts(dbPort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := uint64(s.env.Table.PartitionLockKey("leader", p))
+	var held bool
+	err = s.env.Pool.QueryRow(context.Background(), `select exists (select 1
+  from pg_locks l join pg_stat_activity a on a.pid = l.pid
+ where l.locktype = 'advisory' and l.granted and a.client_port = any($1)
+   and l.classid = $2::bigint::oid and l.objid = $3::bigint::oid and l.objsubid = 1)`,
+		ports, int64(key>>32), int64(key&0xffffffff)).Scan(&held)
+	if err != nil {
+		t.Fatalf("look up %s's lock of partition %d: %v", r.name, p, err)
+	}
+	return held
+}

@@ -135,10 +135,12 @@ func addToxic(t *testing.T, p *toxiproxy.Proxy, name, kind, stream, attributes s
 
 // freeze holds all of p's traffic, both ways, as a stopped proxy would:
 // connections stay open, and nothing is dropped (see testenv.Freeze).
+// A test that ends frozen thaws at its end, before the proxy stops.
 func freeze(t *testing.T, p *toxiproxy.Proxy) {
 	t.Helper()
 	addToxic(t, p, "freeze_up", testenv.Freeze, "upstream", `{}`)
 	addToxic(t, p, "freeze_down", testenv.Freeze, "downstream", `{}`)
+	t.Cleanup(func() { p.Toxics.ResetToxics(context.Background()) })
 }
 
 // thaw lets through, in order, what freeze held, and the traffic after it.
