@@ -127,24 +127,13 @@ func TestLeaderLockLostWhileBusy(t *testing.T) {
 func (s *scenario) terminateLockSession(r *relayProc) {
 	t := s.t
 	t.Helper()
-	ports, err := r.LocalPorts(dbPort(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	var pid int32
 	// The relays lock, not the "in flight" locks its claims hold.
-	key := uint64(s.env.Table.LockKey("relays"))
-	err = s.env.Pool.QueryRow(ctx, `select l.pid
-  from pg_locks l join pg_stat_activity a on a.pid = l.pid
- where l.locktype = 'advisory' and l.granted and a.client_port = any($1)
-   and l.classid = $2::bigint::oid and l.objid = $3::bigint::oid and l.objsubid = 1
- limit 1`, ports, int64(key>>32), int64(key&0xffffffff)).Scan(&pid)
-	if err != nil {
-		t.Fatalf("find %s's LISTEN session: %v", r.name, err)
+	pid := s.lockHolder(r, s.env.Table.LockKey("relays"))
+	if pid == 0 {
+		t.Fatalf("find %s's LISTEN session: it holds no relays lock", r.name)
 	}
 	var ok bool
-	if err := s.env.Pool.QueryRow(ctx, "select pg_terminate_backend($1)", pid).Scan(&ok); err != nil || !ok {
+	if err := s.env.Pool.QueryRow(context.Background(), "select pg_terminate_backend($1)", pid).Scan(&ok); err != nil || !ok {
 		t.Fatalf("terminate %s's lock session %d: %v", r.name, pid, err)
 	}
 }
@@ -152,21 +141,27 @@ func (s *scenario) terminateLockSession(r *relayProc) {
 // holdsPartition reports whether one of r's sessions holds partition p's
 // lock: r owns p, or has taken it and waits at the fence.
 func (s *scenario) holdsPartition(r *relayProc, p int) bool {
+	return s.lockHolder(r, s.env.Table.PartitionLockKey("leader", p)) != 0
+}
+
+// lockHolder returns the backend pid of the session of relay r that holds
+// the session advisory lock key, 0 if none does.
+func (s *scenario) lockHolder(r *relayProc, key int64) int32 {
 	t := s.t
 	t.Helper()
 	ports, err := r.LocalPorts(dbPort(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := uint64(s.env.Table.PartitionLockKey("leader", p))
-	var held bool
-	err = s.env.Pool.QueryRow(context.Background(), `select exists (select 1
+	k := uint64(key)
+	var pid int32
+	err = s.env.Pool.QueryRow(context.Background(), `select coalesce((select l.pid
   from pg_locks l join pg_stat_activity a on a.pid = l.pid
  where l.locktype = 'advisory' and l.granted and a.client_port = any($1)
-   and l.classid = $2::bigint::oid and l.objid = $3::bigint::oid and l.objsubid = 1)`,
-		ports, int64(key>>32), int64(key&0xffffffff)).Scan(&held)
+   and l.classid = $2::bigint::oid and l.objid = $3::bigint::oid and l.objsubid = 1
+ limit 1), 0)`, ports, int64(k>>32), int64(k&0xffffffff)).Scan(&pid)
 	if err != nil {
-		t.Fatalf("look up %s's lock of partition %d: %v", r.name, p, err)
+		t.Fatalf("look up %s's session holding lock %d: %v", r.name, key, err)
 	}
-	return held
+	return pid
 }
