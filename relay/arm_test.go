@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	"github.com/outbox-relay/outbox-relay/schema"
@@ -33,7 +32,7 @@ func TestArmWaitsForOpenWriters(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer tx.Rollback(ctx)
-				if _, err := tx.Exec(ctx, fill(tc.open, b)); err != nil {
+				if _, err := tx.Exec(ctx, b.env.SQL(tc.open)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -50,8 +49,4 @@ func TestArmWaitsForOpenWriters(t *testing.T) {
 			}
 		})
 	}
-}
-
-func fill(sql string, b *storeBundle) string {
-	return strings.ReplaceAll(sql, "{{t}}", b.env.Table.Ident())
 }

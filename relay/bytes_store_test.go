@@ -18,7 +18,7 @@ func (b *storeBundle) insertSized(t *testing.T, sizes ...int) [][]byte {
 	for i, n := range sizes {
 		payloads[i] = make([]byte, n)
 		_, _ = rand.Read(payloads[i])
-		b.exec(t, `insert into {{t}} (routing_key, payload) values ($1, $2)`, fmt.Sprintf("r.%03d", i+1), payloads[i])
+		b.env.Exec(t, `insert into {{t}} (routing_key, payload) values ($1, $2)`, fmt.Sprintf("r.%03d", i+1), payloads[i])
 	}
 	return payloads
 }

@@ -18,12 +18,6 @@ func TestRetryDeadSkipsRowsThatBreakChecks(t *testing.T) {
 	t.Parallel()
 	e := testenv.New(t)
 	ctx := context.Background()
-	exec := func(sql string, args ...any) {
-		t.Helper()
-		if _, err := e.Pool.Exec(ctx, strings.ReplaceAll(sql, "{{t}}", e.Table.Ident()), args...); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
 	dead := func(exchange, key string, partition *string, attempts int) int64 {
 		t.Helper()
 		var id int64
@@ -44,9 +38,9 @@ func TestRetryDeadSkipsRowsThatBreakChecks(t *testing.T) {
 	// revived (attempts reset): it is retried.
 	forbidden := dead("ex", "forbidden.k", nil, 10)
 	many := dead("ex", "k", nil, 60)
-	exec(`alter table {{t}} add constraint ` + e.Table.Local("no_forbidden") + ` check (dead_at is not null or routing_key not like 'forbidden%') not valid,
-		add constraint ` + e.Table.Local("few_attempts") + ` check (attempts < 50) not valid`)
-	exec(`insert into {{t}} (routing_key, payload) values ('live', 'x')`) // not dead: not selected
+	e.Exec(t, `alter table {{t}} add constraint `+e.Table.Local("no_forbidden")+` check (dead_at is not null or routing_key not like 'forbidden%') not valid,
+		add constraint `+e.Table.Local("few_attempts")+` check (attempts < 50) not valid`)
+	e.Exec(t, `insert into {{t}} (routing_key, payload) values ('live', 'x')`) // not dead: not selected
 
 	res, err := relay.RetryDead(ctx, e.Pool, e.Table, relay.DeadFilter{All: true})
 	if err != nil {
@@ -84,7 +78,7 @@ func TestRetryDeadSkipsRowsThatBreakChecks(t *testing.T) {
 		t.Errorf("retry -all -exchange %.10s…: %+v, %v; want %d skipped", long, res, err, longBoth)
 	}
 	// Fixed, it is retried.
-	exec(`update {{t}} set routing_key = 'k' where id = $1`, longKey)
+	e.Exec(t, `update {{t}} set routing_key = 'k' where id = $1`, longKey)
 	res, err = relay.RetryDead(ctx, e.Pool, e.Table, relay.DeadFilter{IDs: []int64{longKey}})
 	if err != nil || !slices.Equal(res.IDs, []int64{longKey}) || len(res.Skipped) != 0 {
 		t.Errorf("retry of %d once fixed: %+v, %v; want it retried", longKey, res, err)

@@ -47,7 +47,7 @@ func TestClaimStopsWithItsSession(t *testing.T) {
 	b := setupStore(t)
 	pid, conn := lockSession(t, b.env.Table)
 	b.store.SetOwner(pid, []int{0})
-	b.exec(t, `insert into {{t}} (exchange, routing_key, payload)
+	b.env.Exec(t, `insert into {{t}} (exchange, routing_key, payload)
 		select '', 'r.' || lpad(i::text, 3, '0'), '\x00' from generate_series(1, 4) i`)
 	c, got := b.claimKeys(t, 1)
 	if !slices.Equal(got, keys(1, 1)) {
@@ -78,7 +78,7 @@ func TestFenceWaitsForEarlierClaims(t *testing.T) {
 	t.Parallel()
 	b := setupStore(t)
 	b.leadWith(t)
-	b.exec(t, `insert into {{t}} (exchange, routing_key, payload)
+	b.env.Exec(t, `insert into {{t}} (exchange, routing_key, payload)
 		select '', 'r.' || lpad(i::text, 3, '0'), '\x00' from generate_series(1, 10) i`)
 	old, got := b.claimKeys(t, 4)
 	if !slices.Equal(got, keys(1, 4)) {
@@ -125,7 +125,7 @@ func TestFenceGivesUp(t *testing.T) {
 	t.Parallel()
 	b := setupStore(t)
 	b.leadWith(t)
-	b.exec(t, `insert into {{t}} (exchange, routing_key, payload) values ('', 'r.001', '\x00')`)
+	b.env.Exec(t, `insert into {{t}} (exchange, routing_key, payload) values ('', 'r.001', '\x00')`)
 	b.claimKeys(t, 1)
 	next := newStore(b.env.Pool, b.env.Table, 10, nil)
 	begin := time.Now()

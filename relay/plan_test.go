@@ -75,11 +75,8 @@ func claimPlanCase(t *testing.T, settings, before, after string) {
 	ctx := context.Background()
 	exec := func(sql string) {
 		t.Helper()
-		if sql == "" {
-			return
-		}
-		if _, err := e.Pool.Exec(ctx, strings.ReplaceAll(sql, "{{t}}", e.Table.Ident())); err != nil {
-			t.Fatalf("%s: %v", sql, err)
+		if sql != "" {
+			e.Exec(t, sql)
 		}
 	}
 	cfg, err := pgxpool.ParseConfig(e.URL)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,15 +19,6 @@ func setupStore(t *testing.T) *storeBundle {
 	t.Helper()
 	e := testenv.New(t)
 	return &storeBundle{env: e, store: newStore(e.Pool, e.Table, 10, func(int) time.Duration { return time.Hour })}
-}
-
-// exec runs a statement on the test's table, named {{t}} in it.
-func (b *storeBundle) exec(t *testing.T, sql string, args ...any) {
-	t.Helper()
-	sql = strings.ReplaceAll(sql, "{{t}}", b.env.Table.Ident())
-	if _, err := b.env.Pool.Exec(context.Background(), sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
 }
 
 // claimKeys claims a batch and returns the routing keys of its rows, in
@@ -93,7 +83,7 @@ func keys(from, to int) []string {
 func TestClaimWhileBatchesInFlight(t *testing.T) {
 	t.Parallel()
 	b := setupStore(t)
-	b.exec(t, `insert into {{t}} (routing_key, payload)
+	b.env.Exec(t, `insert into {{t}} (routing_key, payload)
 select 'r.' || lpad(i::text, 3, '0'), 'x' from generate_series(1, 250) i`)
 
 	first, got := b.claimKeys(t, 100)
@@ -123,7 +113,7 @@ select 'r.' || lpad(i::text, 3, '0'), 'x' from generate_series(1, 250) i`)
 func TestClaimPromotesDueRowsInOrder(t *testing.T) {
 	t.Parallel()
 	b := setupStore(t)
-	b.exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at) values
+	b.env.Exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at) values
     ('r.001', 'x', null, default),
     ('r.002', 'x', 'k', now() - interval '1 second'),  -- due: promoted
     ('r.003', 'x', 'k', default),
@@ -139,7 +129,7 @@ func TestClaimPromotesDueRowsInOrder(t *testing.T) {
 
 	// Promoted by a batch too small to take it: r.008 (due) is locked
 	// with that batch; r.009 of its key must not go out before it.
-	b.exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at) values
+	b.env.Exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at) values
     ('r.007', 'x', null, default),
     ('r.008', 'x', 'm', now() - interval '1 second'),
     ('r.009', 'x', 'm', default),
@@ -165,11 +155,11 @@ func TestClaimPromotesDueRowsInOrder(t *testing.T) {
 func TestClaimPassesOverHeldRows(t *testing.T) {
 	t.Parallel()
 	b := setupStore(t)
-	b.exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at)
+	b.env.Exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at)
 values ('held.first', 'x', 'k', now() + interval '1 hour')`)
-	b.exec(t, `insert into {{t}} (routing_key, payload, partition_key)
+	b.env.Exec(t, `insert into {{t}} (routing_key, payload, partition_key)
 select 'held', 'x', 'k' from generate_series(1, 20)`)
-	b.exec(t, `insert into {{t}} (routing_key, payload)
+	b.env.Exec(t, `insert into {{t}} (routing_key, payload)
 select 'r.' || lpad(i::text, 3, '0'), 'x' from generate_series(1, 5) i`)
 	if _, got := b.claimKeys(t, 10); !slices.Equal(got, keys(1, 5)) {
 		t.Fatalf("claim %v, want %v", got, keys(1, 5))
@@ -185,14 +175,14 @@ func TestClaimPromotesPastDueRowsThatMustWait(t *testing.T) {
 	t.Parallel()
 	b := setupStore(t)
 	for i := 1; i <= 10; i++ {
-		b.exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at)
+		b.env.Exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at)
 values ('early', 'x', $1, now() + interval '1 day')`, fmt.Sprint("k", i))
 	}
 	for i := 1; i <= 10; i++ {
-		b.exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at)
+		b.env.Exec(t, `insert into {{t}} (routing_key, payload, partition_key, available_at)
 values ('waits', 'x', $1, now() - interval '2 minutes')`, fmt.Sprint("k", i))
 	}
-	b.exec(t, `insert into {{t}} (routing_key, payload, available_at) values ('r.001', 'x', now() - interval '1 minute')`)
+	b.env.Exec(t, `insert into {{t}} (routing_key, payload, available_at) values ('r.001', 'x', now() - interval '1 minute')`)
 
 	if _, got := b.claimKeys(t, 10); !slices.Equal(got, keys(1, 1)) {
 		t.Fatalf("claim of 10: %v, want %v", got, keys(1, 1))

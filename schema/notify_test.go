@@ -69,7 +69,7 @@ func TestTriggerNotifiesAFewTimesPerTransaction(t *testing.T) {
 					return err
 				}
 				for _, sql := range tc.sql {
-					if _, err := tx.Exec(ctx, fillTable(sql, e)); err != nil {
+					if _, err := tx.Exec(ctx, e.SQL(sql)); err != nil {
 						return fmt.Errorf("%s: %w", sql, err)
 					}
 				}
@@ -144,9 +144,4 @@ func repeat(s string, n int) []string {
 		out[i] = s
 	}
 	return out
-}
-
-// fillTable puts e's table in place of {{t}} in sql.
-func fillTable(sql string, e *testenv.Env) string {
-	return strings.ReplaceAll(sql, "{{t}}", e.Table.Ident())
 }

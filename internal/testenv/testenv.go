@@ -282,6 +282,20 @@ func Receive(t testing.TB, d <-chan amqp.Delivery, n int, timeout time.Duration)
 	return out
 }
 
+// SQL puts the test's table (quoted) in place of {{t}} in sql.
+func (e *Env) SQL(sql string) string {
+	return strings.ReplaceAll(sql, "{{t}}", e.Table.Ident())
+}
+
+// Exec runs sql, with {{t}} standing for the test's table (see SQL), on
+// the test's pool, and fails the test if it fails.
+func (e *Env) Exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	if _, err := e.Pool.Exec(context.Background(), e.SQL(sql), args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
 // Pending counts the rows left in the test's table, dead or not.
 func (e *Env) Pending(t testing.TB) (live, dead int) {
 	t.Helper()
